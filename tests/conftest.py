@@ -1,0 +1,43 @@
+"""Shared fixtures: bundled examples (always present) and ../shared/data (CI; skipped elsewhere)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def _shared_data_dir() -> Path:
+    env = os.environ.get("EMCOPILOT_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    """Bundled MIT-licensed micrographs: examples/emps (images + instance segmaps) and
+    examples/catalysts (HAADF JPEGs + YOLO labels)."""
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data sets in ../shared/data. Absent in a user's clone: the test is skipped."""
+    d = _shared_data_dir()
+    if not (d / "emps_test").is_dir():
+        pytest.skip(f"shared data not found at {d} (set EMCOPILOT_SHARED_DATA to run this test)")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_root(tmp_path_factory, monkeypatch):
+    """Keep every test's projects, caches and weights out of the user's folders."""
+    root = tmp_path_factory.mktemp("emcopilot_data")
+    monkeypatch.setenv("EMCOPILOT_DATA", str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(root / "hf_home"))
+    monkeypatch.delenv("EMCOPILOT_WEIGHTS_DIR", raising=False)
+    monkeypatch.delenv("EMCOPILOT_REDIS_URL", raising=False)
