@@ -1,0 +1,215 @@
+"""Helpers shared by the benchmarks: data paths, timing, memory, machine description, JSON output.
+
+Benchmarks run as ``python -m bench.<name> --out bench/results/<name>.json`` from the repository
+root; they read ``../shared/data`` (or ``$EMCOPILOT_SHARED_DATA``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "bench" / "results"
+
+
+def shared_data_dir() -> Path:
+    """``$EMCOPILOT_SHARED_DATA`` or ``../shared/data`` next to the repository."""
+    env = os.environ.get("EMCOPILOT_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """Exit with a one-line message when a data folder is missing."""
+    if not path.is_dir():
+        sys.exit(f"{what} not found at {path} "
+                 "(set EMCOPILOT_SHARED_DATA to the shared data folder)")
+    return path
+
+
+def emps_dir(split: str = "test") -> Path:
+    """EMPS split folder with ``images/`` and ``segmaps/`` (16-bit instance maps)."""
+    return require_dir(shared_data_dir() / f"emps_{split}", f"EMPS {split} split")
+
+
+def emps_pairs(split: str = "test") -> list[tuple[Path, Path]]:
+    """Sorted (image, instance segmap) path pairs of an EMPS split."""
+    d = emps_dir(split)
+    return [(p, d / "segmaps" / p.name) for p in sorted((d / "images").glob("*.png"))]
+
+
+def catalyst_dir() -> Path:
+    """Genc et al. supported-catalyst S/TEM JPEGs with YOLO box labels."""
+    return require_dir(shared_data_dir() / "ardagen_stem_catalysts_yolo", "catalyst data set")
+
+
+def catalyst_items() -> list[tuple[Path, Path]]:
+    """Sorted (image, YOLO label file) path pairs of the catalyst set."""
+    d = catalyst_dir()
+    return [(p, d / "labels" / f"{p.stem}.txt") for p in sorted((d / "images").glob("*.jpg"))]
+
+
+def yolo_box_count(label_file: Path, cls: int = 0) -> int:
+    """Number of boxes of class ``cls`` in a YOLO txt file (``class xc yc w h`` per line)."""
+    n = 0
+    for line in Path(label_file).read_text().splitlines():
+        parts = line.split()
+        if parts and int(float(parts[0])) == cls:
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- timing / memory
+
+@dataclass
+class Timer:
+    """Collects durations (s) of repeated calls; ``median`` is what the reports quote."""
+
+    times: list[float] = field(default_factory=list)
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times.append(time.perf_counter() - t0)
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.times)) if self.times else float("nan")
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.times))
+
+    def summary(self) -> dict[str, float]:
+        """median / mean / max seconds and the number of calls."""
+        if not self.times:
+            return {"n": 0}
+        return {"n": len(self.times), "median_s": self.median,
+                "mean_s": float(np.mean(self.times)), "max_s": float(max(self.times))}
+
+
+def time_call(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> tuple[float, Any]:
+    """Median wall time (s) of ``fn()`` over ``repeat`` runs after ``warmup`` runs; and a result."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    t = Timer()
+    for _ in range(repeat):
+        with t():
+            out = fn()
+    return t.median, out
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (``ru_maxrss``: KiB on Linux)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+@contextmanager
+def traced_peak() -> Iterator[dict[str, float]]:
+    """Peak Python/numpy heap allocation inside the block, MiB (``tracemalloc``), in the dict
+    yielded (key ``peak_mib``, filled on exit). Slows allocation-heavy code a little."""
+    box: dict[str, float] = {}
+    was = tracemalloc.is_tracing()
+    if not was:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        yield box
+    finally:
+        box["peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
+        if not was:
+            tracemalloc.stop()
+
+
+# ----------------------------------------------------------------------------- description / stats
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (CPU, cores, Python, key library versions, GPU)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    versions = {}
+    for mod in ("numpy", "scipy", "skimage", "cv2", "torch"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            versions[mod] = getattr(m, "__version__", "?")
+    info["versions"] = versions
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def machine_string() -> str:
+    """One line: CPU, cores, Python."""
+    m = machine()
+    return f"{m['cpu']}, {m['cpu_count']} cores, Python {m['python']}"
+
+
+def describe(values: Sequence[float]) -> dict[str, float]:
+    """mean, median, min, max, n of finite values (NaN when none)."""
+    a = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return {"n": 0, "mean": float("nan"), "median": float("nan")}
+    return {"n": int(a.size), "mean": float(a.mean()), "median": float(np.median(a)),
+            "min": float(a.min()), "max": float(a.max())}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write ``data`` (numpy values converted, NaN -> null) atomically as indented JSON."""
+    from emcopilot.atomic import atomic_write
+
+    path = Path(path)
+    with atomic_write(path, "w") as f:
+        json.dump(_jsonable(data), f, indent=2, sort_keys=False)
+        f.write("\n")
+    return path
