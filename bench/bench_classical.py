@@ -56,7 +56,9 @@ def _settings(masker: ClassicalMasker) -> dict[str, Callable[[np.ndarray, np.nda
         "masker": lambda img, gt: masker(img, polarity="auto"),
         "masker_true_polarity": lambda img, gt: masker(img, polarity=true_polarity(img, gt)),
         "coarse_mask": lambda img, gt: coarse_mask(img, method="classical", polarity="auto",
-                                                   classical_options=masker.options()),
+                                                   classical_options={"preset": "isolated",
+                                                                      **masker.options()}),
+        "coarse_mask_auto_preset": lambda img, gt: coarse_mask(img, method="classical"),
     }
 
 
@@ -110,7 +112,9 @@ def bench_catalysts(masker: ClassicalMasker, limit: int | None = None) -> dict[s
     runs = {
         "masker": lambda img: masker(img, polarity="auto"),
         "coarse_mask": lambda img: coarse_mask(img, method="classical", polarity="auto",
-                                               classical_options=masker.options()),
+                                               classical_options={"preset": "isolated",
+                                                                  **masker.options()}),
+        "coarse_mask_auto_preset": lambda img: coarse_mask(img, method="classical"),
         "masker_supported": lambda img: supported(img, polarity="auto"),
         "coarse_mask_supported": lambda img: coarse_mask(
             img, method="classical", polarity="auto", classical_options={"preset": "supported"}),

@@ -65,7 +65,8 @@ def coarse_mask(
             the filters off.
         sam_options: keyword arguments of ``SamMasker`` (``model_type`` included).
         classical_options: keyword arguments of ``ClassicalMasker``; ``"preset"`` picks one of
-            ``classical.PRESETS`` ("isolated" default, "supported" for catalysts) first.
+            ``classical.PRESETS`` ("isolated": free particles, "supported": catalysts) or
+            ``"auto"`` (default: ``classical.choose_preset`` decides per image).
 
     Returns:
         ``numpy.int32`` label map, 0 = background, 1..N = particles.
@@ -90,7 +91,15 @@ def coarse_mask(
     else:
         from emcopilot.masking.classical import ClassicalMasker
 
+        from emcopilot.masking.classical import choose_preset
+
         opts = dict(classical_options or {})
-        masker = ClassicalMasker.from_preset(opts.pop("preset", "isolated"), **opts)
-        labels = masker(image01, polarity=polarity)
+        preset = opts.pop("preset", "auto")
+        labels = None
+        if preset == "auto":
+            preset, labels = choose_preset(image01, polarity)
+            if opts:  # overrides given: recompute with them on the chosen preset
+                labels = None
+        if labels is None:
+            labels = ClassicalMasker.from_preset(preset, **opts)(image01, polarity=polarity)
     return filter_regions(labels, image01, polarity=polarity, **filt)

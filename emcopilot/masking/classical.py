@@ -19,7 +19,8 @@ from emcopilot.errors import InputError
 from emcopilot.instances import binary_to_instances, remove_small_instances
 from emcopilot.masking.filters import bright_image, resolve_polarity
 
-__all__ = ["ClassicalMasker", "PRESETS", "THRESHOLD_METHODS", "BACKGROUND_METHODS"]
+__all__ = ["ClassicalMasker", "PRESETS", "THRESHOLD_METHODS", "BACKGROUND_METHODS", "choose_preset",
+           "AUTO_SUPPORT_FOREGROUND", "AUTO_MIN_PARTICLES"]
 
 THRESHOLD_METHODS = ("otsu", "li", "triangle", "local", "noise")
 BACKGROUND_METHODS = ("none", "gaussian", "tophat")
@@ -175,3 +176,35 @@ class ClassicalMasker:
             labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
             labels = remove_small_instances(labels, self.min_area)
         return labels.astype(np.int32, copy=False)
+
+
+#: ``choose_preset``: an Otsu foreground covering more than this fraction of the image means the
+#: threshold cut through a textured support rather than around particles (see BENCHMARKS.md).
+AUTO_SUPPORT_FOREGROUND = 0.25
+#: ... and the "supported" preset must then find at least this many particles to be preferred.
+AUTO_MIN_PARTICLES = 10
+
+
+def choose_preset(image01: np.ndarray, polarity: str = "auto") -> tuple[str, np.ndarray | None]:
+    """Pick the classical preset for one image: ``("supported", labels)`` or ``("isolated", None)``.
+
+    Free particles on a flat background give an Otsu foreground of a few to ~20 % of the frame;
+    small particles on a textured support (HAADF-STEM of catalysts) make Otsu split the support
+    itself (25-60 % foreground). In that case, when the "supported" preset finds at least
+    ``AUTO_MIN_PARTICLES`` particles, it is chosen and its labels are returned (not recomputed).
+    """
+    image01 = np.asarray(image01, np.float32)
+    polarity = resolve_polarity(image01, polarity)
+    isolated = ClassicalMasker.from_preset("isolated")
+    bright = bright_image(image01, polarity)
+    h, w = bright.shape
+    scale = min(1.0, isolated.work_size / max(h, w))
+    if scale < 1.0:
+        bright = cv2.resize(bright, (max(1, round(w * scale)), max(1, round(h * scale))),
+                            interpolation=cv2.INTER_AREA)
+    if isolated.foreground(bright).mean() <= AUTO_SUPPORT_FOREGROUND:
+        return "isolated", None
+    labels = ClassicalMasker.from_preset("supported")(image01, polarity=polarity)
+    if labels.max() >= AUTO_MIN_PARTICLES:
+        return "supported", labels
+    return "isolated", None
