@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8501
 export EMCOPILOT_DATA ?= $(CURDIR)/data
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install browser-deps run test test-fast bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,19 @@ install: $(STAMP)
 run: install
 	$(PY) -m emcopilot.serve --host $(HOST) --port $(PORT)
 
-test: install
+# Browser tests drive Debian's chromium; installed here when missing (root or sudo + apt-get),
+# otherwise those tests skip with a reason.
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then echo "no apt-get: browser tests will be skipped"; \
+	elif [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  || echo "chromium install failed: browser tests will be skipped"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	  (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  || echo "chromium install failed: browser tests will be skipped"; \
+	else echo "chromium missing and no root: browser tests will be skipped"; fi
+
+test: install browser-deps
 	$(PY) -m pytest
 
 test-fast: install

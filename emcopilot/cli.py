@@ -1,0 +1,697 @@
+"""`emcopilot` command line: a thin layer over the library, one sub-command per pipeline step.
+
+Every command exits 0 on success, 2 on bad input (a one-line message, no traceback), 3 when model
+weights are missing, 1 on other errors. Set EMCOPILOT_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from emcopilot import __version__
+from emcopilot.errors import EMCopilotError, InputError
+
+MASKS_MANIFEST = "masks.json"
+
+
+# --------------------------------------------------------------------------- helpers
+class _Progress:
+    """A tqdm bar behind the library's ``progress(done, total, message)`` callback."""
+
+    def __init__(self, desc: str, enabled: bool = True):
+        self.desc, self.enabled, self.bar = desc, enabled, None
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.total != total:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, desc=self.desc, unit="step", file=sys.stderr, leave=True)
+        self.bar.n = done
+        if message:
+            self.bar.set_postfix_str(message[:60], refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _progress(args: argparse.Namespace, desc: str) -> _Progress:
+    return _Progress(desc, enabled=not getattr(args, "quiet", False))
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _existing_dir(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise InputError(f"{what} {p} is not a folder")
+    return p
+
+
+def _positive(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive finite number")
+    return v
+
+
+def _read_manifest(folder: Path) -> dict:
+    f = folder / MASKS_MANIFEST
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text()).get("images", {})
+    except (ValueError, AttributeError):
+        return {}
+
+
+def _label_files(paths: Sequence[str]) -> list[Path]:
+    """Label maps given as files or folders (PNG/TIFF), sorted, de-duplicated."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(q for q in p.iterdir()
+                            if q.suffix.lower() in (".png", ".tif", ".tiff") and not q.name.startswith("."))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    if not files:
+        raise InputError(f"no label maps (PNG/TIFF) found in {', '.join(paths)}")
+    return list(dict.fromkeys(files))
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_info(args: argparse.Namespace) -> int:
+    from emcopilot import io
+
+    rows = []
+    for path in args.files:
+        m = io.read_micrograph(path)
+        img = m.image
+        rows.append({
+            "file": str(path), "name": m.name, "shape": list(img.shape), "dtype": str(img.dtype),
+            "frames": m.n_frames, "pixel_size_nm": m.pixel_size_nm,
+            "min": float(img.min()), "max": float(img.max()), "mean": float(img.mean()),
+            "polarity": io.detect_polarity(io.normalize(img)),
+            "warnings": m.metadata.get("warnings", []) if isinstance(m.metadata, dict) else [],
+        })
+    if args.json:
+        _print_json(rows if len(rows) > 1 else rows[0])
+    else:
+        for r in rows:
+            px = f"{r['pixel_size_nm']:.4g} nm" if r["pixel_size_nm"] else "unknown (enter it with --pixel-size)"
+            print(f"{r['file']}: {r['shape'][1]}x{r['shape'][0]} px, {r['frames']} frame(s), "
+                  f"pixel size {px}, polarity {r['polarity']}")
+    return 0
+
+
+def cmd_mask(args: argparse.Namespace) -> int:
+    from emcopilot import io
+    from emcopilot.masking import coarse_mask, resolve_method
+
+    files = io.list_images(args.images)
+    out = _out_dir(args.out)
+    method = resolve_method(args.method, model_type=args.sam_model)
+    if args.method == "auto" and method == "classical":
+        print("emcopilot: SAM weights not found; using the classical masker "
+              "(see `emcopilot mask --help` for SAM weights)", file=sys.stderr)
+    filters = {"intensity_threshold": args.intensity_threshold, "edge_margin": args.edge_margin,
+               "min_area": args.min_area, "max_area": args.max_area}
+    sam_options = None
+    if method == "sam":
+        sam_options = {"model_type": args.sam_model, "checkpoint": args.sam_checkpoint,
+                       "points_per_side": args.points_per_side, "points_per_batch": args.points_per_batch,
+                       "pred_iou_thresh": args.pred_iou_thresh,
+                       "stability_score_thresh": args.stability_score_thresh,
+                       "crop_n_layers": args.crop_n_layers, "max_mask_region_area": args.max_area}
+    manifest_path = out / MASKS_MANIFEST
+    manifest = {"method": method, "filters": filters, "sam": sam_options,
+                "classical_preset": args.classical_preset if method == "classical" else None,
+                "images": _read_manifest(out)}
+    bar = _progress(args, "coarse masks")
+    failed: list[str] = []
+    try:
+        for i, path in enumerate(files):
+            bar(i, len(files), path.name)
+            try:
+                m = io.read_micrograph(path)
+                stem = io.safe_stem(path.name)
+            except InputError as exc:
+                if not args.keep_going:
+                    raise
+                failed.append(str(exc))
+                continue
+            pixel = args.pixel_size or m.pixel_size_nm
+            labels = coarse_mask(io.normalize(m.image), method=method, polarity=args.polarity,
+                                 filters=filters, sam_options=sam_options,
+                                 classical_options={"preset": args.classical_preset})
+            io.write_label_map(out / f"{stem}.png", labels)
+            manifest["images"][stem] = {"source": str(path), "pixel_size_nm": pixel,
+                                        "particles": int(labels.max())}
+            from emcopilot.atomic import atomic_write_text
+
+            atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+        bar(len(files), len(files), "done")
+    finally:
+        bar.close()
+    for line in failed:
+        print(f"emcopilot: skipped: {line}", file=sys.stderr)
+    print(f"wrote {len(files) - len(failed)} mask(s) to {out}")
+    return 2 if failed else 0
+
+
+def _mask_items(paths: Sequence[str], pixel_size: float | None):
+    """(name, labels, pixel_size_nm) for each label map; pixel size from --pixel-size, else from
+    the masks.json that `emcopilot mask` wrote beside the masks."""
+    from emcopilot import io
+
+    files = _label_files(paths)
+    manifests: dict[Path, dict] = {}
+    for f in files:
+        folder = f.parent
+        if folder not in manifests:
+            manifests[folder] = _read_manifest(folder)
+        stem = io.safe_stem(f.name)
+        px = pixel_size or manifests[folder].get(stem, {}).get("pixel_size_nm")
+        yield stem, io.read_label_map(f), px
+
+
+def cmd_priors(args: argparse.Namespace) -> int:
+    from emcopilot.priors import compute_priors
+
+    out = _out_dir(args.out)
+    files = _label_files([args.masks])
+    bar = _progress(args, "priors")
+    try:
+        table = compute_priors(_mask_items([args.masks], args.pixel_size), out,
+                               min_area=args.min_area, progress=bar)
+    finally:
+        bar.close()
+    print(f"{len(table)} particles from {len(files)} mask(s); priors written to {out}")
+    return 0
+
+
+def cmd_synth_masks(args: argparse.Namespace) -> int:
+    from emcopilot.synthesis import synthesize_from_priors_dir
+
+    priors = _existing_dir(args.priors_dir, "PRIORS_DIR")
+    out = _out_dir(args.out)
+    bar = _progress(args, "synthetic masks")
+    try:
+        comparison = synthesize_from_priors_dir(priors, out, per_mask=args.per_mask, random=args.random,
+                                                n_random=args.n_random, seed=args.seed,
+                                                max_shift=args.max_shift, progress=bar)
+    finally:
+        bar.close()
+    print(comparison.to_string(index=False))
+    print(f"synthetic masks written to {out / 'masks'}")
+    return 0
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    from emcopilot.augment import augment_folder
+
+    images = _existing_dir(args.images_dir, "IMAGES_DIR")
+    masks = _existing_dir(args.masks, "--masks") if args.masks else None
+    out = _out_dir(args.out)
+    bar = _progress(args, "augment")
+    try:
+        written = augment_folder(images, out, masks_dir=masks, seed=args.seed, progress=bar)
+    finally:
+        bar.close()
+    print(f"wrote {len(written)} augmented image(s) to {out}")
+    return 0
+
+
+def cmd_psd(args: argparse.Namespace) -> int:
+    from emcopilot import io
+    from emcopilot.analysis import write_psd_report
+
+    out = _out_dir(args.out)
+    images = {}
+    if args.images:
+        for p in io.list_images([args.images]):
+            images[io.safe_stem(p.name)] = p
+
+    def items():
+        for name, labels, px in _mask_items(args.masks, args.pixel_size):
+            image01 = None
+            if name in images:
+                m = io.read_micrograph(images[name])
+                px = px or m.pixel_size_nm
+                image01 = io.normalize(m.image)
+            yield name, labels, px, image01
+
+    bar = _progress(args, "psd")
+    try:
+        summary = write_psd_report(items(), out, min_area=args.min_area, progress=bar)
+    finally:
+        bar.close()
+    batch = summary.get("batch", summary)
+    unit = batch.get("unit", "px")
+    if batch.get("count"):
+        print(f"{batch['count']} particles; mean {batch['mean']:.3g} {unit}, D10/D50/D90 "
+              f"{batch['d10']:.3g}/{batch['d50']:.3g}/{batch['d90']:.3g} {unit}")
+    else:
+        print("no particles found")
+    print(f"wrote particles.csv, summary.json, psd.png, psd.svg to {out}")
+    return 0
+
+
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    from emcopilot.training.generator import train_generator
+
+    bar = _progress(args, "generator")
+    try:
+        result = train_generator(_existing_dir(args.images, "--images"), _existing_dir(args.masks, "--masks"),
+                                 _out_dir(args.out), profile=args.profile, epochs=args.epochs,
+                                 batch_size=args.batch_size, image_size=args.image_size, seed=args.seed,
+                                 device=args.device, resume=not args.no_resume, progress=bar)
+    finally:
+        bar.close()
+    _print_json(result)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from emcopilot.training.generator import generate_images
+
+    bar = _progress(args, "generate")
+    try:
+        written = generate_images(args.generator, _existing_dir(args.masks, "--masks"), _out_dir(args.out),
+                                  device=args.device, progress=bar)
+    finally:
+        bar.close()
+    print(f"wrote {len(written)} synthetic image(s) to {args.out}")
+    return 0
+
+
+def cmd_train_segmentor(args: argparse.Namespace) -> int:
+    from emcopilot.training.segmentor import train_segmentor
+
+    bar = _progress(args, "segmentor")
+    try:
+        result = train_segmentor(_existing_dir(args.images, "--images"), _existing_dir(args.masks, "--masks"),
+                                 _out_dir(args.out), profile=args.profile, epochs=args.epochs,
+                                 batch_size=args.batch_size, image_size=args.image_size, augment=args.augment,
+                                 seed=args.seed, device=args.device, resume=not args.no_resume, progress=bar)
+    finally:
+        bar.close()
+    _print_json(result)
+    return 0
+
+
+def _model_dir(model: str) -> Path:
+    """A checkpoint folder (config.json + model.safetensors) or a weights-registry name."""
+    path = Path(model)
+    if path.is_file() and path.suffix == ".safetensors":
+        path = path.parent
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{path} is not a checkpoint folder (no config.json); "
+                             "pass OUT/best_miou from `emcopilot train-segmentor`")
+        return path
+    from emcopilot import weights
+
+    if model not in weights.registry():
+        raise InputError(f"--model {model}: no such checkpoint folder or registry name "
+                         "(`emcopilot weights list` shows the names)")
+    return weights.resolve_weights(model).parent
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from emcopilot import io
+    from emcopilot.analysis import write_psd_report
+    from emcopilot.inference import Segmentor
+
+    files = io.list_images(args.images)
+    out = _out_dir(args.out)
+    segmentor = Segmentor.load(_model_dir(args.model), device=args.device)
+    bar = _progress(args, "segment")
+    results = []
+    try:
+        for i, path in enumerate(files):
+            bar(i, len(files), path.name)
+            m = io.read_micrograph(path)
+            stem = io.safe_stem(path.name)
+            image01 = io.normalize(m.image)
+            labels, prob = segmentor.segment(image01, threshold=args.threshold)
+            io.write_label_map(out / f"{stem}.png", labels)
+            io.write_image(out / "prob" / f"{stem}.png", prob)
+            results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
+        bar(len(files), len(files), "psd")
+        summary = write_psd_report(results, out, min_area=args.min_area)
+    finally:
+        bar.close()
+    batch = summary.get("batch", summary)
+    print(f"segmented {len(files)} image(s), {batch.get('count', 0)} particles; results in {out}")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from emcopilot.pipeline import run_pipeline
+
+    bar = _progress(args, "pipeline")
+    try:
+        summary = run_pipeline(_existing_dir(args.images_dir, "IMAGES_DIR"), _out_dir(args.out),
+                               profile=args.profile, method=args.method, polarity=args.polarity,
+                               pixel_size_nm=args.pixel_size, per_mask=args.per_mask, seed=args.seed,
+                               device=args.device, generator_epochs=args.generator_epochs,
+                               segmentor_epochs=args.segmentor_epochs, progress=bar)
+    finally:
+        bar.close()
+    _print_json(summary)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from emcopilot.evaluate import evaluate_dirs, write_evaluation_report
+
+    result = evaluate_dirs(_existing_dir(args.pred, "--pred"), _existing_dir(args.truth, "--truth"),
+                           truth_format=args.truth_format,
+                           prob_dir=_existing_dir(args.prob, "--prob") if args.prob else None,
+                           pixel_size_nm=args.pixel_size)
+    if args.out:
+        write_evaluation_report(result, _out_dir(args.out))
+    _print_json(result.get("aggregate", result))
+    return 0
+
+
+def cmd_push_model(args: argparse.Namespace) -> int:
+    from emcopilot.weights import push_model
+
+    card = {"material_system": args.material, "imaging_mode": args.imaging_mode,
+            "pixel_size_nm": args.pixel_size}
+    url = push_model(_existing_dir(args.checkpoint, "CKPT"), args.repo, token=args.token, card=card,
+                     private=args.private)
+    print(f"uploaded to {url}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from emcopilot import weights
+
+    if args.action == "list":
+        for name, entry in weights.registry().items():
+            here = "available" if weights.weights_available(name) else "not on this machine"
+            print(f"{name:28s} {here:20s} {getattr(entry, 'description', '')}")
+    elif args.action == "add":
+        if not args.name or not args.file:
+            raise InputError("usage: emcopilot weights add NAME FILE")
+        print(weights.add_local_weights(args.name, args.file))
+    elif args.action == "download":
+        if not args.name:
+            raise InputError("usage: emcopilot weights download NAME")
+        print(weights.resolve_weights(args.name))
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from emcopilot.store import ProjectStore
+
+    store = ProjectStore(args.data)
+    if args.action == "create":
+        p = store.create_project(args.name, owner=args.owner)
+        print(p.id)
+    elif args.action == "list":
+        for p in store.list_projects(owner=args.owner_filter):
+            print(f"{p.id}\t{p.name}\t{p.owner}")
+    elif args.action == "add":
+        project = store.open_project(args.project)
+        for f in args.files:
+            path = Path(f)
+            if not path.is_file():
+                raise InputError(f"{path}: no such file")
+            name = args.name or path.name
+            rec = project.add_image(name, path.read_bytes(), pixel_size_nm=args.pixel_size)
+            print(f"added {rec['stem']}")
+    elif args.action == "delete":
+        store.delete_project(args.project)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from emcopilot.jobs import run_worker
+
+    run_worker(args.data)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit 2), like every other error of the CLI."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", required=True, help="folder of training images")
+    p.add_argument("--masks", required=True, help="folder of label maps named after the images' stems")
+    p.add_argument("--out", required=True, help="output folder: checkpoints (safetensors + config.json), log.jsonl")
+    p.add_argument("--profile", choices=("cpu", "paper"), default="cpu",
+                   help="cpu: small model, finishes on a laptop CPU; paper: the paper's sizes, for a GPU")
+    p.add_argument("--epochs", type=int, help="number of epochs (default: the profile's)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the profile's)")
+    p.add_argument("--image-size", type=int, help="training crop size in px (default: the profile's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    p.add_argument("--no-resume", action="store_true", help="start afresh instead of resuming from last/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="emcopilot",
+        description="Particle segmentation and size distributions from electron micrographs, without manual labels.")
+    parser.add_argument("--version", action="version", version=f"emcopilot {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("info", help="shape, dtype and pixel size of micrographs")
+    p.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG, TIFF, DM3, DM4, EMD or HSPY files")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a line per file")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("mask", help="coarse particle masks (SAM or classical) with the Algorithm 1 filters")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    p.add_argument("--out", required=True, help="folder for the label maps (16-bit PNG named after each image)")
+    p.add_argument("--method", choices=("auto", "sam", "classical"), default="auto",
+                   help="auto: SAM when its weights are on this machine, else classical (default auto)")
+    p.add_argument("--polarity", choices=("auto", "bright", "dark"), default="auto",
+                   help="bright particles (HAADF) or dark particles (bright-field); auto detects (default)")
+    p.add_argument("--pixel-size", type=_positive, help="pixel size in nm, overriding the file's metadata")
+    p.add_argument("--intensity-threshold", type=float, default=60,
+                   help="drop regions whose mean intensity (0-255, particle-bright scale) is below this (default 60)")
+    p.add_argument("--edge-margin", type=int, default=5,
+                   help="drop regions within this many px of the image border (default 5)")
+    p.add_argument("--min-area", type=int, default=0, help="drop regions smaller than this, px (default 0)")
+    p.add_argument("--max-area", type=int, default=None,
+                   help="drop regions larger than this, px (SAM: support regions; default none)")
+    p.add_argument("--classical-preset", choices=("auto", "isolated", "supported"), default="auto",
+                   help="classical masker settings: isolated (free particles on a flat background), "
+                        "supported (small particles on a textured support, e.g. HAADF of catalysts), "
+                        "auto (chosen per image; default)")
+    p.add_argument("--sam-model", choices=("vit_b", "vit_l", "vit_h"), default="vit_b",
+                   help="SAM model size (default vit_b: same accuracy, fastest)")
+    p.add_argument("--sam-checkpoint", help="SAM checkpoint file; default: the Hub cache or $EMCOPILOT_WEIGHTS_DIR")
+    p.add_argument("--points-per-side", type=int, default=32, help="SAM grid prompts per side (default 32)")
+    p.add_argument("--points-per-batch", type=int, default=64, help="SAM prompts per batch (memory; default 64)")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.5,
+                   help="SAM predicted-IoU threshold (default 0.5; higher drops low-contrast particles)")
+    p.add_argument("--stability-score-thresh", type=float, default=0.9,
+                   help="SAM stability threshold (default 0.9; lower segments the support)")
+    p.add_argument("--crop-n-layers", type=int, default=0, help="SAM crop layers (default 0)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="skip unreadable images (exit code 2 at the end) instead of stopping at the first")
+    _add_common(p)
+    p.set_defaults(func=cmd_mask)
+
+    p = sub.add_parser("priors", help="morphology priors (Algorithm 2) from a folder of masks")
+    p.add_argument("masks", metavar="MASKS_DIR", help="folder of label maps (e.g. the output of `mask`)")
+    p.add_argument("--out", required=True, help="output folder: CSV tables, contours JSON, plots")
+    p.add_argument("--pixel-size", type=_positive, help="pixel size in nm (default: from masks.json, else px)")
+    p.add_argument("--min-area", type=int, default=10, help="ignore particles smaller than this, px (default 10)")
+    _add_common(p)
+    p.set_defaults(func=cmd_priors)
+
+    p = sub.add_parser("synth-masks", help="synthetic masks from priors (Algorithm 3) or at random (Algorithm 4)")
+    p.add_argument("priors_dir", metavar="PRIORS_DIR", help="output folder of `emcopilot priors`")
+    p.add_argument("--out", required=True, help="output folder: masks/, particles.csv, comparison.csv")
+    p.add_argument("--per-mask", type=int, default=10, help="synthetic masks per source mask (paper: 10)")
+    p.add_argument("--random", action="store_true", help="Algorithm 4: random masks without priors (baseline)")
+    p.add_argument("--n-random", type=int, help="number of random masks (default: per-mask x sources)")
+    p.add_argument("--max-shift", type=float, default=0.5,
+                   help="largest random shift as a fraction of the image size (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_common(p)
+    p.set_defaults(func=cmd_synth_masks)
+
+    p = sub.add_parser("augment", help="the 18 noise x contrast variants of Algorithm 6")
+    p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (e.g. synthetic micrographs)")
+    p.add_argument("--out", required=True, help="output folder: images/ (and masks/ with --masks)")
+    p.add_argument("--masks", help="folder of masks paired with the images; copied alongside each variant")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_common(p)
+    p.set_defaults(func=cmd_augment)
+
+    p = sub.add_parser("psd", help="particle size distribution report from label maps")
+    p.add_argument("masks", nargs="+", metavar="MASKS", help="label map files or folders")
+    p.add_argument("--out", required=True, help="output folder: particles.csv, summary.json, psd.png, psd.svg")
+    p.add_argument("--pixel-size", type=_positive, help="pixel size in nm (default: masks.json or px)")
+    p.add_argument("--images", help="folder of the matching images, for overlays and metadata pixel sizes")
+    p.add_argument("--min-area", type=int, default=10, help="ignore particles smaller than this, px (default 10)")
+    _add_common(p)
+    p.set_defaults(func=cmd_psd)
+
+    p = sub.add_parser("train-generator", help="train the pix2pix mask->image generator (Algorithm 5)")
+    _add_train_options(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_train_generator)
+
+    p = sub.add_parser("generate", help="synthetic micrographs from masks with a trained generator")
+    p.add_argument("--generator", required=True, help="generator checkpoint folder (e.g. OUT/best_ssim)")
+    p.add_argument("--masks", required=True, help="folder of label maps")
+    p.add_argument("--out", required=True, help="output folder for the images (named after the masks)")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    _add_common(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train-segmentor", help="train the CBAM-UNet++ segmentor (Algorithm 7)")
+    _add_train_options(p)
+    p.add_argument("--augment", action="store_true", help="apply the 18 Algorithm 6 variants on the fly")
+    _add_common(p)
+    p.set_defaults(func=cmd_train_segmentor)
+
+    p = sub.add_parser("segment", help="segment micrographs with a trained segmentor, plus the PSD report")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    p.add_argument("--model", required=True, help="segmentor checkpoint folder, or a registry name")
+    p.add_argument("--out", required=True, help="output folder: label maps, prob/, PSD report")
+    p.add_argument("--pixel-size", type=_positive, help="pixel size in nm, overriding metadata")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
+    p.add_argument("--min-area", type=int, default=10, help="ignore particles smaller than this, px (default 10)")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    _add_common(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("pipeline", help="every stage with no labels: masks -> ... -> segmentation -> PSD")
+    p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of micrographs")
+    p.add_argument("--out", required=True, help="output folder; running again resumes where it stopped")
+    p.add_argument("--profile", choices=("cpu", "paper"), default="cpu", help="model sizes/epochs (default cpu)")
+    p.add_argument("--method", choices=("auto", "sam", "classical"), default="auto", help="coarse masker")
+    p.add_argument("--polarity", choices=("auto", "bright", "dark"), default="auto", help="particle polarity")
+    p.add_argument("--pixel-size", type=_positive, help="pixel size in nm, overriding metadata")
+    p.add_argument("--per-mask", type=int, default=None, help="synthetic masks per source (default: profile's)")
+    p.add_argument("--generator-epochs", type=int, help="override the profile's generator epochs")
+    p.add_argument("--segmentor-epochs", type=int, help="override the profile's segmentor epochs")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    _add_common(p)
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("evaluate", help="compare predicted label maps with ground truth")
+    p.add_argument("--pred", required=True, help="folder of predicted label maps")
+    p.add_argument("--truth", required=True, help="folder of ground truth (matched by file stem)")
+    p.add_argument("--truth-format", default="instance",
+                   help="instance (label maps), binary, class:N (pixels equal to N), or yolo (box txt files)")
+    p.add_argument("--prob", help="folder of probability maps (8-bit PNG) for AUC and AP")
+    p.add_argument("--pixel-size", type=_positive, help="pixel size in nm for size errors")
+    p.add_argument("--out", help="write evaluation.json and per_image.csv here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("push-model", help="upload a trained model with a model card to the Hugging Face Hub")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint folder (model.safetensors + config.json)")
+    p.add_argument("--repo", required=True, help="Hub repository id, e.g. mylab/emcopilot-ptsn-haadf")
+    p.add_argument("--material", default="", help="material system, e.g. 'PtSn on Al2O3'")
+    p.add_argument("--imaging-mode", default="", help="e.g. HAADF-STEM or BF-TEM")
+    p.add_argument("--pixel-size", type=_positive, help="pixel size of the training images, nm")
+    p.add_argument("--token", default=os.environ.get("HF_TOKEN"), help="Hub token (default $HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="create a private repository")
+    p.set_defaults(func=cmd_push_model)
+
+    p = sub.add_parser("weights", help="list, add or download pretrained weights")
+    p.add_argument("action", choices=("list", "add", "download"))
+    p.add_argument("name", nargs="?", help="registry name, e.g. sam_vit_b")
+    p.add_argument("file", nargs="?", help="with add: a weights file you downloaded elsewhere")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("project", help="projects in the data folder (the store the web app uses)")
+    p.add_argument("action", choices=("create", "list", "add", "delete"))
+    p.add_argument("project", nargs="?", help="project id (add, delete)")
+    p.add_argument("files", nargs="*", help="with add: micrograph files")
+    p.add_argument("--name", help="with create: the project name; with add: the image name to store")
+    p.add_argument("--owner", default="local", help="owner user id (default local)")
+    p.add_argument("--owner-filter", default=None, help="with list: only this owner's projects")
+    p.add_argument("--pixel-size", type=_positive, help="with add: pixel size in nm")
+    p.add_argument("--data", default=None, help="data folder (default $EMCOPILOT_DATA)")
+    p.set_defaults(func=cmd_project)
+
+    p = sub.add_parser("worker", help="run a job-queue worker (one job at a time)")
+    p.add_argument("--data", default=None, help="data folder (default $EMCOPILOT_DATA)")
+    p.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "project" and args.action == "create" and not args.name:
+        if args.project:
+            args.name = args.project
+        else:
+            parser.error("project create needs --name NAME")
+    debug = os.environ.get("EMCOPILOT_DEBUG") == "1"
+    try:
+        return int(args.func(args) or 0)
+    except EMCopilotError as exc:
+        if debug:
+            raise
+        print(f"emcopilot: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("emcopilot: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as exc:  # unreadable paths, bad values the library rejected
+        if debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"emcopilot: error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the user sees one line, never a traceback
+        if debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"emcopilot: internal error: {type(exc).__name__}: {msg} "
+              "(run again with EMCOPILOT_DEBUG=1 for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

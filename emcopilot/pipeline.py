@@ -1,0 +1,177 @@
+"""The whole self-supervised pipeline on a folder of micrographs, with no manual labels.
+
+Stages (each writes under OUT and is skipped when its outputs are already there, so running the
+same command again resumes where it stopped; the two training stages resume from their last
+checkpoint):
+
+1. ``images``      the micrographs as 8-bit grey PNGs (normalised), named by stem
+2. ``masks``       coarse masks (SAM or classical) + Algorithm 1 filters
+3. ``priors``      morphology priors (Algorithm 2)
+4. ``synth``       synthetic masks from the priors (Algorithm 3)
+5. ``generator``   pix2pix generator trained on (coarse mask, image) pairs (Algorithm 5)
+6. ``generate``    synthetic micrographs for the synthetic masks
+7. ``segmentor``   CBAM-UNet++ trained on the synthetic pairs with the 18 Algorithm 6 variants
+                   applied on the fly (equivalent in distribution to writing all 18 copies)
+8. ``segment``     segmentation of the input micrographs + PSD report
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from emcopilot.atomic import atomic_write_text
+from emcopilot.errors import InputError
+
+Progress = Callable[[int, int, str], None]
+
+STAGES = ("images", "masks", "priors", "synth", "generator", "generate", "segmentor", "segment")
+
+#: Synthetic masks per source mask, per profile (paper: 10 per source).
+PER_MASK = {"cpu": 3, "paper": 10}
+
+
+def _state_path(out: Path) -> Path:
+    return out / "pipeline.json"
+
+
+def load_state(out: Path) -> dict:
+    """The pipeline's record of finished stages (``{"stages": {name: {...}}}``)."""
+    f = _state_path(out)
+    if f.is_file():
+        try:
+            return json.loads(f.read_text())
+        except ValueError:
+            pass
+    return {"stages": {}}
+
+
+def _mark_done(out: Path, state: dict, stage: str, **info) -> None:
+    state["stages"][stage] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+    atomic_write_text(_state_path(out), json.dumps(state, indent=2, default=str))
+
+
+def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = "cpu",
+                 method: str = "auto", polarity: str = "auto", pixel_size_nm: float | None = None,
+                 per_mask: int | None = None, seed: int = 0, device: str = "auto",
+                 generator_epochs: int | None = None, segmentor_epochs: int | None = None,
+                 progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
+    plus the stages' records. ``progress(stage_index, n_stages, message)``."""
+    from emcopilot import io
+
+    images_dir, out = Path(images_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if profile not in PER_MASK:
+        raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")
+    per_mask = per_mask or PER_MASK[profile]
+    state = load_state(out)
+    done = state["stages"]
+    report = progress or (lambda *_: None)
+    stopped = should_stop or (lambda: False)
+
+    files = io.list_images([images_dir])
+    img_dir, mask_dir = out / "images", out / "coarse_masks"
+    priors_dir, synth_dir = out / "priors", out / "synthetic"
+    gen_dir, seg_dir, result_dir = out / "generator", out / "segmentor", out / "segmentation"
+
+    def step(i: int, name: str) -> bool:
+        report(i, len(STAGES), name)
+        return name not in done
+
+    # 1. images: normalised 8-bit copies, the one image set every later stage reads
+    if step(0, "images"):
+        meta = {}
+        for path in files:
+            m = io.read_micrograph(path)
+            stem = io.safe_stem(path.name)
+            io.write_image(img_dir / f"{stem}.png", io.normalize(m.image))
+            meta[stem] = {"source": str(path), "pixel_size_nm": pixel_size_nm or m.pixel_size_nm}
+        _mark_done(out, state, "images", count=len(meta), images=meta)
+    meta = done["images"]["images"]
+
+    # 2. coarse masks
+    if step(1, "masks"):
+        from emcopilot.masking import coarse_mask, resolve_method
+
+        resolved = resolve_method(method)
+        for stem in meta:
+            target = mask_dir / f"{stem}.png"
+            if target.exists():
+                continue
+            image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
+            io.write_label_map(target, coarse_mask(image01, method=resolved, polarity=polarity))
+        _mark_done(out, state, "masks", method=resolved)
+
+    # 3. priors
+    if step(2, "priors"):
+        from emcopilot.priors import compute_priors
+
+        items = ((stem, io.read_label_map(mask_dir / f"{stem}.png"), meta[stem]["pixel_size_nm"])
+                 for stem in meta)
+        table = compute_priors(items, priors_dir)
+        if len(table) == 0:
+            raise InputError("the coarse masks contain no particles: check the polarity and the "
+                             "intensity threshold, or try --method sam")
+        _mark_done(out, state, "priors", particles=len(table))
+
+    # 4. synthetic masks
+    if step(3, "synth"):
+        from emcopilot.synthesis import synthesize_from_priors_dir
+
+        synthesize_from_priors_dir(priors_dir, synth_dir, per_mask=per_mask, seed=seed)
+        _mark_done(out, state, "synth", per_mask=per_mask)
+
+    # 5. generator (resumes from its last checkpoint by itself)
+    if step(4, "generator"):
+        from emcopilot.training.generator import train_generator
+
+        result = train_generator(img_dir, mask_dir, gen_dir, profile=profile, epochs=generator_epochs,
+                                 seed=seed, device=device, resume=True, should_stop=should_stop)
+        if stopped():
+            return {"stopped": "generator", "stages": done}
+        _mark_done(out, state, "generator", result=result)
+
+    # 6. synthetic images
+    if step(5, "generate"):
+        from emcopilot.training.generator import generate_images
+
+        ckpt = gen_dir / "best_ssim"
+        generate_images(ckpt if ckpt.is_dir() else gen_dir / "last", synth_dir / "masks",
+                        synth_dir / "images", device=device)
+        _mark_done(out, state, "generate")
+
+    # 7. segmentor on synthetic pairs, Algorithm 6 variants on the fly
+    if step(6, "segmentor"):
+        from emcopilot.training.segmentor import train_segmentor
+
+        result = train_segmentor(synth_dir / "images", synth_dir / "masks", seg_dir, profile=profile,
+                                 epochs=segmentor_epochs, augment=True, seed=seed, device=device,
+                                 resume=True, should_stop=should_stop)
+        if stopped():
+            return {"stopped": "segmentor", "stages": done}
+        _mark_done(out, state, "segmentor", result=result)
+
+    # 8. segmentation of the real images + PSD
+    if step(7, "segment"):
+        from emcopilot.analysis import write_psd_report
+        from emcopilot.inference import Segmentor
+
+        ckpt = seg_dir / "best_miou"
+        segmentor = Segmentor.load(ckpt if ckpt.is_dir() else seg_dir / "last", device=device)
+        items = []
+        for stem in meta:
+            image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
+            labels, prob = segmentor.segment(image01)
+            io.write_label_map(result_dir / f"{stem}.png", labels)
+            io.write_image(result_dir / "prob" / f"{stem}.png", prob)
+            items.append((stem, labels, meta[stem]["pixel_size_nm"], image01))
+        summary = write_psd_report(items, result_dir)
+        _mark_done(out, state, "segment", count=summary.get("batch", {}).get("count"))
+    report(len(STAGES), len(STAGES), "done")
+    summary = json.loads((result_dir / "summary.json").read_text())
+    return {"summary": summary.get("batch", summary), "stages": {k: {kk: vv for kk, vv in v.items()
+                                                                     if kk != "images"}
+                                                                 for k, v in done.items()}}

@@ -1,0 +1,180 @@
+"""The `emcopilot` console script, run as a user runs it: a subprocess, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+EMCOPILOT = [sys.executable, "-m", "emcopilot.cli"]
+
+
+def run(*args, cwd=None, env=None):
+    e = dict(os.environ, **(env or {}))
+    e.pop("EMCOPILOT_DEBUG", None)
+    return subprocess.run([*EMCOPILOT, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=e, timeout=600)
+
+
+def assert_clean_error(proc, code=2):
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr
+    assert err.startswith("emcopilot: error:") or err.startswith("usage:") or "error:" in err
+    assert len(err.splitlines()) <= 3, err
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose IHDR (valid CRC) claims width x height pixels, with a tiny IDAT."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.fixture()
+def bad_files(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "empty.png").write_bytes(b"")
+    (d / "notes.png").write_text("this is a text file, not an image\n")
+    _png_header_only(d / "huge.png", 100_000, 100_000)
+    good = tmp_path / "good.tif"
+    arr = (np.random.default_rng(0).random((64, 64)) * 65535).astype(np.uint16)
+    import tifffile
+
+    tifffile.imwrite(good, arr)
+    data = good.read_bytes()
+    (d / "truncated.tif").write_bytes(data[: len(data) // 2])
+    return d
+
+
+def test_help_explains_every_command():
+    proc = run("--help")
+    assert proc.returncode == 0
+    for cmd in ("info", "mask", "priors", "synth-masks", "augment", "psd", "pipeline", "evaluate"):
+        assert cmd in proc.stdout
+    proc = run("mask", "--help")
+    assert proc.returncode == 0
+    for opt in ("--method", "--intensity-threshold", "--edge-margin", "--points-per-side",
+                "--pred-iou-thresh", "--stability-score-thresh", "--max-area"):
+        assert opt in proc.stdout
+
+
+@pytest.mark.parametrize("name", ["empty.png", "notes.png", "huge.png", "truncated.tif"])
+def test_bad_input_exits_2_with_one_line(bad_files, tmp_path, name):
+    proc = run("info", bad_files / name)
+    assert_clean_error(proc)
+    assert name in proc.stderr
+    out = tmp_path / "masks"
+    proc = run("mask", bad_files / name, "--method", "classical", "--out", out, "-q")
+    assert_clean_error(proc)
+
+
+def test_bad_input_loses_nothing_already_written(bad_files, tmp_path, examples_dir):
+    out = tmp_path / "masks"
+    good = examples_dir / "catalysts" / "images" / "Pt4.jpg"
+    proc = run("mask", good, "--method", "classical", "--out", out, "-q")
+    assert proc.returncode == 0, proc.stderr
+    before = (out / "Pt4.png").read_bytes()
+    manifest = json.loads((out / "masks.json").read_text())
+    assert "Pt4" in manifest["images"]
+    proc = run("mask", bad_files / "truncated.tif", "--method", "classical", "--out", out, "-q")
+    assert_clean_error(proc)
+    assert (out / "Pt4.png").read_bytes() == before
+    assert "Pt4" in json.loads((out / "masks.json").read_text())["images"]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_keep_going_skips_bad_files_and_exits_2(bad_files, tmp_path, examples_dir):
+    out = tmp_path / "masks"
+    proc = run("mask", examples_dir / "catalysts" / "images" / "Pd1.jpg", bad_files / "empty.png",
+               "--method", "classical", "--out", out, "--keep-going", "-q")
+    assert proc.returncode == 2
+    assert (out / "Pd1.png").is_file()
+    assert "empty.png" in proc.stderr
+
+
+def test_name_with_dotdot_is_refused_by_the_store(tmp_path, examples_dir):
+    data = tmp_path / "data"
+    proc = run("project", "create", "--name", "demo", "--data", data)
+    assert proc.returncode == 0, proc.stderr
+    pid = proc.stdout.strip()
+    img = examples_dir / "catalysts" / "images" / "Ru4.jpg"
+    proc = run("project", "add", pid, img, "--name", "../../evil.jpg", "--data", data)
+    assert_clean_error(proc)
+    assert not (tmp_path / "evil.jpg").exists()
+    assert not list(data.rglob("evil*"))
+    proc = run("project", "add", pid, img, "--data", data)
+    assert proc.returncode == 0, proc.stderr
+    assert "Ru4" in proc.stdout
+
+
+def test_missing_file_and_bad_values(tmp_path):
+    assert_clean_error(run("info", tmp_path / "nope.dm4"))
+    assert_clean_error(run("psd", tmp_path, "--pixel-size", "-1", "--out", tmp_path / "o"))
+    assert_clean_error(run("psd", tmp_path / "empty_dir_missing", "--out", tmp_path / "o"))
+
+
+def test_info_reads_dm4_pixel_size(shared_data):
+    proc = run("info", shared_data / "particlespy_haadf" / "JEOL HAADF Image.dm4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["shape"] == [112, 112]
+    assert info["pixel_size_nm"] == pytest.approx(1.249, abs=1e-3)
+
+
+def test_front_half_of_the_pipeline_on_real_images(tmp_path, examples_dir):
+    """mask -> priors -> synth-masks -> augment -> psd, as in the README, on bundled HAADF images."""
+    images = examples_dir / "catalysts" / "images"
+    masks, priors, synth = tmp_path / "masks", tmp_path / "priors", tmp_path / "synth"
+    proc = run("mask", images, "--method", "classical", "--out", masks, "-q")
+    assert proc.returncode == 0, proc.stderr
+    stems = sorted(p.stem for p in images.iterdir())
+    assert sorted(p.stem for p in masks.glob("*.png")) == stems
+    for stem in stems:
+        labels = np.array(Image.open(masks / f"{stem}.png"))
+        assert labels.shape == (640, 640)
+        assert labels.max() >= 5, f"{stem}: only {labels.max()} particles"
+
+    proc = run("priors", masks, "--out", priors, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert (priors / "particles.csv").is_file()
+    assert len(list((priors / "contours").glob("*.json"))) == len(stems)
+
+    proc = run("synth-masks", priors, "--per-mask", "2", "--out", synth, "-q")
+    assert proc.returncode == 0, proc.stderr
+    synth_masks = sorted((synth / "masks").glob("*.png"))
+    assert len(synth_masks) == 2 * len(stems)
+    assert (synth / "comparison.csv").is_file()
+
+    aug = tmp_path / "aug"
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "Pt4.jpg").write_bytes((images / "Pt4.jpg").read_bytes())
+    proc = run("augment", one, "--out", aug, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((aug / "images").glob("Pt4__*.png"))) == 18
+
+    psd = tmp_path / "psd"
+    proc = run("psd", masks, "--pixel-size", "0.25", "--images", images, "--out", psd, "-q")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("particles.csv", "summary.json", "psd.png", "psd.svg"):
+        assert (psd / name).is_file(), name
+    summary = json.loads((psd / "summary.json").read_text())
+    batch = summary["batch"]
+    assert batch["unit"] == "nm"
+    n_particles = sum(1 for _ in open(psd / "particles.csv")) - 1
+    assert batch["count"] == n_particles > 20
+    assert batch["d10"] <= batch["d50"] <= batch["d90"]
+    Image.open(psd / "psd.png").verify()
