@@ -1,0 +1,125 @@
+"""Tiled inference, probability -> instances, folder segmentation, on a briefly trained tiny net."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emcopilot import io
+from emcopilot.errors import InputError
+from emcopilot.inference import Segmentor, blend_window, segment_folder, tiled_apply
+from emcopilot.nets import UNetPlusPlus
+from emcopilot.training import save_checkpoint
+from emcopilot.training.losses import segmentation_loss
+
+torch.set_num_threads(2)
+STEM = "31121ca5cf"
+
+
+@pytest.fixture(scope="module")
+def real(examples_dir):
+    d = examples_dir / "emps"
+    img = io.normalize(io.read_micrograph(d / "images" / f"{STEM}.png").image)
+    truth = io.read_label_map(d / "segmaps" / f"{STEM}.png")
+    return img, truth
+
+
+@pytest.fixture(scope="module")
+def segmentor(real):
+    """UNet++ (base 4, depth 3) trained for a few steps on 64 px crops of one real image."""
+    img, truth = real
+    msk = (truth > 0).astype(np.float32)
+    torch.manual_seed(0)
+    net = UNetPlusPlus(base=4, depth=3, attention="cbam")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        ys, xs = rng.integers(0, img.shape[0] - 64, 2), rng.integers(0, img.shape[1] - 64, 2)
+        x = torch.from_numpy(np.stack([img[y:y + 64, x:x + 64] for y, x in zip(ys, xs)]))[:, None]
+        t = torch.from_numpy(np.stack([msk[y:y + 64, x:x + 64] for y, x in zip(ys, xs)]))[:, None]
+        loss = segmentation_loss(net(x), t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    return Segmentor(net, {"config": {"image_size": 64}}, torch.device("cpu"))
+
+
+def test_blend_window_is_positive_and_symmetric():
+    w = blend_window(16)
+    assert w.shape == (16, 16) and w.min() > 0 and w.max() <= 1
+    assert np.allclose(w, w.T) and np.allclose(w, w[::-1, ::-1])
+
+
+def test_tiled_apply_is_exact_for_pointwise_functions():
+    rng = np.random.default_rng(0)
+    for shape in [(100, 70), (20, 13), (64, 64)]:
+        a = rng.random(shape).astype(np.float32)
+        out = tiled_apply(lambda t: t * 3 + 1, a, 32)
+        assert out.shape == a.shape
+        assert np.allclose(out, a * 3 + 1, atol=1e-5)
+
+
+def test_tiled_matches_untiled_away_from_seams(segmentor, real):
+    img, truth = real
+    part = img[:128, :128]  # 2 x 2 tiles of the 64 px training size
+    tiled = segmentor.predict_proba(part)
+    whole = segmentor.predict_proba(part, tiled=False)
+    assert tiled.shape == whole.shape == (128, 128)
+    assert whole.std() > 0.05  # the net is not constant, so the comparison means something
+    diff = np.abs(tiled - whole)[16:-16, 16:-16]
+    assert diff.mean() < 0.03
+    assert np.percentile(diff, 99) < 0.15
+
+
+def test_predict_proba_any_size_and_scale(segmentor, real):
+    img, truth = real
+    prob = segmentor.predict_proba(img)
+    assert prob.shape == img.shape and prob.dtype == np.float32
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+    pred, gt = prob > 0.5, truth > 0
+    iou = (pred & gt).sum() / (pred | gt).sum()
+    assert iou > 0.6  # tiles are stitched coherently over the whole 512 px image
+    small = segmentor.predict_proba(img[:50, :37])
+    assert small.shape == (50, 37)
+    scaled = segmentor.predict_proba(img, scale=0.5)
+    assert scaled.shape == img.shape
+    with pytest.raises(InputError):
+        segmentor.predict_proba(np.zeros((4, 4, 3), np.float32))
+
+
+def test_segment_returns_a_label_map(segmentor, real):
+    img, truth = real
+    labels, prob = segmentor.segment(img, threshold=0.5, min_area=10)
+    assert labels.shape == img.shape and labels.dtype == np.int32
+    n = int(labels.max())
+    assert n >= 5
+    assert set(np.unique(labels)) == set(range(n + 1))
+    assert np.all(prob[labels > 0] > 0.5)
+    n_truth = len(np.unique(truth)) - 1
+    assert 0.3 * n_truth <= n <= 3 * n_truth
+    # a higher threshold never adds particle pixels
+    labels_hi, _ = segmentor.segment(img, threshold=0.8)
+    assert np.count_nonzero(labels_hi) <= np.count_nonzero(labels)
+
+
+def test_segment_folder_writes_label_and_prob_maps(segmentor, examples_dir, tmp_path):
+    ck = save_checkpoint(tmp_path / "ck", segmentor.model, None, {"image_size": 64}, epoch=1)
+    loaded = Segmentor.load(ck, device="cpu")
+    assert loaded.image_size == 64
+    src = examples_dir / "emps" / "images"
+    files = [src / f"{STEM}.png", src / "391ef00939.png"]
+    done = []
+    out = segment_folder(files, ck, tmp_path / "pred", device="cpu",
+                         progress=lambda d, t, m: done.append(d))
+    assert [p.name for p in out] == [f"{STEM}.png", "391ef00939.png"] and done == [1, 2]
+    for p, f in zip(out, files):
+        labels = io.read_label_map(p)
+        shape = io.read_micrograph(f).image.shape
+        assert labels.shape == shape and labels.max() > 0
+        prob = io.read_micrograph(tmp_path / "pred" / "prob" / p.name).image
+        assert prob.shape == shape
+    # the loaded checkpoint predicts exactly what the in-memory model predicts
+    img = io.normalize(io.read_micrograph(files[0]).image)
+    np.testing.assert_array_equal(io.read_label_map(out[0]), segmentor.segment(img)[0])
