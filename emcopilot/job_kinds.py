@@ -1,0 +1,380 @@
+"""The background jobs of the web app: each calls library functions with a project's folders.
+
+Every job is ``fn(project, params, ctx) -> dict`` registered with :func:`emcopilot.jobs.register_job`
+(``ctx.progress(done, total, message)``, ``ctx.should_stop()``). The worker imports this module
+(``emcopilot.jobs.load_job_modules``); the pages only submit ``(kind, params)`` and read the job
+record. The returned dict is stored as the job's result (small, JSON-serialisable).
+
+Kinds: ``coarse_masks``, ``priors``, ``synthesize``, ``train_generator``, ``generate_images``,
+``train_segmentor``, ``segment``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from emcopilot.atomic import atomic_write_text
+from emcopilot.errors import InputError
+from emcopilot.jobs import register_job
+
+__all__ = ["REGISTERED_KINDS", "KINDS", "project_path", "prefer_masks", "training_pairs_dir",
+           "segmentor_runs", "generator_checkpoint", "segmentor_checkpoint", "synthetic_masks",
+           "build_report_zip", "REPORT_ZIP"]
+
+KINDS = ("coarse_masks", "priors", "synthesize", "train_generator", "generate_images",
+         "train_segmentor", "segment")
+#: Names of the job kinds this module registers.
+REGISTERED_KINDS: list[str] = list(KINDS)
+
+#: Name of the one-file report inside the results folder.
+REPORT_ZIP = "emcopilot_report.zip"
+
+
+def project_path(project: Any, attr: str, *args: Any) -> Path:
+    """A project folder whether the store exposes it as a method or a property; created."""
+    value = getattr(project, attr)
+    p = Path(value(*args) if callable(value) else value)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _stems(project: Any) -> list[str]:
+    return [str(rec["stem"]) for rec in project.images()]
+
+
+def _record(project: Any, stem: str) -> dict:
+    for rec in project.images():
+        if rec.get("stem") == stem:
+            return rec
+    return {}
+
+
+def _image01(project: Any, stem: str) -> np.ndarray:
+    from emcopilot.io import normalize
+
+    return normalize(project.read_image(stem).image)
+
+
+def _load_mask(project: Any, stem: str) -> np.ndarray | None:
+    m = project.load_mask(stem, prefer_edited=True)
+    return None if m is None else np.asarray(m)
+
+
+def pixel_size(project: Any, stem: str) -> float | None:
+    """The image's pixel size in nm (None = unknown)."""
+    v = _record(project, stem).get("pixel_size_nm")
+    return None if v in (None, "") else float(v)
+
+
+def _polarity(project: Any, stem: str, override: str | None = None) -> str:
+    if override and override != "auto":
+        return override
+    return str(_record(project, stem).get("polarity") or "auto")
+
+
+def prefer_masks(project: Any) -> dict[str, np.ndarray]:
+    """Each image's mask (edited when saved, else coarse); images without any are left out."""
+    out = {}
+    for stem in _stems(project):
+        m = _load_mask(project, stem)
+        if m is not None:
+            out[stem] = m
+    return out
+
+
+def training_pairs_dir(project: Any, out: Path) -> tuple[Path, Path, int]:
+    """Write (image PNG, mask PNG) pairs with matching stems into ``out/images``/``out/masks``
+    for the trainers (edited masks win over coarse ones). Returns the two folders and the count."""
+    from emcopilot.io import write_image, write_label_map
+
+    img_dir, mask_dir = out / "images", out / "masks"
+    for d in (img_dir, mask_dir):
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+    n = 0
+    for stem, labels in prefer_masks(project).items():
+        write_image(img_dir / f"{stem}.png", _image01(project, stem))
+        write_label_map(mask_dir / f"{stem}.png", labels)
+        n += 1
+    if n == 0:
+        raise InputError("no masks in this project yet: make coarse masks first")
+    return img_dir, mask_dir, n
+
+
+def synthetic_masks(project: Any) -> Path:
+    """Folder of the synthetic label maps (``synthesize_from_priors_dir`` writes ``masks/``,
+    ``particles.csv`` and ``comparison.csv`` into its parent)."""
+    d = project_path(project, "synthetic_masks_dir")
+    if d.name != "masks":
+        d = d / "masks"
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _progress(ctx: Any) -> Callable[[int, int, str], None]:
+    return lambda done, total, message="": ctx.progress(done, total, message)
+
+
+def _checkpoint(run_dir: Path, names: tuple[str, ...]) -> Path | None:
+    """The first of ``names`` that holds a checkpoint with at least one completed epoch (a
+    training cancelled during its first epoch leaves an untrained ``last/``: not offered)."""
+    for name in names:
+        cfg = run_dir / name / "config.json"
+        if not cfg.is_file():
+            continue
+        try:
+            epoch = int(json.loads(cfg.read_text()).get("epoch", 0))
+        except (OSError, ValueError, TypeError):
+            continue
+        if epoch >= 1:
+            return run_dir / name
+    return None
+
+
+def generator_checkpoint(project: Any) -> Path | None:
+    """The generator checkpoint to use (best SSIM, else last), or None before training."""
+    return _checkpoint(project_path(project, "models_dir", "generator"),
+                       ("best_ssim", "best_lpips", "last"))
+
+
+def segmentor_runs(project: Any) -> Path:
+    """The segmentor's run folder (log.jsonl, last/, best_miou/)."""
+    return project_path(project, "models_dir", "segmentor")
+
+
+def segmentor_checkpoint(project: Any) -> Path | None:
+    """The segmentor checkpoint to use (best mIoU, else last), or None before training."""
+    return _checkpoint(segmentor_runs(project), ("best_miou", "last"))
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+@register_job("coarse_masks")
+def coarse_masks_job(project: Any, params: dict, ctx: Any) -> dict:
+    """Coarse masks (SAM or classical + Algorithm 1 filters) of every image of the project.
+    params: method, polarity ("auto" = each image's setting), filters, sam_options,
+    classical_options, stems (optional subset)."""
+    from emcopilot.masking import coarse_mask, resolve_method
+
+    stems = list(params.get("stems") or _stems(project))
+    if not stems:
+        raise InputError("this project has no images: upload micrographs first")
+    sam_options = dict(params.get("sam_options") or {})
+    method = resolve_method(params.get("method", "auto"), sam_options.get("model_type", "vit_b"))
+    counts = {}
+    for i, stem in enumerate(stems):
+        if ctx.should_stop():
+            return {"cancelled": True, "masks": counts, "method": method}
+        ctx.progress(i, len(stems), f"masking {stem}")
+        labels = coarse_mask(_image01(project, stem), method=method,
+                             polarity=_polarity(project, stem, params.get("polarity")),
+                             filters=params.get("filters"), sam_options=sam_options,
+                             classical_options=params.get("classical_options"))
+        project.save_mask(stem, labels, kind="coarse")
+        counts[stem] = int(labels.max())
+    ctx.progress(len(stems), len(stems), f"{len(stems)} coarse masks saved")
+    return {"method": method, "masks": counts, "particles": int(sum(counts.values()))}
+
+
+@register_job("priors")
+def priors_job(project: Any, params: dict, ctx: Any) -> dict:
+    """Morphology priors (Algorithm 2) of the project's masks (edited preferred)."""
+    from emcopilot.priors import compute_priors
+
+    masks = prefer_masks(project)
+    if not masks:
+        raise InputError("no masks in this project yet: make coarse masks first")
+    items = [(stem, m, pixel_size(project, stem)) for stem, m in masks.items()]
+    table = compute_priors(items, project_path(project, "priors_dir"),
+                           min_area=int(params.get("min_area", 10)), progress=_progress(ctx))
+    return {"images": len(items), "particles": int(len(table))}
+
+
+@register_job("synthesize")
+def synthesize_job(project: Any, params: dict, ctx: Any) -> dict:
+    """Synthetic masks from the priors (Algorithm 3) or random ones (Algorithm 4)."""
+    from emcopilot.synthesis import synthesize_from_priors_dir
+
+    masks = synthetic_masks(project)
+    comparison = synthesize_from_priors_dir(
+        project_path(project, "priors_dir"), masks.parent,
+        per_mask=int(params.get("per_mask", 3)),
+        random=bool(params.get("random", False)), seed=int(params.get("seed", 0)),
+        progress=_progress(ctx))
+    n = len(list(masks.glob("*.png")))
+    return {"masks": n, "comparison_rows": int(len(comparison))}
+
+
+def _small(result: Any) -> dict:
+    """The JSON-friendly scalars of a training result."""
+    if not isinstance(result, dict):
+        return {}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()
+            if isinstance(v, (int, float, str, bool, Path)) or v is None}
+
+
+@register_job("train_generator")
+def train_generator_job(project: Any, params: dict, ctx: Any) -> dict:
+    """pix2pix generator on (mask, image) pairs of the project (Algorithm 5)."""
+    from emcopilot.training.generator import train_generator
+
+    run = project_path(project, "models_dir", "generator")
+    img_dir, mask_dir, n = training_pairs_dir(project, run / "pairs")
+    keys = ("profile", "epochs", "batch_size", "image_size", "lambda_l1", "lambda_ssim", "seed")
+    kw = {k: params[k] for k in keys if params.get(k) is not None}
+    result = train_generator(img_dir, mask_dir, run, device=params.get("device", "auto"),
+                             resume=bool(params.get("resume", True)), progress=_progress(ctx),
+                             should_stop=ctx.should_stop, **kw)
+    return {"pairs": n, **_small(result)}
+
+
+@register_job("generate_images")
+def generate_images_job(project: Any, params: dict, ctx: Any) -> dict:
+    """Synthetic micrographs for the synthetic masks with the trained generator."""
+    from emcopilot.training.generator import generate_images
+
+    ckpt = generator_checkpoint(project)
+    if ckpt is None:
+        raise InputError("no trained generator in this project: train the generator first")
+    paths = generate_images(ckpt, synthetic_masks(project),
+                            project_path(project, "synthetic_images_dir"),
+                            device=params.get("device", "auto"), progress=_progress(ctx))
+    return {"images": len(paths), "checkpoint": ckpt.name}
+
+
+@register_job("train_segmentor")
+def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
+    """CBAM-UNet++ segmentor (Algorithm 7). params["data"]: "synthetic" (generated pairs,
+    the paper's self-supervised path) or "masks" (the project's own images and masks)."""
+    from emcopilot.training.segmentor import train_segmentor
+
+    run = segmentor_runs(project)
+    if params.get("data", "synthetic") == "synthetic":
+        img_dir = project_path(project, "synthetic_images_dir")
+        mask_dir = synthetic_masks(project)
+        if not any(img_dir.glob("*.png")):
+            raise InputError("no synthetic images yet: train the generator and generate images "
+                             "first, or train on the project's own masks")
+    else:
+        img_dir, mask_dir, _ = training_pairs_dir(project, run / "pairs")
+    keys = ("profile", "epochs", "batch_size", "image_size", "seed", "samples_per_epoch")
+    kw = {k: params[k] for k in keys if params.get(k) is not None}
+    result = train_segmentor(img_dir, mask_dir, run, augment=bool(params.get("augment", True)),
+                             device=params.get("device", "auto"),
+                             resume=bool(params.get("resume", True)), progress=_progress(ctx),
+                             should_stop=ctx.should_stop, **kw)
+    return _small(result)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("emcopilot", "numpy", "scikit-image", "scipy", "torch", "segment-anything",
+                "pandas"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def build_report_zip(out: Path, provenance: dict) -> Path:
+    """Write ``provenance.json`` into ``out`` and zip the whole results folder (except older
+    zips) into ``out/REPORT_ZIP``; returns the zip's path."""
+    atomic_write_text(out / "provenance.json", json.dumps(provenance, indent=2, default=str))
+    zpath = out / REPORT_ZIP
+    tmp = out / f".{REPORT_ZIP}.tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(out.rglob("*")):
+            if p.is_file() and not p.name.startswith(".") and p.suffix != ".zip":
+                zf.write(p, p.relative_to(out).as_posix())
+    tmp.replace(zpath)
+    return zpath
+
+
+@register_job("segment")
+def segment_job(project: Any, params: dict, ctx: Any) -> dict:
+    """Segment every image and write the PSD report + ZIP into the results folder.
+    params["model"]: "segmentor" (the project's trained segmentor) or "coarse" (the coarse
+    masker with the same options as the coarse-mask job: quick report with no training).
+    params["use_edited"]: with "coarse", use the saved (edited) masks where they exist."""
+    from emcopilot.analysis import write_psd_report
+    from emcopilot.io import write_label_map
+
+    stems = _stems(project)
+    if not stems:
+        raise InputError("this project has no images: upload micrographs first")
+    model = params.get("model", "segmentor")
+    out = project_path(project, "results_dir")
+    for old in ("masks", "overlays"):
+        if (out / old).exists():
+            shutil.rmtree(out / old)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    model_info: dict[str, Any] = {"kind": model}
+    if model == "segmentor":
+        from emcopilot.inference import Segmentor
+
+        ckpt = (Path(params["checkpoint"]) if params.get("checkpoint")
+                else segmentor_checkpoint(project))
+        if ckpt is None:
+            raise InputError("no trained segmentor in this project: train one on the Segmentor "
+                             "page, or use the coarse masker for a quick report")
+        seg = Segmentor.load(ckpt, device=params.get("device", "auto"))
+        model_info["checkpoint"] = str(ckpt)
+        for name in ("config.json", "meta.json"):
+            if (ckpt / name).is_file():
+                model_info[name] = json.loads((ckpt / name).read_text())
+        thr = float(params.get("threshold", 0.5))
+        model_info["threshold"] = thr
+    else:
+        from emcopilot.masking import coarse_mask, resolve_method
+
+        sam_options = dict(params.get("sam_options") or {})
+        model_info["method"] = resolve_method(params.get("method", "auto"),
+                                              sam_options.get("model_type", "vit_b"))
+    items = []
+    for i, stem in enumerate(stems):
+        if ctx.should_stop():
+            return {"cancelled": True}
+        ctx.progress(i, len(stems) + 1, f"segmenting {stem}")
+        image01 = _image01(project, stem)
+        labels = None
+        if model == "segmentor":
+            labels, _ = seg.segment(image01, threshold=thr)
+        else:
+            if params.get("use_edited", True):
+                labels = _load_mask(project, stem)
+            if labels is None:
+                labels = coarse_mask(image01, method=model_info["method"],
+                                     polarity=_polarity(project, stem),
+                                     filters=params.get("filters"), sam_options=sam_options,
+                                     classical_options=params.get("classical_options"))
+        write_label_map(out / "masks" / f"{stem}.png", labels)
+        items.append((stem, labels, pixel_size(project, stem), image01))
+    ctx.progress(len(stems), len(stems) + 1, "writing the report")
+    summary = write_psd_report(items, out)
+    provenance = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "project": {"id": getattr(project, "id", None), "name": getattr(project, "name", None)},
+        "inputs": [{k: rec.get(k) for k in ("stem", "filename", "pixel_size_nm",
+                                             "pixel_size_source", "polarity", "width", "height")
+                    if k in rec} for rec in project.images()],
+        "parameters": params,
+        "model": model_info,
+        "versions": _versions(),
+    }
+    zpath = build_report_zip(out, provenance)
+    ctx.progress(len(stems) + 1, len(stems) + 1, "report written")
+    batch = summary.get("batch", {}) if isinstance(summary, dict) else {}
+    return {"images": len(stems), "zip": zpath.name,
+            "particles": batch.get("count") if isinstance(batch, dict) else None}

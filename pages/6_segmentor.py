@@ -1,0 +1,78 @@
+"""Segmentor: the 18 augmentations, training job with live metrics, cancel/resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from pages import _ui
+
+st.title("Segmentor")
+store = _ui.get_store()
+project = _ui.current_project(store)
+if project is None:
+    st.stop()
+
+from emcopilot import job_kinds  # noqa: E402
+
+run_dir = job_kinds.segmentor_runs(project)
+images = project.images()
+
+with st.expander("The 18 augmentations (Algorithm 6) on one image"):
+    if images:
+        stem = st.selectbox("Image", [r["stem"] for r in images], key="aug_img")
+        if st.button("Show augmentations", icon=":material/grid_view:"):
+            from emcopilot.augment import VARIANTS, apply_variant
+            from emcopilot.io import normalize
+
+            mg = _ui.guarded(project.read_image, stem)
+            if mg is not None:
+                img = normalize(mg.image)
+                rng = np.random.default_rng(0)
+                cols = st.columns(6)
+                for i, name in enumerate(VARIANTS):
+                    out = _ui.guarded(apply_variant, img, name, rng)
+                    if out is not None:
+                        cols[i % 6].image(_ui.gray_png(out), caption=name,
+                                          width="stretch")
+    else:
+        st.caption("Upload images first.")
+
+n_synth = len(list(job_kinds.project_path(project, "synthetic_images_dir").glob("*.png")))
+n_masks = len(job_kinds.prefer_masks(project))
+with st.form("train_segmentor"):
+    data = st.radio("Train on", ["synthetic", "masks"], horizontal=True,
+                    index=0 if n_synth else 1,
+                    format_func={"synthetic": f"synthetic pairs ({n_synth}, the paper's "
+                                              "self-supervised path)",
+                                 "masks": f"this project's images and masks ({n_masks})"}.get)
+    c = st.columns(4)
+    profile = c[0].selectbox("Profile", ["cpu", "paper"])
+    epochs = c[1].number_input("Epochs (total)", 1, 1000, 10)
+    batch = c[2].number_input("Batch size", 1, 64, 4)
+    size = c[3].selectbox("Image size (px)", [64, 128, 256, 512], index=2)
+    augment = st.checkbox("Apply the 18 augmentations on the fly", value=True)
+    go = st.form_submit_button("Train segmentor", type="primary", icon=":material/play_arrow:")
+if go:
+    _ui.submit_job(store, project, "train_segmentor",
+                   {"data": data, "profile": profile, "epochs": int(epochs),
+                    "batch_size": int(batch), "image_size": int(size), "augment": augment})
+job = _ui.job_panel(store, project, "train_segmentor", resumable=True)
+
+
+@st.fragment(run_every=5 if job and job.get("state") in _ui.ACTIVE else None)
+def _curves() -> None:
+    df = _ui.log_frame(run_dir / "log.jsonl")
+    if df.empty:
+        return
+    c1, c2 = st.columns(2)
+    with c1:
+        _ui.curves(df, ["val_mIoU", "val_mDice", "val_precision", "val_recall"],
+                   "Validation metrics")
+    with c2:
+        _ui.curves(df, ["loss"], "Training loss")
+
+
+_curves()
+ckpt = job_kinds.segmentor_checkpoint(project)
+st.caption(f"Model to use: {ckpt.name if ckpt else 'none trained yet'}")

@@ -1,0 +1,91 @@
+"""Results: segment the images (trained segmentor or the coarse masker), PSD, downloads."""
+
+from __future__ import annotations
+
+import json
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from pages import _ui
+
+st.title("Results: particle size distribution")
+store = _ui.get_store()
+project = _ui.current_project(store)
+if project is None:
+    st.stop()
+if not project.images():
+    st.info("No images yet: upload micrographs first.")
+    st.stop()
+
+from emcopilot import job_kinds  # noqa: E402
+
+ckpt = job_kinds.segmentor_checkpoint(project)
+options = (["segmentor"] if ckpt else []) + ["coarse"]
+model = st.radio("Segment with", options, horizontal=True,
+                 format_func={"segmentor": f"trained segmentor ({ckpt.name if ckpt else ''})",
+                              "coarse": "coarse masker (quick report, no training; uses your "
+                                        "edited masks where saved)"}.get)
+params: dict = {"model": model}
+if model == "segmentor":
+    params["threshold"] = st.slider("Probability threshold", 0.05, 0.95, 0.5, 0.05)
+if st.button("Segment all images and write the report", type="primary",
+             icon=":material/play_arrow:"):
+    _ui.submit_job(store, project, "segment", params)
+_ui.job_panel(store, project, "segment")
+
+out = job_kinds.project_path(project, "results_dir")
+summary_path = out / "summary.json"
+if not summary_path.is_file():
+    st.caption("No report yet.")
+    st.stop()
+
+summary = json.loads(summary_path.read_text())
+batch = summary.get("batch", {})
+per_image = summary.get("per_image", {})
+st.subheader("Summary")
+rows = [{"set": "all images", **batch}]
+if isinstance(per_image, dict):
+    rows += [{"set": k, **v} for k, v in per_image.items() if isinstance(v, dict)]
+elif isinstance(per_image, list):
+    rows += [{"set": r.get("image", ""), **r} for r in per_image if isinstance(r, dict)]
+table = pd.DataFrame(rows)
+st.dataframe(table, hide_index=True, width="stretch")
+
+particles = pd.read_csv(out / "particles.csv") if (out / "particles.csv").is_file() else None
+size_col = next((c for c in ("equivalent_diameter_nm", "equivalent_diameter_px")
+                 if particles is not None and c in particles.columns
+                 and particles[c].notna().any()), None)
+c1, c2 = st.columns(2)
+with c1:
+    if (out / "psd.png").is_file():
+        st.image(str(out / "psd.png"), caption="PSD with fitted curve", width="stretch")
+with c2:
+    if size_col:
+        st.altair_chart(alt.Chart(particles.dropna(subset=[size_col]),
+                                  title="Particle sizes").mark_bar()
+                        .encode(x=alt.X(f"{size_col}:Q", bin=alt.Bin(maxbins=30),
+                                        title=size_col.replace("_", " ")),
+                                y=alt.Y("count():Q", title="particles")),
+                        width="stretch")
+
+st.subheader("Downloads")
+zip_path = out / job_kinds.REPORT_ZIP
+d = st.columns(3)
+if zip_path.is_file():
+    d[0].download_button("Download everything (ZIP)", zip_path.read_bytes(),
+                         file_name=f"{project.name}_psd_report.zip", mime="application/zip",
+                         type="primary", icon=":material/download:")
+if (out / "particles.csv").is_file():
+    d[1].download_button("Particles (CSV)", (out / "particles.csv").read_bytes(),
+                         file_name="particles.csv", mime="text/csv")
+d[2].download_button("Summary (JSON)", summary_path.read_bytes(), file_name="summary.json",
+                     mime="application/json")
+
+overlays = sorted((out / "overlays").glob("*.png")) if (out / "overlays").is_dir() else []
+if overlays:
+    st.subheader("Overlays")
+    cols = st.columns(3)
+    for i, p in enumerate(overlays[:9]):
+        cols[i % 3].image(str(p), caption=p.stem, width="stretch")

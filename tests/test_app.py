@@ -1,0 +1,233 @@
+"""Every page of the web app under streamlit's AppTest: renders empty and with example data,
+and its main action works (a job record is queued in the store, a table or download appears).
+Jobs are not run by a worker here; where a page needs a job's output, the job function itself
+is called with a small context object (tiny data: 2 example images)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = ["pages/1_projects.py", "pages/2_upload.py", "pages/3_coarse_masks.py",
+         "pages/4_priors.py", "pages/5_generator.py", "pages/6_segmentor.py",
+         "pages/7_results.py"]
+
+
+class Ctx:
+    """Stand-in for the worker's job context."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, str]] = []
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        self.calls.append((done, total, message))
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@pytest.fixture()
+def store():
+    from emcopilot.store import ProjectStore
+
+    return ProjectStore()
+
+
+@pytest.fixture()
+def project(store):
+    """A project with two small example images (one EMPS, one catalyst)."""
+    from emcopilot.examples import load_examples
+
+    p = store.create_project("demo")
+    added = load_examples(p, limit=1)
+    assert len(added) == 2
+    return p
+
+
+@pytest.fixture()
+def masked(project):
+    from emcopilot import job_kinds
+
+    res = job_kinds.coarse_masks_job(project, {"method": "classical"}, Ctx())
+    assert res["method"] == "classical" and res["particles"] > 0
+    return project
+
+
+def open_page(page: str, project_id: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    if project_id is not None:
+        at.session_state["project_id"] = project_id
+    at.run()
+    assert not at.exception, at.exception
+    if page != PAGES[0]:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def jobs_of(store, project, kind):
+    return [j for j in store.list_jobs(project_id=project.id) if j["kind"] == kind]
+
+
+def button(at: AppTest, label: str):
+    for b in at.button:
+        if b.label == label:
+            return b
+    raise AssertionError(f"no button {label!r}: {[b.label for b in at.button]}")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_without_projects(page):
+    at = open_page(page)
+    assert not at.error
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_with_empty_project(page, store):
+    p = store.create_project("empty")
+    at = open_page(page, p.id)
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_with_example_data(page, masked):
+    at = open_page(page, masked.id)
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_projects_create_and_load_examples(store):
+    at = open_page(PAGES[0])
+    at.text_input[0].input("My particles")
+    at.button[0].click().run()
+    assert not at.exception
+    projects = store.list_projects()
+    assert [p.name for p in projects] == ["My particles"]
+    button(at, "Load example data").click().run()
+    assert not at.exception
+    assert len(store.open_project(projects[0].id).images()) == 10
+    assert any("Added 10 example images" in s.value for s in at.success)
+
+
+def test_upload_page_sets_pixel_size(project):
+    at = open_page(PAGES[1], project.id)
+    stem = project.images()[0]["stem"]
+    at.number_input(key=f"nm_{stem}").set_value(0.5).run()
+    assert not at.exception
+    rec = next(r for r in project.images() if r["stem"] == stem)
+    assert rec["pixel_size_nm"] == pytest.approx(0.5)
+
+
+def test_coarse_masks_preview_and_job(store, project):
+    at = open_page(PAGES[2], project.id)
+    assert "classical" in at.radio[0].options
+    button(at, "Preview on this image").click().run()
+    assert not at.exception and not at.error
+    assert any("preview:" in str(img.proto) for img in at.get("image"))
+    button(at, "Run on all images").click().run()
+    jobs = jobs_of(store, project, "coarse_masks")
+    assert len(jobs) == 1 and jobs[0]["state"] == "queued"
+    assert jobs[0]["params"]["method"] == "classical"
+
+
+def test_apply_strokes_adds_and_erases():
+    import numpy as np
+
+    src = (REPO / "pages/3_coarse_masks.py").read_text()
+    ns: dict = {}
+    exec(compile(src.split("\nst.title(")[0], "coarse_page", "exec"), ns)  # helpers only
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:6, 2:6] = 1
+    rgba = np.zeros((10, 10, 4), np.uint8)  # display at half size
+    rgba[6:8, 6:8, 3] = 255
+    added = ns["apply_strokes"](labels, rgba, "add")
+    assert added.max() == 2 and (added == 2).sum() == 16 and (added == 1).sum() == 16
+    rgba2 = np.zeros((10, 10, 4), np.uint8)
+    rgba2[1:2, 1:2, 3] = 255  # -> rows/cols 2:4 at full size
+    erased = ns["apply_strokes"](labels, rgba2, "erase")
+    assert (erased == 1).sum() == 16 - 4
+
+
+def test_priors_compute_and_synthesize_job(store, masked):
+    at = open_page(PAGES[3], masked.id)
+    button(at, "Compute priors").click().run()
+    assert not at.exception and not at.error
+    assert len(at.dataframe) >= 1
+    assert any("particles measured" in s.value for s in at.success)
+    button(at, "Generate synthetic masks").click().run()
+    jobs = jobs_of(store, masked, "synthesize")
+    assert len(jobs) == 1 and jobs[0]["params"]["per_mask"] == 3
+
+
+def test_generator_job_queued(store, masked):
+    at = open_page(PAGES[4], masked.id)
+    at.number_input[0].set_value(2)
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception
+    jobs = jobs_of(store, masked, "train_generator")
+    assert len(jobs) == 1 and jobs[0]["params"]["epochs"] == 2
+
+
+def test_segmentor_augmentations_and_job(store, masked):
+    at = open_page(PAGES[5], masked.id)
+    button(at, "Show augmentations").click().run()
+    assert not at.exception and not at.error
+    assert len(at.get("image")) >= 1
+    at.radio[0].set_value("masks")
+    submit = [b for b in at.button if b.label == "Train segmentor"][0]
+    submit.click().run()
+    jobs = jobs_of(store, masked, "train_segmentor")
+    assert len(jobs) == 1 and jobs[0]["params"]["data"] == "masks"
+
+
+def test_results_quick_report_and_downloads(store, masked):
+    from emcopilot import job_kinds
+
+    at = open_page(PAGES[6], masked.id)
+    assert len(at.radio[0].options) == 1 and at.radio[0].value == "coarse"  # no segmentor yet
+    button(at, "Segment all images and write the report").click().run()
+    jobs = jobs_of(store, masked, "segment")
+    assert len(jobs) == 1 and jobs[0]["params"]["model"] == "coarse"
+    res = job_kinds.segment_job(masked, jobs[0]["params"], Ctx())
+    assert res["images"] == 2
+    at = open_page(PAGES[6], masked.id)
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.dataframe) >= 1
+    labels = [el.proto.label for el in at.get("download_button")]
+    assert "Download everything (ZIP)" in labels and "Particles (CSV)" in labels
+    zpath = job_kinds.project_path(masked, "results_dir") / job_kinds.REPORT_ZIP
+    with zipfile.ZipFile(io.BytesIO(zpath.read_bytes())) as zf:
+        names = set(zf.namelist())
+    assert {"particles.csv", "summary.json", "provenance.json"} <= names
+    assert sum(n.startswith("masks/") for n in names) == 2
+
+
+def test_job_panel_follows_the_store(store, project):
+    """The job UI reads the store: queued (position), running (progress), failed (error),
+    and Cancel on a queued job cancels it."""
+    from emcopilot import jobs
+
+    jid = jobs.submit(store, project.id, "coarse_masks", {"method": "classical"})
+    at = open_page(PAGES[2], project.id)
+    assert any("queued (position 1 in the queue)" in i.value for i in at.info)
+    button(at, "Cancel").click().run()
+    assert store.get_job(jid)["state"] == "cancelled"
+    assert any("cancelled" in w.value for w in at.warning)
+
+    jid = jobs.submit(store, project.id, "coarse_masks", {"method": "classical"})
+    store.update_job(jid, state="running", progress=0.5, message="masking Cu3")
+    at = open_page(PAGES[2], project.id)
+    assert not at.exception
+    bars = at.get("progress")
+    assert bars and "masking Cu3" in str(bars[0].proto) and "50%" in str(bars[0].proto)
+
+    store.update_job(jid, state="failed", error="out of memory on the GPU")
+    at = open_page(PAGES[2], project.id)
+    assert any("out of memory on the GPU" in e.value for e in at.error)
