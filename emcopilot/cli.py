@@ -380,6 +380,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     try:
         summary = run_pipeline(_existing_dir(args.images_dir, "IMAGES_DIR"), _out_dir(args.out),
                                profile=args.profile, method=args.method, polarity=args.polarity,
+                               classical_preset=args.classical_preset,
                                pixel_size_nm=args.pixel_size, per_mask=args.per_mask, seed=args.seed,
                                device=args.device, generator_epochs=args.generator_epochs,
                                segmentor_epochs=args.segmentor_epochs, progress=bar)
@@ -607,6 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=("cpu", "paper"), default="cpu", help="model sizes/epochs (default cpu)")
     p.add_argument("--method", choices=("auto", "sam", "classical"), default="auto", help="coarse masker")
     p.add_argument("--polarity", choices=("auto", "bright", "dark"), default="auto", help="particle polarity")
+    p.add_argument("--classical-preset", choices=("auto", "isolated", "supported"), default="auto",
+                   help="classical masker settings when SAM is not used (see `emcopilot mask --help`)")
     p.add_argument("--pixel-size", type=_positive, help="pixel size in nm, overriding metadata")
     p.add_argument("--per-mask", type=int, default=None, help="synthetic masks per source (default: profile's)")
     p.add_argument("--generator-epochs", type=int, help="override the profile's generator epochs")

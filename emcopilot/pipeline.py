@@ -55,14 +55,21 @@ def _mark_done(out: Path, state: dict, stage: str, **info) -> None:
 
 def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = "cpu",
                  method: str = "auto", polarity: str = "auto", pixel_size_nm: float | None = None,
+                 classical_preset: str = "auto",
                  per_mask: int | None = None, seed: int = 0, device: str = "auto",
                  generator_epochs: int | None = None, segmentor_epochs: int | None = None,
+                 generator_options: dict | None = None, segmentor_options: dict | None = None,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
-    plus the stages' records. ``progress(stage_index, n_stages, message)``."""
+    plus the stages' records. ``progress(stage_index, n_stages, message)``.
+
+    ``generator_options`` / ``segmentor_options`` are passed to ``train_generator`` /
+    ``train_segmentor`` (e.g. ``{"base": 8, "image_size": 128}``) on top of the profile."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
+    generator_options = dict(generator_options or {})
+    segmentor_options = dict(segmentor_options or {})
     out.mkdir(parents=True, exist_ok=True)
     if profile not in PER_MASK:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")
@@ -81,6 +88,10 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         report(i, len(STAGES), name)
         return name not in done
 
+    def within(i: int, name: str) -> Progress:
+        """Progress inside stage ``i``, shown in the stage's message."""
+        return lambda d, t, m="": report(i, len(STAGES), f"{name} {d}/{t} {m}".strip())
+
     # 1. images: normalised 8-bit copies, the one image set every later stage reads
     if step(0, "images"):
         meta = {}
@@ -97,13 +108,15 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         from emcopilot.masking import coarse_mask, resolve_method
 
         resolved = resolve_method(method)
-        for stem in meta:
+        for k, stem in enumerate(meta):
+            report(1, len(STAGES), f"masks {k}/{len(meta)}")
             target = mask_dir / f"{stem}.png"
             if target.exists():
                 continue
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
-            io.write_label_map(target, coarse_mask(image01, method=resolved, polarity=polarity))
-        _mark_done(out, state, "masks", method=resolved)
+            io.write_label_map(target, coarse_mask(image01, method=resolved, polarity=polarity,
+                                                   classical_options={"preset": classical_preset}))
+        _mark_done(out, state, "masks", method=resolved, classical_preset=classical_preset)
 
     # 3. priors
     if step(2, "priors"):
@@ -111,7 +124,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
 
         items = ((stem, io.read_label_map(mask_dir / f"{stem}.png"), meta[stem]["pixel_size_nm"])
                  for stem in meta)
-        table = compute_priors(items, priors_dir)
+        table = compute_priors(items, priors_dir, progress=within(2, "priors"))
         if len(table) == 0:
             raise InputError("the coarse masks contain no particles: check the polarity and the "
                              "intensity threshold, or try --method sam")
@@ -121,7 +134,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     if step(3, "synth"):
         from emcopilot.synthesis import synthesize_from_priors_dir
 
-        synthesize_from_priors_dir(priors_dir, synth_dir, per_mask=per_mask, seed=seed)
+        synthesize_from_priors_dir(priors_dir, synth_dir, per_mask=per_mask, seed=seed,
+                                   progress=within(3, "synth"))
         _mark_done(out, state, "synth", per_mask=per_mask)
 
     # 5. generator (resumes from its last checkpoint by itself)
@@ -129,7 +143,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         from emcopilot.training.generator import train_generator
 
         result = train_generator(img_dir, mask_dir, gen_dir, profile=profile, epochs=generator_epochs,
-                                 seed=seed, device=device, resume=True, should_stop=should_stop)
+                                 seed=seed, device=device, resume=True, should_stop=should_stop,
+                                 progress=within(4, "generator epoch"), **generator_options)
         if stopped():
             return {"stopped": "generator", "stages": done}
         _mark_done(out, state, "generator", result=result)
@@ -140,7 +155,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
 
         ckpt = gen_dir / "best_ssim"
         generate_images(ckpt if ckpt.is_dir() else gen_dir / "last", synth_dir / "masks",
-                        synth_dir / "images", device=device)
+                        synth_dir / "images", device=device, progress=within(5, "generate"))
         _mark_done(out, state, "generate")
 
     # 7. segmentor on synthetic pairs, Algorithm 6 variants on the fly
@@ -149,7 +164,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
 
         result = train_segmentor(synth_dir / "images", synth_dir / "masks", seg_dir, profile=profile,
                                  epochs=segmentor_epochs, augment=True, seed=seed, device=device,
-                                 resume=True, should_stop=should_stop)
+                                 resume=True, should_stop=should_stop,
+                                 progress=within(6, "segmentor epoch"), **segmentor_options)
         if stopped():
             return {"stopped": "segmentor", "stages": done}
         _mark_done(out, state, "segmentor", result=result)
@@ -162,7 +178,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         ckpt = seg_dir / "best_miou"
         segmentor = Segmentor.load(ckpt if ckpt.is_dir() else seg_dir / "last", device=device)
         items = []
-        for stem in meta:
+        for k, stem in enumerate(meta):
+            report(7, len(STAGES), f"segment {k}/{len(meta)}")
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
             labels, prob = segmentor.segment(image01)
             io.write_label_map(result_dir / f"{stem}.png", labels)

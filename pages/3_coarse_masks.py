@@ -127,9 +127,9 @@ with st.expander("Masker settings", expanded=False):
         sam_options = sam_controls()
     else:
         classical_options["preset"] = st.selectbox(
-            "Classical preset", ["isolated", "supported"],
-            help="isolated: free particles on a flat background; supported: small bright "
-                 "particles on a textured support (catalysts).")
+            "Classical preset", ["auto", "isolated", "supported"],
+            help="auto: chosen per image; isolated: free particles on a flat background; "
+                 "supported: small particles on a textured support (catalysts).")
 filters = filter_controls()
 params = {"method": method, "filters": filters, "sam_options": sam_options,
           "classical_options": classical_options}
