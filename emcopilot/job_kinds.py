@@ -266,7 +266,8 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
                              "first, or train on the project's own masks")
     else:
         img_dir, mask_dir, _ = training_pairs_dir(project, run / "pairs")
-    keys = ("profile", "epochs", "batch_size", "image_size", "seed", "samples_per_epoch")
+    keys = ("profile", "epochs", "batch_size", "image_size", "seed", "samples_per_epoch",
+            "base")
     kw = {k: params[k] for k in keys if params.get(k) is not None}
     result = train_segmentor(img_dir, mask_dir, run, augment=bool(params.get("augment", True)),
                              device=params.get("device", "auto"),

@@ -33,10 +33,14 @@ if project is not None:
         st.markdown("**Example data**")
         st.caption("Copies the bundled example micrographs (nanoparticles and catalysts, MIT "
                    "licence) into this project so you can try every stage.")
+        per_set = st.number_input("Images per example set (0 = all)", min_value=0,
+                                  max_value=10, value=0, step=1,
+                                  help="A smaller set makes a quick first run: 1 = one "
+                                       "nanoparticle and one catalyst image.")
         if st.button("Load example data", icon=":material/science:"):
             from emcopilot.examples import load_examples
 
-            added = _ui.guarded(load_examples, project)
+            added = _ui.guarded(load_examples, project, limit=int(per_set) or None)
             if added is not None:
                 st.success(f"Added {len(added)} example images.")
     with c2:

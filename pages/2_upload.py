@@ -23,7 +23,8 @@ if files and st.button("Add to project", type="primary", icon=":material/upload:
             project.add_image(f.name, f.getvalue())
             added += 1
         except _ui.EMCopilotError as exc:
-            st.error(str(exc) if f.name in str(exc) else f"{f.name}: {exc}")
+            msg = str(exc) if f.name in str(exc) else f"{f.name}: {exc}"
+            st.error(msg.replace("\\", "\\\\"))  # markdown would eat a backslash
     if added:
         st.success(f"Added {added} image(s).")
 

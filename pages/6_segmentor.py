@@ -52,11 +52,21 @@ with st.form("train_segmentor"):
     batch = c[2].number_input("Batch size", 1, 64, 4)
     size = c[3].selectbox("Image size (px)", [64, 128, 256, 512], index=2)
     augment = st.checkbox("Apply the 18 augmentations on the fly", value=True)
+    with st.expander("Advanced"):
+        a = st.columns(2)
+        samples = a[0].number_input(
+            "Samples per epoch (0 = the profile's)", min_value=0, max_value=100_000, value=0,
+            step=1, help="Random crops drawn per epoch; fewer = shorter epochs.")
+        base = a[1].selectbox("Network width (base channels)", [0, 4, 8, 16, 32], index=0,
+                              format_func=lambda b: "the profile's" if b == 0 else str(b),
+                              help="Filters of the first level (doubled per level); the "
+                                   "paper uses 32, the cpu profile 8.")
     go = st.form_submit_button("Train segmentor", type="primary", icon=":material/play_arrow:")
 if go:
     _ui.submit_job(store, project, "train_segmentor",
                    {"data": data, "profile": profile, "epochs": int(epochs),
-                    "batch_size": int(batch), "image_size": int(size), "augment": augment})
+                    "batch_size": int(batch), "image_size": int(size), "augment": augment,
+                    "samples_per_epoch": int(samples) or None, "base": int(base) or None})
 job = _ui.job_panel(store, project, "train_segmentor", resumable=True)
 
 

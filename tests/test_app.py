@@ -185,6 +185,17 @@ def test_segmentor_augmentations_and_job(store, masked):
     submit.click().run()
     jobs = jobs_of(store, masked, "train_segmentor")
     assert len(jobs) == 1 and jobs[0]["params"]["data"] == "masks"
+    assert jobs[0]["params"]["samples_per_epoch"] is None and jobs[0]["params"]["base"] is None
+    # the Advanced controls reach the job (and the job passes them to train_segmentor)
+    [n for n in at.number_input if n.label.startswith("Samples per epoch")][0].set_value(16)
+    [s for s in at.selectbox if s.label.startswith("Network width")][0].set_value(4)
+    [s for s in at.selectbox if s.label == "Image size (px)"][0].set_value(64)
+    [b for b in at.button if b.label == "Train segmentor"][0].click().run()
+    assert not at.exception
+    params = [j["params"] for j in jobs_of(store, masked, "train_segmentor")]
+    assert len(params) == 2
+    assert [(q["samples_per_epoch"], q["base"], q["image_size"]) for q in params
+            if q["base"] is not None] == [(16, 4, 64)]
 
 
 def test_results_quick_report_and_downloads(store, masked):

@@ -57,7 +57,10 @@ def app_server(tmp_path_factory, browser):
     data = tmp_path_factory.mktemp("browser_data")
     logs = tmp_path_factory.mktemp("browser_logs")
     env = {**os.environ, "EMCOPILOT_DATA": str(data), "HF_HUB_OFFLINE": "1",
-           "HF_HOME": str(data / "hf_home"), "OMP_NUM_THREADS": "2",
+           "HF_HOME": str(data / "hf_home"),
+           # one torch thread: the worker shares 2 cores with the app server and chromium,
+           # and 2 threads on busy cores were 2-3x slower (oversubscription) when profiled
+           "OMP_NUM_THREADS": "1", "EMCOPILOT_THREADS": "1",
            "EMCOPILOT_WEIGHTS_DIR": str(data / "weights")}
     env.pop("EMCOPILOT_REDIS_URL", None)
     port = _free_port()
