@@ -319,6 +319,7 @@ def cmd_train_segmentor(args: argparse.Namespace) -> int:
         result = train_segmentor(_existing_dir(args.images, "--images"), _existing_dir(args.masks, "--masks"),
                                  _out_dir(args.out), profile=args.profile, epochs=args.epochs,
                                  batch_size=args.batch_size, image_size=args.image_size, augment=args.augment,
+                                 samples_per_epoch=args.samples_per_epoch,
                                  seed=args.seed, device=args.device, resume=not args.no_resume, progress=bar)
     finally:
         bar.close()
@@ -588,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-segmentor", help="train the CBAM-UNet++ segmentor (Algorithm 7)")
     _add_train_options(p)
     p.add_argument("--augment", action="store_true", help="apply the 18 Algorithm 6 variants on the fly")
+    p.add_argument("--samples-per-epoch", type=int,
+                   help="random training crops per epoch (default: the profile's)")
     _add_common(p)
     p.set_defaults(func=cmd_train_segmentor)
 

@@ -212,3 +212,109 @@ def test_generator_trains_resumes_and_generates(emps, tmp_path):
         assert img.std() > 0
         # the image follows its mask: particle and background pixels differ on average
         assert abs(img[mask].mean() - img[~mask].mean()) > 1.0
+
+
+# --------------------------------------------------------------------------- FID in validation
+
+def _tiny_features() -> torch.nn.Module:
+    """A fixed random conv feature extractor: (N, 3, H, W) in [0, 1] -> (N, 8)."""
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=2), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+
+
+def test_frechet_distance_matches_torchmetrics():
+    from torchmetrics.image.fid import _compute_fid
+
+    from emcopilot.metrics import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    for n, m, d in ((5, 7, 16), (40, 30, 6)):  # rank-deficient and full-rank covariances
+        x = torch.randn(n, d, generator=g, dtype=torch.float64)
+        y = 0.7 * torch.randn(m, d, generator=g, dtype=torch.float64) + 0.3
+        ref = float(_compute_fid(x.mean(0), torch.cov(x.T), y.mean(0), torch.cov(y.T)))
+        assert frechet_distance(x, y) == pytest.approx(ref, rel=1e-6, abs=1e-9)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(x[:1], y) is None
+
+
+def test_generator_logs_fid_null_here_and_number_when_injected(emps, tmp_path, caplog):
+    from emcopilot.metrics import FidMetric
+
+    # no Inception weights on this machine: the standard FID is null, with the reason logged once
+    out = tmp_path / "plain"
+    with caplog.at_level("WARNING", logger="emcopilot.training.generator"):
+        r = train_generator(*emps, out, epochs=2, val_fraction=0.34, **TINY_GEN)
+    recs = read_log(out)
+    assert len(recs) == 2 and all("val_fid" in x and x["val_fid"] is None for x in recs)
+    assert "fid" in r["unavailable"]
+    assert sum("FID" in m for m in caplog.messages) == 1
+    # an injected feature extractor gives a finite, non-negative number every epoch
+    fid = FidMetric(feature_extractor=_tiny_features(), feature_dim=8, device="cpu")
+    out2 = tmp_path / "injected"
+    r2 = train_generator(*emps, out2, epochs=1, val_fraction=0.34, fid_metric=fid, **TINY_GEN)
+    rec = read_log(out2)[0]
+    assert rec["val_fid"] is not None and np.isfinite(rec["val_fid"]) and rec["val_fid"] >= 0
+    assert "fid" not in r2["unavailable"]
+    assert rec["val_fid"] > 0  # an untrained generator does not reproduce the real images
+
+
+def test_fid_inception_path_runs_offline_with_a_local_weights_file(tmp_path, monkeypatch):
+    """The standard FID path (torch-fidelity's Inception + the 'fid_inception' file) needs no
+    network: a random-weights file of the right layout stands in for the real one (whose sha256
+    the registry checks, so the test registry drops the hash)."""
+    pytest.importorskip("torch_fidelity")
+    from unittest import mock
+
+    import io as _io
+
+    from emcopilot import metrics, weights
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    with mock.patch.object(torch.nn.Module, "load_state_dict", lambda self, *a, **k: None):
+        buf = _io.BytesIO()
+        torch.save({}, buf)
+        buf.seek(0)
+        state = NoTrainInceptionV3(name="x", features_list=["2048"],
+                                   feature_extractor_weights_path=buf).state_dict()
+    entry = weights.registry()["fid_inception"]
+    fake = tmp_path / entry.basename
+    torch.save(state, fake)
+    reg = tmp_path / "registry.toml"
+    text = weights.registry_path().read_text()
+    reg.write_text(text.replace(f'sha256 = "{entry.sha256}"', 'sha256 = ""')
+                   .replace(f"size = {entry.size}", "size = 0"))
+    monkeypatch.setenv("EMCOPILOT_REGISTRY", str(reg))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_network(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr("socket.socket.connect", no_network)
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url", no_network)
+    fid = metrics.FidMetric(weights_path=fake, device="cpu")
+    assert fid.available, fid.reason
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 64, 64)).astype(np.float32)
+    f = fid.features(a)
+    assert tuple(f.shape) == (3, 2048) and torch.isfinite(f).all()
+    assert metrics.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
+    # a pickle holding more than tensors is refused, not executed
+    bad = tmp_path / "bad" / entry.basename
+    bad.parent.mkdir()
+    torch.save({"x": object.__new__(_Evil)}, bad)
+    bad_fid = metrics.FidMetric(weights_path=bad, device="cpu")
+    assert not bad_fid.available and "FID unavailable" in bad_fid.reason
+    assert not _Evil.ran
+
+
+class _Evil:
+    ran = False
+
+    def __reduce__(self):
+        return (_mark_ran, ())
+
+
+def _mark_ran():
+    _Evil.ran = True
+    return None

@@ -1,7 +1,7 @@
 """Validation metrics for the loops, through :mod:`emcopilot.metrics`.
 
-Generator: SSIM, MS-SSIM and (when its weights are available) LPIPS between real and generated
-validation images. Segmentor: mPA, mIoU, mDice (means over the background and particle classes),
+Generator: SSIM, MS-SSIM and (when their weights are available) LPIPS between real and generated
+validation images and FID between the two sets. Segmentor: mPA, mIoU, mDice (means over the background and particle classes),
 precision and recall of the particle class, pooled over the validation images.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["image_scores", "lpips_metric", "segmentation_scores"]
+__all__ = ["image_scores", "lpips_metric", "fid_metric", "FidScorer", "segmentation_scores"]
 
 
 def _metrics():
@@ -67,6 +67,59 @@ def lpips_metric() -> Any | None:
     except Exception:
         return None
     return metric if getattr(metric, "available", False) else None
+
+
+def fid_metric(device: Any = None) -> Any | None:
+    """An ``emcopilot.metrics.FidMetric`` (standard Inception features) on ``device``. It may be
+    unavailable (``.available`` False, ``.reason`` says why: torch-fidelity or the
+    ``fid_inception`` weights missing); None only when the metrics module lacks FidMetric."""
+    m = _metrics()
+    if m is None or not hasattr(m, "FidMetric"):
+        return None
+    try:
+        return m.FidMetric(device=device)
+    except Exception:  # FidMetric reports missing weights itself; anything else: no FID
+        return None
+
+
+class FidScorer:
+    """FID of generated validation images against the fixed real validation set.
+
+    The real images' features are extracted once (on the first :meth:`score`), the generated
+    ones every call, and the distance is :func:`emcopilot.metrics.frechet_distance` (exact, cheap
+    for small sets). ``available``/``reason`` mirror the metric; :meth:`score` returns None when
+    it is unavailable, when either set has fewer than 2 images, or when extraction fails (the
+    failure is kept in ``reason``, and FID is then skipped for the rest of the run).
+    """
+
+    def __init__(self, metric: Any | None) -> None:
+        self.metric = metric
+        self.available = bool(metric is not None and getattr(metric, "available", False))
+        self.reason = "" if self.available else (
+            getattr(metric, "reason", "") or "FID unavailable: emcopilot.metrics.FidMetric missing")
+        self._real = None
+
+    def _features(self, images: Sequence[np.ndarray], chunk: int = 16) -> Any:
+        import torch
+
+        return torch.cat([self.metric.features(np.stack(images[i:i + chunk]))
+                          for i in range(0, len(images), chunk)])
+
+    def score(self, real01: Sequence[np.ndarray], fake01: Sequence[np.ndarray]) -> float | None:
+        """FID (>= 0, lower = closer) between real and generated images (each (H, W) float in
+        [0, 1]); ``real01`` must be the same set on every call."""
+        if not self.available or len(real01) < 2 or len(fake01) < 2:
+            return None
+        m = _metrics()
+        try:
+            if self._real is None:
+                self._real = self._features(real01)
+            fake = self._features(fake01)
+            return _finite(m.frechet_distance(self._real, fake))
+        except Exception as exc:  # never let a metric stop training
+            self.available = False
+            self.reason = f"FID failed: {' '.join(str(exc).split())[:200] or type(exc).__name__}"
+            return None
 
 
 def _confusion(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

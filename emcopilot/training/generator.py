@@ -3,13 +3,15 @@
 Loss_G = BCE(D(mask, G(mask)), 1) + lambda_L1 * |G(mask) - image| + lambda_SSIM * (1 - SSIM);
 Loss_D = (BCE(D(mask, image), 1) + BCE(D(mask, G(mask)), 0)) / 2. Adam (lr, betas (beta1, 0.999)),
 pix2pix LR schedule (constant, then linear decay to 0 over the second half). Images and masks
-enter the networks scaled to [-1, 1]. Every epoch: validation SSIM, MS-SSIM and LPIPS (when its
-weights are available) on the 20 % split, one line in ``out_dir/log.jsonl``, checkpoints
+enter the networks scaled to [-1, 1]. Every epoch: validation SSIM, MS-SSIM, LPIPS and FID (the
+last two when their weights are available, else null with the reason logged once) on the 20 %
+split, one line in ``out_dir/log.jsonl``, checkpoints
 ``last/``, ``best_ssim/`` and ``best_lpips/`` (see :mod:`.checkpoint`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -27,11 +29,14 @@ from ..nets import PatchDiscriminator, UNetGenerator
 from .checkpoint import load_model, load_training_state, save_checkpoint
 from .common import append_log, lr_factor, seed_everything, set_lr, truncate_log
 from .datasets import PairedDataset, describe_data, find_pairs, load_pairs, split_pairs
-from .evaluation import image_scores, lpips_metric
+from .evaluation import FidScorer, image_scores, lpips_metric
+from .evaluation import fid_metric as _standard_fid_metric
 from .losses import ssim_loss
 from .profiles import resolve_profile
 
 __all__ = ["train_generator", "generate_images", "generate_image"]
+
+logger = logging.getLogger(__name__)
 
 
 def _to_pm1(x: torch.Tensor) -> torch.Tensor:
@@ -39,15 +44,23 @@ def _to_pm1(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _validate(G: UNetGenerator, val_ds: PairedDataset, device: torch.device, lpips) -> dict:
+def _validate(G: UNetGenerator, val_ds: PairedDataset, device: torch.device, lpips,
+              fid: FidScorer | None = None) -> dict:
+    """Mean SSIM, MS-SSIM, LPIPS over the validation pairs and the FID of the generated set
+    against the real one (each None when it cannot be computed)."""
     G.eval()
     scores: dict[str, list[float]] = {"ssim": [], "ms_ssim": [], "lpips": []}
+    reals: list[np.ndarray] = []
+    fakes: list[np.ndarray] = []
     for i in range(len(val_ds)):
         img, msk = val_ds[i]
         with autocast(device):
             fake = G(_to_pm1(msk[None].to(device)))
         fake01 = ((fake.float()[0, 0] + 1) / 2).clamp(0, 1).cpu().numpy()
         real01 = img[0].numpy()
+        if fid is not None and fid.available:
+            reals.append(real01)
+            fakes.append(fake01)
         for k, v in image_scores(real01, fake01).items():
             if v is not None:
                 scores[k].append(v)
@@ -56,7 +69,10 @@ def _validate(G: UNetGenerator, val_ds: PairedDataset, device: torch.device, lpi
             if v is not None:
                 scores["lpips"].append(float(v))
     G.train()
-    return {k: (float(np.mean(v)) if v else None) for k, v in scores.items()}
+    out: dict[str, float | None] = {k: (float(np.mean(v)) if v else None)
+                                    for k, v in scores.items()}
+    out["fid"] = fid.score(reals, fakes) if fid is not None else None
+    return out
 
 
 def train_generator(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
@@ -67,7 +83,8 @@ def train_generator(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
                     seed: int = 0,
                     device: str = "auto", resume: bool = True, val_fraction: float = 0.2,
                     progress: Callable[[int, int, str], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                    should_stop: Callable[[], bool] | None = None,
+                    fid_metric: Any | None = None) -> dict[str, Any]:
     """Train the pix2pix generator on (image, mask) pairs with matching stems.
 
     Args:
@@ -82,10 +99,14 @@ def train_generator(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
         progress: ``progress(epoch, epochs, message)`` after every epoch.
         should_stop: checked between steps; when it returns True the current state is saved to
             ``last/`` (resumable) and the function returns with ``cancelled=True``.
+        fid_metric: an ``emcopilot.metrics.FidMetric`` to use for the validation FID instead of
+            the standard Inception one (e.g. one with an injected feature extractor). FID needs
+            at least 2 validation images; it is null in the log otherwise or when unavailable.
 
     Returns:
         dict with ``epoch`` (completed), ``epochs``, ``history`` (this call's log lines),
-        ``best`` scores, ``checkpoints`` paths and ``cancelled``.
+        ``best`` scores, ``checkpoints`` paths, ``cancelled`` and ``unavailable`` (metric name
+        -> reason, for the validation metrics that could not be computed in this run).
     """
     cfg = resolve_profile(profile, "generator", epochs=epochs, batch_size=batch_size,
                           image_size=image_size, lambda_l1=lambda_l1, lambda_ssim=lambda_ssim,
@@ -129,6 +150,18 @@ def train_generator(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
     config = {"kind": "generator", "training": cfg, "data": data, "seed": seed,
               "image_size": size, "input": "binary mask in [-1, 1]", "output": "image in [-1, 1]"}
     lpips = lpips_metric()
+    fid = FidScorer(fid_metric if fid_metric is not None else
+                    (_standard_fid_metric(dev) if len(val_ds) >= 2 else None))
+    unavailable: dict[str, str] = {}
+    if lpips is None:
+        unavailable["lpips"] = ("LPIPS unavailable: the lpips package or its 'lpips_alex' "
+                                "weights are missing")
+    if len(val_ds) < 2:
+        unavailable["fid"] = f"FID skipped: {len(val_ds)} validation image(s), it needs 2"
+    elif not fid.available:
+        unavailable["fid"] = fid.reason
+    for name, why in unavailable.items():
+        logger.warning("validation %s will be null: %s", name.upper(), why)
     models = {"generator": G, "discriminator": D}
     opts = {"generator": opt_g, "discriminator": opt_d}
     history: list[dict] = []
@@ -190,7 +223,10 @@ def train_generator(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
             # Partly trained weights; the epoch counter stays at the last completed epoch.
             save("last", epoch, {"cancelled_in_epoch": epoch + 1})
             break
-        metrics = _validate(G, val_ds, dev, lpips)
+        metrics = _validate(G, val_ds, dev, lpips, fid)
+        if metrics["fid"] is None and fid.reason and "fid" not in unavailable:
+            unavailable["fid"] = fid.reason  # failed during this run: logged once
+            logger.warning("validation FID will be null: %s", fid.reason)
         rec = {"epoch": epoch + 1, "epochs": total, "lr": cfg["lr"] * factor,
                **{k: v / max(steps, 1) for k, v in sums.items()},
                **{f"val_{k}": v for k, v in metrics.items()},
@@ -213,7 +249,7 @@ def train_generator(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
                    if (out / n / "config.json").is_file()}
     return {"epoch": done, "epochs": total, "history": history, "best": dict(best),
             "checkpoints": checkpoints, "cancelled": cancelled, "out_dir": str(out),
-            "device": str(dev)}
+            "device": str(dev), "unavailable": unavailable}
 
 
 def generate_image(G: UNetGenerator, mask: np.ndarray, tile: int, device: torch.device,

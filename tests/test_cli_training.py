@@ -1,0 +1,128 @@
+"""The training commands of the `emcopilot` console script, run as subprocesses on 2 bundled EMPS
+pairs with tiny settings: train -> segment / generate, and the one-line error paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emcopilot import io
+
+STEMS = ("31121ca5cf", "391ef00939")  # 512x512 and 512x513 px
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", HF_HUB_OFFLINE="1",
+               EMCOPILOT_OFFLINE="1", HF_HOME=str(tmp / "hf"), TORCH_HOME=str(tmp / "torch"),
+               EMCOPILOT_WEIGHTS_DIR=str(tmp / "weights"), EMCOPILOT_DATA=str(tmp / "data"))
+    env.pop("HF_TOKEN", None)
+    env.pop("EMCOPILOT_DEBUG", None)
+    return env
+
+
+def _cli(tmp: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emcopilot.cli", *args], capture_output=True,
+                          text=True, env=_env(tmp), timeout=timeout)
+
+
+def _one_line_error(r: subprocess.CompletedProcess) -> str:
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr and lines[0].startswith("emcopilot")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data(examples_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_train")
+    for sub, src in (("images", "images"), ("masks", "segmaps")):
+        (root / sub).mkdir()
+        for s in STEMS:
+            (root / sub / f"{s}.png").write_bytes((examples_dir / "emps" / src / f"{s}.png")
+                                                  .read_bytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def segmentor(data):
+    out = data / "seg"
+    r = _cli(data, "train-segmentor", "--images", str(data / "images"), "--masks",
+             str(data / "masks"), "--out", str(out), "--epochs", "1", "--image-size", "64",
+             "--batch-size", "4", "--samples-per-epoch", "8", "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["epoch"] == 1 and "best_miou" in result["checkpoints"]
+    assert (out / "best_miou" / "config.json").is_file()
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+    return out
+
+
+def test_train_segmentor_then_segment(data, segmentor):
+    out = data / "segmented"
+    r = _cli(data, "segment", str(data / "images"), "--model", str(segmentor / "best_miou"),
+             "--out", str(out), "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    for s in STEMS:
+        labels = io.read_label_map(out / f"{s}.png")
+        assert labels.shape == io.read_micrograph(data / "images" / f"{s}.png").image.shape
+    for name in ("particles.csv", "summary.json", "psd.png", "psd.svg"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    json.loads((out / "summary.json").read_text())
+
+
+def test_train_generator_then_generate(data):
+    out = data / "gen"
+    r = _cli(data, "train-generator", "--images", str(data / "images"), "--masks",
+             str(data / "masks"), "--out", str(out), "--epochs", "1", "--image-size", "256",
+             "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["epoch"] == 1 and (out / "last" / "config.json").is_file()
+    rec = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert "val_fid" in rec and "val_ssim" in rec
+    synth = data / "synth"
+    r = _cli(data, "generate", "--generator", str(out / "last"), "--masks", str(data / "masks"),
+             "--out", str(synth), "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.stem for p in synth.glob("*.png")) == sorted(STEMS)
+    for s in STEMS:
+        img = io.read_micrograph(synth / f"{s}.png").image
+        assert img.shape == io.read_label_map(data / "masks" / f"{s}.png").shape
+        assert np.std(img) > 0
+
+
+def test_segment_model_errors(data, tmp_path):
+    empty = tmp_path / "not_a_checkpoint"
+    empty.mkdir()
+    r = _cli(tmp_path, "segment", str(data / "images"), "--model", str(empty), "--out",
+             str(tmp_path / "o1"), "-q")
+    assert r.returncode == 2
+    assert "config.json" in _one_line_error(r)
+    # registered but not published (and not on this machine): WeightsUnavailableError -> 3
+    r = _cli(tmp_path, "segment", str(data / "images"), "--model", "emcopilot_segmentor_demo",
+             "--out", str(tmp_path / "o2"), "-q")
+    assert r.returncode == 3
+    assert "emcopilot_segmentor_demo" in _one_line_error(r) or "segmentor" in r.stderr
+    r = _cli(tmp_path, "segment", str(data / "images"), "--model", "no_such_name", "--out",
+             str(tmp_path / "o3"), "-q")
+    assert r.returncode == 2 and "no_such_name" in _one_line_error(r)
+
+
+def test_push_model_without_network_is_one_line(tmp_path):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"w": torch.zeros(2)}, str(ck / "model.safetensors"))
+    (ck / "config.json").write_text(json.dumps({"kind": "segmentor"}))
+    r = _cli(tmp_path, "push-model", str(ck), "--repo", "someone/emcopilot-test", timeout=120)
+    assert r.returncode != 0
+    line = _one_line_error(r)
+    assert "someone/emcopilot-test" in line or "token" in line.lower()
