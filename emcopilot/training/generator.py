@@ -252,16 +252,33 @@ def train_generator(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
             "device": str(dev), "unavailable": unavailable}
 
 
+#: Longest side generated in one pass by ``mode="whole"``; larger masks fall back to tiles.
+WHOLE_MAX_SIDE = 2048
+
+
 def generate_image(G: UNetGenerator, mask: np.ndarray, tile: int, device: torch.device,
-                   mode: str = "tile") -> np.ndarray:
+                   mode: str = "whole", *, stochastic: bool = True,
+                   seed: int | None = None) -> np.ndarray:
     """One synthetic image (float32 [0, 1], same shape as ``mask``) from a binary mask.
 
-    ``mode="tile"`` keeps the pixel scale (Hann-blended tiles of the training size);
+    ``mode="whole"`` (default) runs the fully convolutional generator once over the mask,
+    reflect-padded to a multiple of ``2**depth``: the pixel scale of training is kept and, unlike
+    tiles, the instance-norm statistics are those of the whole image, so no seams appear. Masks
+    longer than ``WHOLE_MAX_SIDE`` use ``"tile"`` (Hann-blended tiles of the training size);
     ``"resize"`` resizes the mask to the training size and the image back.
+    ``stochastic`` keeps the generator's dropout active, as pix2pix does at test time: it is the
+    generator's only noise source, and without it backgrounds come out flat.
     """
     from ..inference import tiled_apply
 
     m = (np.asarray(mask) > 0).astype(np.float32)
+    if seed is not None:
+        torch.manual_seed(seed)
+    G.eval()
+    if stochastic:
+        for module in G.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.train()
 
     @torch.no_grad()
     def run(batch: torch.Tensor) -> torch.Tensor:
@@ -269,25 +286,38 @@ def generate_image(G: UNetGenerator, mask: np.ndarray, tile: int, device: torch.
             y = G(batch * 2 - 1)
         return ((y.float() + 1) / 2).clamp(0, 1)
 
-    if m.shape == (tile, tile):
-        return run(torch.from_numpy(m)[None, None].to(device))[0, 0].cpu().numpy()
-    if mode == "resize":
-        import cv2
+    try:
+        if m.shape == (tile, tile):
+            return run(torch.from_numpy(m)[None, None].to(device))[0, 0].cpu().numpy()
+        if mode == "resize":
+            import cv2
 
-        small = cv2.resize(m, (tile, tile), interpolation=cv2.INTER_NEAREST)
-        y = run(torch.from_numpy(small)[None, None].to(device))[0, 0].cpu().numpy()
-        return cv2.resize(y, (m.shape[1], m.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return tiled_apply(run, m, tile, device=device)
+            small = cv2.resize(m, (tile, tile), interpolation=cv2.INTER_NEAREST)
+            y = run(torch.from_numpy(small)[None, None].to(device))[0, 0].cpu().numpy()
+            return cv2.resize(y, (m.shape[1], m.shape[0]), interpolation=cv2.INTER_LINEAR)
+        if mode == "whole" and max(m.shape) <= WHOLE_MAX_SIDE:
+            unit = 2 ** int(G.depth)
+            h, w = m.shape
+            ph, pw = -(-h // unit) * unit, -(-w // unit) * unit
+            top, left = (ph - h) // 2, (pw - w) // 2
+            padded = np.pad(m, ((top, ph - h - top), (left, pw - w - left)), mode="reflect"
+                            if min(h, w) > max(ph - h, pw - w) else "edge")
+            y = run(torch.from_numpy(padded)[None, None].to(device))[0, 0].cpu().numpy()
+            return np.ascontiguousarray(y[top:top + h, left:left + w])
+        return tiled_apply(run, m, tile, device=device)
+    finally:
+        G.eval()
 
 
 def generate_images(generator_ckpt: str | os.PathLike, masks_dir: str | os.PathLike,
-                    out_dir: str | os.PathLike, *, device: str = "auto", mode: str = "tile",
+                    out_dir: str | os.PathLike, *, device: str = "auto", mode: str = "whole",
+                    stochastic: bool = True, seed: int = 0,
                     progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
     """Turn every label map in ``masks_dir`` into a synthetic micrograph PNG (8-bit) named after
-    the mask's stem in ``out_dir``. Masks of another size than the training size are tiled
-    (default, keeps the pixel scale) or resized (``mode="resize"``). Returns the written paths."""
-    if mode not in ("tile", "resize"):
-        raise InputError(f"mode must be 'tile' or 'resize', got {mode!r}")
+    the mask's stem in ``out_dir``, at the training pixel scale (see :func:`generate_image` for
+    ``mode`` and ``stochastic``). Seeded: the same seed gives the same images. Returns the paths."""
+    if mode not in ("whole", "tile", "resize"):
+        raise InputError(f"mode must be 'whole', 'tile' or 'resize', got {mode!r}")
     dev = pick_device(device)
     if dev.type == "cpu":
         set_cpu_threads()
@@ -307,7 +337,7 @@ def generate_images(generator_ckpt: str | os.PathLike, masks_dir: str | os.PathL
     written = []
     for k, f in enumerate(files):
         mask = io.read_label_map(f)
-        img = generate_image(G, mask, tile, dev, mode)
+        img = generate_image(G, mask, tile, dev, mode, stochastic=stochastic, seed=seed + k)
         written.append(io.write_image(out / f"{f.stem}.png", img))
         if progress:
             progress(k + 1, len(files), f"generated {f.stem}")
