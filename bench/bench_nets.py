@@ -3,10 +3,10 @@ step for the "cpu" and "paper" profiles, and the peak resident memory.
 
     .venv/bin/python -m bench.bench_nets --out bench/results/nets.json [--device auto] [--quick]
 
-Inference goes through the library's tiled path (:class:`emcopilot.inference.Segmentor` and
-:func:`emcopilot.training.generator.generate_image`) on a real 512 px EMPS image and mask
-(bundled examples), so tiling overhead is included (a 512 px image is 9 tiles of 256 px at the
-cpu profile, one tile at the paper size). Training steps use the profile's batch size and crop
+Inference goes through the library's default path (:class:`emcopilot.inference.Segmentor`:
+a 512 px image runs whole with BatchNorm folded and channels_last, see bench/bench_inference.py
+for the comparison with 256 px tiles; :func:`emcopilot.training.generator.generate_image`) on a
+real 512 px EMPS image and mask (bundled examples). Training steps use the profile's batch size and crop
 size (the paper segmentor step on CPU is measured with a smaller batch and scaled, see
 ``batch_measured``).
 """

@@ -8,7 +8,8 @@ import torch
 
 from emcopilot import io
 from emcopilot.errors import InputError
-from emcopilot.inference import Segmentor, blend_window, segment_folder, tiled_apply
+from emcopilot.inference import (Segmentor, blend_window, fuse_batchnorm, segment_folder,
+                                 tiled_apply)
 from emcopilot.nets import UNetPlusPlus
 from emcopilot.training import save_checkpoint
 from emcopilot.training.losses import segmentation_loss
@@ -64,13 +65,57 @@ def test_tiled_apply_is_exact_for_pointwise_functions():
 def test_tiled_matches_untiled_away_from_seams(segmentor, real):
     img, truth = real
     part = img[:128, :128]  # 2 x 2 tiles of the 64 px training size
-    tiled = segmentor.predict_proba(part)
+    tiled = segmentor.predict_proba(part, tile=64)
     whole = segmentor.predict_proba(part, tiled=False)
+    np.testing.assert_array_equal(segmentor.predict_proba(part), whole)  # fits: run whole
     assert tiled.shape == whole.shape == (128, 128)
     assert whole.std() > 0.05  # the net is not constant, so the comparison means something
     diff = np.abs(tiled - whole)[16:-16, 16:-16]
     assert diff.mean() < 0.03
     assert np.percentile(diff, 99) < 0.15
+
+
+def test_fuse_batchnorm_keeps_outputs(segmentor, real):
+    img, _ = real
+    net = segmentor.model
+    fused = fuse_batchnorm(net)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert n_bn > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == n_bn  # untouched
+    x = torch.from_numpy(np.ascontiguousarray(img[:128, :128]))[None, None]
+    with torch.inference_mode():
+        a, b = net(x), fused(x.contiguous(memory_format=torch.channels_last))
+    assert a.abs().max() > 0.1
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    # the Segmentor runs the fused copy: same probabilities as the unfused model
+    plain = Segmentor(net, segmentor.config, torch.device("cpu"), fuse=False)
+    np.testing.assert_allclose(segmentor.predict_proba(img[:128, :128]),
+                               plain.predict_proba(img[:128, :128]), atol=1e-5)
+    # opt-in bf16 autocast on CPU: close to fp32, but not bit-identical
+    bf = Segmentor(net, segmentor.config, torch.device("cpu"), cpu_bf16=True)
+    p16, p32 = bf.predict_proba(img[:128, :128]), segmentor.predict_proba(img[:128, :128])
+    assert p16.dtype == np.float32 and np.abs(p16 - p32).max() < 0.05
+    assert np.mean((p16 > 0.5) != (p32 > 0.5)) < 0.01
+
+
+def test_whole_image_agrees_with_training_size_tiles(segmentor, real):
+    """The default (whole 512 px image) against the previous default (64 px training tiles)."""
+    img, truth = real
+    whole = segmentor.predict_proba(img)
+    tiled = segmentor.predict_proba(img, tile=64)
+    pw, pt = whole > 0.5, tiled > 0.5
+    assert (pw & pt).sum() / (pw | pt).sum() > 0.9
+    assert np.abs(whole - tiled).mean() < 0.03
+    gt = truth > 0
+    iou_w, iou_t = ((pw & gt).sum() / (pw | gt).sum()), ((pt & gt).sum() / (pt | gt).sum())
+    assert iou_w > iou_t - 0.03
+    # images larger than max_tile are tiled at max_tile
+    small = Segmentor(segmentor.model, segmentor.config, torch.device("cpu"), max_tile=100)
+    assert small.max_tile == 96  # multiple of 2**depth = 8
+    np.testing.assert_array_equal(small.predict_proba(img[:200, :150]),
+                                  segmentor.predict_proba(img[:200, :150], tile=96))
+    with pytest.raises(InputError):
+        segmentor.predict_proba(img, tile=60)
 
 
 def test_predict_proba_any_size_and_scale(segmentor, real):
