@@ -4,7 +4,8 @@ Stages (each writes under OUT and is skipped when its outputs are already there,
 same command again resumes where it stopped; the two training stages resume from their last
 checkpoint):
 
-1. ``images``      the micrographs as 8-bit grey PNGs (normalised), named by stem
+1. ``images``      the micrographs as 8-bit grey PNGs, normalised and in the bright-particle
+                   convention (dark-particle images inverted): one generator, one polarity
 2. ``masks``       coarse masks (SAM or classical) + Algorithm 1 filters
 3. ``priors``      morphology priors (Algorithm 2)
 4. ``synth``       synthetic masks from the priors (Algorithm 3)
@@ -92,14 +93,19 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         """Progress inside stage ``i``, shown in the stage's message."""
         return lambda d, t, m="": report(i, len(STAGES), f"{name} {d}/{t} {m}".strip())
 
-    # 1. images: normalised 8-bit copies, the one image set every later stage reads
+    # 1. images: normalised 8-bit copies with bright particles, the one image set every later
+    #    stage reads. A mask->image generator is conditioned on the mask alone, so it cannot
+    #    learn from a set that mixes bright- and dark-particle images which polarity to paint.
     if step(0, "images"):
         meta = {}
         for path in files:
             m = io.read_micrograph(path)
             stem = io.safe_stem(path.name)
-            io.write_image(img_dir / f"{stem}.png", io.normalize(m.image))
-            meta[stem] = {"source": str(path), "pixel_size_nm": pixel_size_nm or m.pixel_size_nm}
+            image01 = io.normalize(m.image)
+            pol = polarity if polarity != "auto" else io.detect_polarity(image01)
+            io.write_image(img_dir / f"{stem}.png", io.bright_particles(image01, pol))
+            meta[stem] = {"source": str(path), "pixel_size_nm": pixel_size_nm or m.pixel_size_nm,
+                          "polarity": pol}
         _mark_done(out, state, "images", count=len(meta), images=meta)
     meta = done["images"]["images"]
 
@@ -114,7 +120,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             if target.exists():
                 continue
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
-            io.write_label_map(target, coarse_mask(image01, method=resolved, polarity=polarity,
+            io.write_label_map(target, coarse_mask(image01, method=resolved, polarity="bright",
                                                    classical_options={"preset": classical_preset}))
         _mark_done(out, state, "masks", method=resolved, classical_preset=classical_preset)
 
