@@ -75,6 +75,19 @@ def _positive(value: str) -> float:
     return v
 
 
+def _threshold(text: str) -> float | str:
+    """argparse type: a probability threshold in (0, 1) or 'otsu'."""
+    if text.strip().lower() == "otsu":
+        return "otsu"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'otsu', got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be in (0, 1), got {text}")
+    return value
+
+
 def _read_manifest(folder: Path) -> dict:
     f = folder / MASKS_MANIFEST
     if not f.is_file():
@@ -384,7 +397,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                classical_preset=args.classical_preset,
                                pixel_size_nm=args.pixel_size, per_mask=args.per_mask, seed=args.seed,
                                device=args.device, generator_epochs=args.generator_epochs,
-                               segmentor_epochs=args.segmentor_epochs, progress=bar)
+                               segmentor_epochs=args.segmentor_epochs,
+                               segmentor_data=args.segmentor_data, progress=bar)
     finally:
         bar.close()
     _print_json(summary)
@@ -599,7 +613,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="segmentor checkpoint folder, or a registry name")
     p.add_argument("--out", required=True, help="output folder: label maps, prob/, PSD report")
     p.add_argument("--pixel-size", type=_positive, help="pixel size in nm, overriding metadata")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
+    p.add_argument("--threshold", type=_threshold, default=None,
+                   help="probability threshold in (0, 1), or 'otsu' (per image); default: the "
+                        "threshold calibrated on the model's validation pairs, stored in its "
+                        "config (0.5 for models without one)")
     p.add_argument("--min-area", type=int, default=10, help="ignore particles smaller than this, px (default 10)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)
@@ -617,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-mask", type=int, default=None, help="synthetic masks per source (default: profile's)")
     p.add_argument("--generator-epochs", type=int, help="override the profile's generator epochs")
     p.add_argument("--segmentor-epochs", type=int, help="override the profile's segmentor epochs")
+    p.add_argument("--segmentor-data", choices=("synthetic", "synthetic+real"), default="synthetic",
+                   help="what the segmentor trains on: the generated pairs only (the paper, "
+                        "default) or also the real images with their coarse masks as noisy labels")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)

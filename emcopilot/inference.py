@@ -234,24 +234,38 @@ class Segmentor:
             prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
         return np.clip(prob, 0.0, 1.0).astype(np.float32, copy=False)
 
-    def segment(self, image01: np.ndarray, threshold: float = 0.5, *, min_distance: int = 3,
-                min_area: int = 10, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def threshold(self) -> float:
+        """The checkpoint's calibrated probability threshold (0.5 for checkpoints without one)."""
+        t = self.config.get("config", {}).get("threshold", 0.5)
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            return 0.5
+        return t if 0.0 < t < 1.0 else 0.5
+
+    def segment(self, image01: np.ndarray, threshold: float | str | None = None, *,
+                min_distance: int = 3, min_area: int = 10, scale: float | None = None,
+                **postprocess) -> tuple[np.ndarray, np.ndarray]:
         """Instance label map (int32, 0 = background) and probability map of one image.
 
-        Pixels with probability > ``threshold`` are particles; touching particles are split by
-        a probability watershed (:func:`emcopilot.instances.binary_to_instances`).
+        Pixels with probability > ``threshold`` (None: the checkpoint's calibrated
+        :attr:`threshold`; ``"otsu"``: per image) are particles; touching particles are split by
+        a probability watershed (:func:`emcopilot.postprocess.prob_to_instances`, which also
+        takes the extra ``postprocess`` keywords).
         """
-        from .instances import binary_to_instances
+        from .postprocess import prob_to_instances
 
         prob = self.predict_proba(image01, scale=scale)
-        labels = binary_to_instances(prob > threshold, min_distance=min_distance, prob=prob,
-                                     min_area=min_area)
+        labels = prob_to_instances(prob, self.threshold if threshold is None else threshold,
+                                   min_distance=min_distance, min_area=min_area, **postprocess)
         return labels.astype(np.int32, copy=False), prob
 
 
 def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],
                    ckpt: str | os.PathLike | Segmentor, out_dir: str | os.PathLike, *,
-                   threshold: float = 0.5, min_distance: int = 3, min_area: int = 10,
+                   threshold: float | str | None = None, min_distance: int = 3,
+                   min_area: int = 10,
                    scale: float | None = None, device: str = "auto",
                    progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
     """Segment micrographs (files and/or folders) and write, for each image stem,

@@ -156,6 +156,16 @@ def segmentor_checkpoint(project: Any) -> Path | None:
     return _checkpoint(segmentor_runs(project), ("best_miou", "last"))
 
 
+def segmentor_threshold(ckpt: Path | None) -> float:
+    """The probability threshold calibrated during training, from a checkpoint's config.json
+    (0.5 when absent or unreadable)."""
+    try:
+        t = float(json.loads((Path(ckpt) / "config.json").read_text())["config"]["threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.5
+    return round(t, 2) if 0.0 < t < 1.0 else 0.5
+
+
 # -- jobs ----------------------------------------------------------------------------------------
 
 @register_job("coarse_masks")
@@ -335,7 +345,8 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
         for name in ("config.json", "meta.json"):
             if (ckpt / name).is_file():
                 model_info[name] = json.loads((ckpt / name).read_text())
-        thr = float(params.get("threshold", 0.5))
+        thr = params.get("threshold")  # None: the checkpoint's calibrated threshold
+        thr = seg.threshold if thr is None else float(thr)
         model_info["threshold"] = thr
     else:
         from emcopilot.masking import coarse_mask, resolve_method

@@ -29,7 +29,11 @@ model = st.radio("Segment with", options, horizontal=True,
                                         "edited masks where saved)"}.get)
 params: dict = {"model": model}
 if model == "segmentor":
-    params["threshold"] = st.slider("Probability threshold", 0.05, 0.95, 0.5, 0.05)
+    calibrated = job_kinds.segmentor_threshold(ckpt)
+    if not st.checkbox(f"Use the model's calibrated probability threshold ({calibrated:.2f})",
+                       value=True, help="Chosen during training as the threshold with the best "
+                                        "Dice on the validation pairs."):
+        params["threshold"] = st.slider("Probability threshold", 0.05, 0.95, calibrated, 0.05)
 if st.button("Segment all images and write the report", type="primary",
              icon=":material/play_arrow:"):
     _ui.submit_job(store, project, "segment", params)

@@ -168,3 +168,16 @@ def test_segment_folder_writes_label_and_prob_maps(segmentor, examples_dir, tmp_
     # the loaded checkpoint predicts exactly what the in-memory model predicts
     img = io.normalize(io.read_micrograph(files[0]).image)
     np.testing.assert_array_equal(io.read_label_map(out[0]), segmentor.segment(img)[0])
+
+
+def test_segment_uses_the_checkpoint_threshold(segmentor, real, tmp_path):
+    img, _ = real
+    assert segmentor.threshold == 0.5  # no calibrated threshold in this config
+    ck = save_checkpoint(tmp_path / "ck", segmentor.model, None,
+                         {"image_size": 64, "threshold": 0.8}, epoch=1)
+    calibrated = Segmentor.load(ck, device="cpu")
+    assert calibrated.threshold == 0.8
+    np.testing.assert_array_equal(calibrated.segment(img)[0], segmentor.segment(img, 0.8)[0])
+    # an explicit threshold still wins, and "otsu" picks one per image
+    np.testing.assert_array_equal(calibrated.segment(img, 0.5)[0], segmentor.segment(img)[0])
+    assert calibrated.segment(img, "otsu")[0].max() > 0

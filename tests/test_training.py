@@ -138,9 +138,17 @@ def test_segmentor_trains_resumes_and_logs(emps, tmp_path):
     assert {"last", "best_miou"} <= set(r1["checkpoints"])
     _assert_no_pickle(out / "last")
     rec = read_log(out)[0]
-    for k in ("val_mPA", "val_mIoU", "val_mDice", "val_precision", "val_recall", "loss"):
+    for k in ("val_mPA", "val_mIoU", "val_mDice", "val_precision", "val_recall", "loss",
+              "val_threshold", "val_dice_at_threshold"):
         assert k in rec and np.isfinite(rec[k])
     assert 0.0 <= rec["val_mIoU"] <= 1.0
+    # the calibrated threshold is stored with the weights, and inference uses it
+    assert 0.1 <= rec["val_threshold"] <= 0.9
+    best_dir = out / "best_miou"
+    assert load_model(best_dir)[1]["config"]["threshold"] == rec["val_threshold"]
+    from emcopilot.inference import Segmentor
+
+    assert Segmentor.load(best_dir, device="cpu").threshold == rec["val_threshold"]
     w1 = load_model(out / "last")[0].state_dict()
     r2 = train_segmentor(*emps, out, epochs=2, **TINY_SEG)
     assert r2["epoch"] == 2 and [h["epoch"] for h in r2["history"]] == [2]

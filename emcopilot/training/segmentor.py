@@ -1,7 +1,9 @@
 """Segmentor training (Algorithm 7): attention UNet++ with focal + Jaccard loss.
 
 Adam with cosine LR decay; every epoch the validation split (20 %) is segmented (centre crops of
-the training size, probability > 0.5) and scored: mPA, mIoU, mDice, precision, recall. The best
+the training size, probability > 0.5) and scored: mPA, mIoU, mDice, precision, recall; the
+probability threshold with the best validation Dice is stored in the checkpoint's config as
+``threshold`` (inference uses it by default: focal loss leaves the network uncalibrated). The best
 model by mIoU is kept in ``best_miou/``, the latest state in ``last/`` (resumable), one JSON line
 per epoch in ``log.jsonl``. With ``augment=True`` each training crop gets a random domain
 adaptation variant of Algorithm 6 (:func:`emcopilot.augment.apply_variant`) on the fly.
@@ -21,6 +23,7 @@ from torch.utils.data import DataLoader
 from ..device import autocast, channels_last, grad_scaler, pick_device, set_cpu_threads
 from ..errors import InputError
 from ..nets import UNetPlusPlus
+from ..postprocess import calibrate_threshold
 from .checkpoint import load_training_state, save_checkpoint
 from .common import append_log, lr_factor, seed_everything, set_lr, truncate_log
 from .datasets import PairedDataset, describe_data, find_pairs, load_pairs, split_pairs
@@ -50,18 +53,23 @@ def make_augmenter(prob: float = 0.9) -> Callable[[np.ndarray, np.random.Generat
 @torch.no_grad()
 def _validate(model: UNetPlusPlus, val_ds: PairedDataset, device: torch.device, fmt,
               batch_size: int) -> dict[str, float]:
+    """Scores at probability 0.5 plus the calibrated threshold (best mean Dice on these pairs,
+    :func:`emcopilot.postprocess.calibrate_threshold`) as ``threshold`` / ``dice_at_threshold``."""
     model.eval()
-    preds, truths = [], []
+    probs, truths = [], []
     for k in range(0, len(val_ds), batch_size):
         items = [val_ds[i] for i in range(k, min(k + batch_size, len(val_ds)))]
         x = torch.stack([it[0] for it in items]).to(device).contiguous(memory_format=fmt)
         with autocast(device):
             y = model(x)
-        p = (y.float()[:, 0] > 0).cpu().numpy()  # sigmoid > 0.5
-        preds.extend(p)
+        probs.extend(torch.sigmoid(y.float()[:, 0]).cpu().numpy())
         truths.extend(it[1][0].numpy() > 0.5 for it in items)
     model.train()
-    return segmentation_scores(preds, truths)
+    scores = segmentation_scores([p > 0.5 for p in probs], truths)
+    cal = calibrate_threshold(probs, truths)
+    scores["threshold"] = cal["threshold"]
+    scores["dice_at_threshold"] = cal["dice"]
+    return scores
 
 
 def train_segmentor(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
@@ -175,6 +183,7 @@ def train_segmentor(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
         rec = {"epoch": epoch + 1, "epochs": total, "lr": cfg["lr"] * factor,
                "loss": loss_sum / max(steps, 1), **{f"val_{k}": v for k, v in metrics.items()},
                "seconds": round(time.perf_counter() - t0, 3), "steps": steps}
+        config["threshold"] = float(metrics["threshold"])
         if best["miou"] is None or metrics["mIoU"] > best["miou"]:
             best["miou"], best["epoch"] = metrics["mIoU"], epoch + 1
             save("best_miou", epoch + 1, metrics)
