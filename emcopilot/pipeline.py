@@ -12,13 +12,18 @@ checkpoint):
 5. ``generator``   pix2pix generator trained on (coarse mask, image) pairs (Algorithm 5)
 6. ``generate``    synthetic micrographs for the synthetic masks
 7. ``segmentor``   CBAM-UNet++ trained on the synthetic pairs with the 18 Algorithm 6 variants
-                   applied on the fly (equivalent in distribution to writing all 18 copies)
+                   applied on the fly (equivalent in distribution to writing all 18 copies);
+                   optionally also on the real images with their coarse masks
+                   (``segmentor_data="synthetic+real"``); its probability threshold is
+                   calibrated on its validation pairs
 8. ``segment``     segmentation of the input micrographs + PSD report
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,6 +37,7 @@ STAGES = ("images", "masks", "priors", "synth", "generator", "generate", "segmen
 
 #: Synthetic masks per source mask, per profile (paper: 10 per source).
 PER_MASK = {"cpu": 3, "paper": 10}
+SEGMENTOR_DATA = ("synthetic", "synthetic+real")
 
 
 def _state_path(out: Path) -> Path:
@@ -54,24 +60,49 @@ def _mark_done(out: Path, state: dict, stage: str, **info) -> None:
     atomic_write_text(_state_path(out), json.dumps(state, indent=2, default=str))
 
 
+def _link_pairs(sources: list[tuple[Path, Path, str]], dest: Path) -> None:
+    """Gather (images, masks, name prefix) folders into ``dest/images`` and ``dest/masks`` by
+    hard link (copy where links are not possible), so one training set holds them all."""
+    for sub in ("images", "masks"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    for images, masks, prefix in sources:
+        for sub, folder in (("images", images), ("masks", masks)):
+            for f in sorted(Path(folder).glob("*.png")):
+                target = dest / sub / f"{prefix}{f.name}"
+                if target.exists():
+                    continue
+                try:
+                    os.link(f, target)
+                except OSError:
+                    shutil.copyfile(f, target)
+
+
 def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = "cpu",
                  method: str = "auto", polarity: str = "auto", pixel_size_nm: float | None = None,
                  classical_preset: str = "auto",
                  per_mask: int | None = None, seed: int = 0, device: str = "auto",
                  generator_epochs: int | None = None, segmentor_epochs: int | None = None,
                  generator_options: dict | None = None, segmentor_options: dict | None = None,
+                 segmentor_data: str = "synthetic",
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
 
     ``generator_options`` / ``segmentor_options`` are passed to ``train_generator`` /
-    ``train_segmentor`` (e.g. ``{"base": 8, "image_size": 128}``) on top of the profile."""
+    ``train_segmentor`` (e.g. ``{"base": 8, "image_size": 128}``) on top of the profile.
+
+    ``segmentor_data``: ``"synthetic"`` (the paper: the segmentor sees only generated pairs) or
+    ``"synthetic+real"`` (the generated pairs plus the real images with their coarse masks as
+    noisy labels; still no manual label)."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
     generator_options = dict(generator_options or {})
     segmentor_options = dict(segmentor_options or {})
     out.mkdir(parents=True, exist_ok=True)
+    if segmentor_data not in SEGMENTOR_DATA:
+        raise InputError(f"unknown segmentor data {segmentor_data!r}; choose one of "
+                         f"{', '.join(SEGMENTOR_DATA)}")
     if profile not in PER_MASK:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")
     per_mask = per_mask or PER_MASK[profile]
@@ -168,13 +199,19 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     if step(6, "segmentor"):
         from emcopilot.training.segmentor import train_segmentor
 
-        result = train_segmentor(synth_dir / "images", synth_dir / "masks", seg_dir, profile=profile,
+        data_images, data_masks = synth_dir / "images", synth_dir / "masks"
+        if segmentor_data == "synthetic+real":
+            mixed = out / "segmentor_data"
+            _link_pairs([(synth_dir / "images", synth_dir / "masks", ""),
+                         (img_dir, mask_dir, "real_")], mixed)
+            data_images, data_masks = mixed / "images", mixed / "masks"
+        result = train_segmentor(data_images, data_masks, seg_dir, profile=profile,
                                  epochs=segmentor_epochs, augment=True, seed=seed, device=device,
                                  resume=True, should_stop=should_stop,
                                  progress=within(6, "segmentor epoch"), **segmentor_options)
         if stopped():
             return {"stopped": "segmentor", "stages": done}
-        _mark_done(out, state, "segmentor", result=result)
+        _mark_done(out, state, "segmentor", result=result, data=segmentor_data)
 
     # 8. segmentation of the real images + PSD
     if step(7, "segment"):

@@ -73,3 +73,36 @@ def test_second_run_resumes_and_redoes_only_missing_stages(pipeline_run):
     run_pipeline(src, out, **TINY)
     assert (out / "generator" / "last" / "model.safetensors").stat().st_mtime == gen_mtime
     assert (out / "segmentation" / first).read_bytes() == before  # same model, same result
+
+
+@pytest.mark.slow
+def test_segmentor_can_also_train_on_real_images_with_coarse_masks(pipeline_run):
+    src, out, _, _ = pipeline_run
+    state = load_state(out)
+    for stage in ("segmentor", "segment"):
+        del state["stages"][stage]
+    (out / "pipeline.json").write_text(json.dumps(state))
+    shutil.rmtree(out / "segmentor")
+    run_pipeline(src, out, segmentor_data="synthetic+real", **TINY)
+    state = load_state(out)
+    assert state["stages"]["segmentor"]["data"] == "synthetic+real"
+    stems = sorted(p.stem for p in src.iterdir())
+    data = out / "segmentor_data"
+    n_synth = len(list((out / "synthetic" / "masks").glob("*.png")))
+    for sub in ("images", "masks"):
+        names = sorted(p.name for p in (data / sub).glob("*.png"))
+        assert [n for n in names if n.startswith("real_")] == [f"real_{s}.png" for s in stems]
+        assert len(names) == n_synth + len(stems)
+    assert ((data / "masks" / f"real_{stems[0]}.png").read_bytes()
+            == (out / "coarse_masks" / f"{stems[0]}.png").read_bytes())
+    # the segmentor's config records the mixed data and a calibrated threshold
+    cfg = json.loads((out / "segmentor" / "last" / "config.json").read_text())["config"]
+    assert 0.1 <= cfg["threshold"] <= 0.9
+    assert (out / "segmentation" / f"{stems[0]}.png").is_file()
+
+
+def test_unknown_segmentor_data_is_refused(tmp_path, examples_dir):
+    from emcopilot.errors import InputError
+
+    with pytest.raises(InputError, match="segmentor data"):
+        run_pipeline(examples_dir / "emps" / "images", tmp_path / "run", segmentor_data="real")
