@@ -1,0 +1,86 @@
+"""Post-processing sweep: probability maps -> instance label maps, scored against manual labels.
+
+Takes the probability maps a segmentor wrote (``emcopilot segment`` / ``emcopilot pipeline``
+write ``<out>/prob/<stem>.png``) and re-runs only the last step (threshold + watershed split +
+small-object removal) with several settings, scoring each with ``emcopilot.evaluate`` exactly as
+``emcopilot evaluate`` does. It isolates the post-processing from the network: which threshold
+and which splitting turn a good pixel ranking (AUC) into good objects.
+
+    python -m bench.bench_postprocess --prob runs/emps/segmentation/prob \
+        --truth ../shared/data/emps_test/segmaps --out bench/results/postprocess.json
+
+Choosing settings on the test labels is optimistic; the rows are a diagnosis, the shipped
+defaults are chosen without labels (see ``emcopilot.postprocess``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from emcopilot import io
+from emcopilot.evaluate import _read_prob, evaluate_dirs
+from emcopilot.postprocess import prob_to_instances
+
+KEYS = ("dice_mean", "obj_precision", "obj_recall", "obj_f1", "obj_f1_mean",
+        "count_rel_abs_error_mean", "median_diameter_rel_error", "ks_distance")
+
+# (name, keyword arguments of prob_to_instances)
+CONFIGS: list[tuple[str, dict]] = [
+    ("t0.5 split3 h2 (old default)", dict(threshold=0.5, min_distance=3, h=2.0, min_area=10)),
+    ("t0.3", dict(threshold=0.3)),
+    ("t0.4", dict(threshold=0.4)),
+    ("t0.6", dict(threshold=0.6)),
+    ("otsu", dict(threshold="otsu")),
+    ("t0.5 no split", dict(threshold=0.5, min_distance=0)),
+    ("t0.5 split h4", dict(threshold=0.5, h=4.0)),
+    ("t0.5 split7 h4", dict(threshold=0.5, min_distance=7, h=4.0)),
+    ("t0.5 min_area 30", dict(threshold=0.5, min_area=30)),
+    ("t0.5 distance surface", dict(threshold=0.5, surface="distance")),
+    ("t0.5 hole fill + open", dict(threshold=0.5, fill_holes=True, opening=1)),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prob", required=True, type=Path, help="folder of probability maps")
+    ap.add_argument("--truth", required=True, type=Path, help="folder of instance label maps")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/postprocess.json"))
+    ap.add_argument("--only", nargs="*", help="run only configs whose name contains one of these")
+    ap.add_argument("--extra", type=str, default=None,
+                    help='extra config as JSON, e.g. \'{"threshold": 0.35, "h": 3}\'')
+    args = ap.parse_args(argv)
+    probs = {p.stem: p for p in sorted(args.prob.iterdir()) if p.suffix in (".png", ".npy")}
+    configs = list(CONFIGS)
+    if args.extra:
+        configs.append((f"extra {args.extra}", json.loads(args.extra)))
+    if args.only:
+        configs = [c for c in configs if any(s in c[0] for s in args.only)]
+    results = []
+    print(f"{'setting':34s} " + " ".join(f"{k[:12]:>12s}" for k in KEYS))
+    for name, kw in configs:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            for stem, path in probs.items():
+                labels = prob_to_instances(_read_prob(path), **kw)
+                io.write_label_map(Path(tmp) / f"{stem}.png", labels)
+            res = evaluate_dirs(tmp, args.truth, prob_dir=None)
+        agg = res["aggregate"]
+        row = {"setting": name, "kwargs": kw, **{k: agg.get(k) for k in KEYS},
+               "seconds": round(time.perf_counter() - t0, 1)}
+        results.append(row)
+        print(f"{name:34s} " + " ".join(f"{(row[k] if row[k] is not None else float('nan')):12.3f}"
+                                        for k in KEYS), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"prob": str(args.prob), "truth": str(args.truth),
+                                    "n_images": len(probs), "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
