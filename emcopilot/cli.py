@@ -76,13 +76,14 @@ def _positive(value: str) -> float:
 
 
 def _threshold(text: str) -> float | str:
-    """argparse type: a probability threshold in (0, 1) or 'otsu'."""
-    if text.strip().lower() == "otsu":
-        return "otsu"
+    """argparse type: a probability threshold in (0, 1), 'otsu' or 'calibrated'."""
+    if text.strip().lower() in ("otsu", "calibrated"):
+        return text.strip().lower()
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'otsu', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a number in (0, 1), 'otsu' or 'calibrated', got {text!r}") from None
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"threshold must be in (0, 1), got {text}")
     return value
@@ -614,9 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: label maps, prob/, PSD report")
     p.add_argument("--pixel-size", type=_positive, help="pixel size in nm, overriding metadata")
     p.add_argument("--threshold", type=_threshold, default=None,
-                   help="probability threshold in (0, 1), or 'otsu' (per image); default: the "
-                        "threshold calibrated on the model's validation pairs, stored in its "
-                        "config (0.5 for models without one)")
+                   help="probability threshold in (0, 1) (default 0.5), 'otsu' (per image) or "
+                        "'calibrated' (the one with the best Dice on the model's validation "
+                        "pairs, recorded at training)")
     p.add_argument("--min-area", type=int, default=10, help="ignore particles smaller than this, px (default 10)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)

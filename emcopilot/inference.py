@@ -234,30 +234,54 @@ class Segmentor:
             prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
         return np.clip(prob, 0.0, 1.0).astype(np.float32, copy=False)
 
-    @property
-    def threshold(self) -> float:
-        """The checkpoint's calibrated probability threshold (0.5 for checkpoints without one)."""
-        t = self.config.get("config", {}).get("threshold", 0.5)
+    def _config_threshold(self, key: str) -> float | None:
+        t = self.config.get("config", {}).get(key)
         try:
             t = float(t)
         except (TypeError, ValueError):
-            return 0.5
-        return t if 0.0 < t < 1.0 else 0.5
+            return None
+        return t if 0.0 < t < 1.0 else None
+
+    @property
+    def threshold(self) -> float:
+        """The probability threshold used by default: the checkpoint config's ``threshold``,
+        else 0.5."""
+        t = self._config_threshold("threshold")
+        return 0.5 if t is None else t
+
+    @property
+    def calibrated_threshold(self) -> float | None:
+        """The threshold with the best Dice on the training run's validation pairs (None for
+        checkpoints without one)."""
+        return self._config_threshold("calibrated_threshold")
+
+    def resolve_threshold(self, threshold: float | str | None) -> float | str:
+        """None -> :attr:`threshold`; ``"calibrated"`` -> :attr:`calibrated_threshold` (InputError
+        when the checkpoint has none); numbers and ``"otsu"`` pass through."""
+        if threshold is None:
+            return self.threshold
+        if threshold == "calibrated":
+            if self.calibrated_threshold is None:
+                raise InputError("this segmentor has no calibrated threshold (trained before "
+                                 "calibration was recorded): give a number or 'otsu'")
+            return self.calibrated_threshold
+        return threshold
 
     def segment(self, image01: np.ndarray, threshold: float | str | None = None, *,
                 min_distance: int = 3, min_area: int = 10, scale: float | None = None,
                 **postprocess) -> tuple[np.ndarray, np.ndarray]:
         """Instance label map (int32, 0 = background) and probability map of one image.
 
-        Pixels with probability > ``threshold`` (None: the checkpoint's calibrated
-        :attr:`threshold`; ``"otsu"``: per image) are particles; touching particles are split by
+        Pixels with probability > ``threshold`` (None: :attr:`threshold`, normally 0.5;
+        ``"calibrated"``: :attr:`calibrated_threshold`; ``"otsu"``: per image) are particles;
+        touching particles are split by
         a probability watershed (:func:`emcopilot.postprocess.prob_to_instances`, which also
         takes the extra ``postprocess`` keywords).
         """
         from .postprocess import prob_to_instances
 
         prob = self.predict_proba(image01, scale=scale)
-        labels = prob_to_instances(prob, self.threshold if threshold is None else threshold,
+        labels = prob_to_instances(prob, self.resolve_threshold(threshold),
                                    min_distance=min_distance, min_area=min_area, **postprocess)
         return labels.astype(np.int32, copy=False), prob
 

@@ -156,14 +156,15 @@ def segmentor_checkpoint(project: Any) -> Path | None:
     return _checkpoint(segmentor_runs(project), ("best_miou", "last"))
 
 
-def segmentor_threshold(ckpt: Path | None) -> float:
-    """The probability threshold calibrated during training, from a checkpoint's config.json
-    (0.5 when absent or unreadable)."""
+def segmentor_threshold(ckpt: Path | None) -> float | None:
+    """The probability threshold calibrated on the validation pairs during training, from a
+    checkpoint's config.json (None when absent or unreadable)."""
     try:
-        t = float(json.loads((Path(ckpt) / "config.json").read_text())["config"]["threshold"])
+        cfg = json.loads((Path(ckpt) / "config.json").read_text())["config"]
+        t = float(cfg["calibrated_threshold"])
     except (OSError, ValueError, KeyError, TypeError):
-        return 0.5
-    return round(t, 2) if 0.0 < t < 1.0 else 0.5
+        return None
+    return round(t, 2) if 0.0 < t < 1.0 else None
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -345,8 +346,7 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
         for name in ("config.json", "meta.json"):
             if (ckpt / name).is_file():
                 model_info[name] = json.loads((ckpt / name).read_text())
-        thr = params.get("threshold")  # None: the checkpoint's calibrated threshold
-        thr = seg.threshold if thr is None else float(thr)
+        thr = seg.resolve_threshold(params.get("threshold"))  # None: the model's default (0.5)
         model_info["threshold"] = thr
     else:
         from emcopilot.masking import coarse_mask, resolve_method

@@ -220,7 +220,9 @@ def test_results_quick_report_and_downloads(store, masked):
     assert sum(n.startswith("masks/") for n in names) == 2
 
 
-def test_results_with_a_segmentor_uses_its_calibrated_threshold(store, masked):
+def test_results_with_a_segmentor_threshold(store, masked):
+    import json
+
     import torch
 
     from emcopilot import job_kinds
@@ -230,26 +232,20 @@ def test_results_with_a_segmentor_uses_its_calibrated_threshold(store, masked):
     torch.manual_seed(0)
     ckpt = job_kinds.segmentor_runs(masked) / "best_miou"
     save_checkpoint(ckpt, UNetPlusPlus(base=4, depth=3), None,
-                    {"image_size": 64, "threshold": 0.35}, epoch=1)
+                    {"image_size": 64, "calibrated_threshold": 0.35}, epoch=1)
     assert job_kinds.segmentor_threshold(ckpt) == 0.35
     at = open_page(PAGES[6], masked.id)
     assert not at.exception and at.radio[0].value == "segmentor"
-    box = [c for c in at.checkbox if "calibrated" in c.label][0]
-    assert "0.35" in box.label and box.value and not at.slider
+    slider = at.slider[0]
+    assert slider.value == pytest.approx(0.5) and "0.35" in slider.proto.help
+    slider.set_value(0.6).run()
     button(at, "Segment all images and write the report").click().run()
     job = jobs_of(store, masked, "segment")[-1]
-    assert job["params"] == {"model": "segmentor"}  # the job uses the model's own threshold
+    assert job["params"] == {"model": "segmentor", "threshold": pytest.approx(0.6)}
     res = job_kinds.segment_job(masked, job["params"], Ctx())
     assert res["images"] == 2
-    import json
-
     prov = job_kinds.project_path(masked, "results_dir") / "provenance.json"
-    assert json.loads(prov.read_text())["model"]["threshold"] == 0.35
-    box.uncheck().run()
-    assert at.slider and at.slider[0].value == pytest.approx(0.35)
-    at.slider[0].set_value(0.6).run()
-    button(at, "Segment all images and write the report").click().run()
-    assert jobs_of(store, masked, "segment")[-1]["params"]["threshold"] == pytest.approx(0.6)
+    assert json.loads(prov.read_text())["model"]["threshold"] == pytest.approx(0.6)
 
 
 def test_job_panel_follows_the_store(store, project):

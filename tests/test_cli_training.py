@@ -74,11 +74,12 @@ def test_train_segmentor_then_segment(data, segmentor):
     for name in ("particles.csv", "summary.json", "psd.png", "psd.svg"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     json.loads((out / "summary.json").read_text())
-    # the threshold: a number in (0, 1) or "otsu"; anything else is a one-line usage error
-    r = _cli(data, "segment", str(data / "images" / f"{STEMS[0]}.png"), "--model",
-             str(segmentor / "best_miou"), "--out", str(data / "segmented_otsu"), "--threshold",
-             "otsu", "--device", "cpu", "-q")
-    assert r.returncode == 0, r.stderr
+    # the threshold: a number in (0, 1), "otsu" or "calibrated"; else a one-line usage error
+    for i, how in enumerate(("otsu", "calibrated")):
+        r = _cli(data, "segment", str(data / "images" / f"{STEMS[0]}.png"), "--model",
+                 str(segmentor / "best_miou"), "--out", str(data / f"segmented_{i}"),
+                 "--threshold", how, "--device", "cpu", "-q")
+        assert r.returncode == 0, r.stderr
     for bad in ("1.5", "high"):
         r = _cli(data, "segment", str(data / "images"), "--model", str(segmentor / "best_miou"),
                  "--out", str(data / "segmented_bad"), "--threshold", bad, "-q")

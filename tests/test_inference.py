@@ -181,3 +181,12 @@ def test_segment_uses_the_checkpoint_threshold(segmentor, real, tmp_path):
     # an explicit threshold still wins, and "otsu" picks one per image
     np.testing.assert_array_equal(calibrated.segment(img, 0.5)[0], segmentor.segment(img)[0])
     assert calibrated.segment(img, "otsu")[0].max() > 0
+    # "calibrated": the validation-calibrated threshold recorded at training, when there is one
+    with pytest.raises(InputError, match="no calibrated threshold"):
+        calibrated.segment(img, "calibrated")
+    ck2 = save_checkpoint(tmp_path / "ck2", segmentor.model, None,
+                          {"image_size": 64, "calibrated_threshold": 0.7}, epoch=1)
+    cal2 = Segmentor.load(ck2, device="cpu")
+    assert cal2.threshold == 0.5 and cal2.calibrated_threshold == 0.7
+    np.testing.assert_array_equal(cal2.segment(img, "calibrated")[0],
+                                  segmentor.segment(img, 0.7)[0])

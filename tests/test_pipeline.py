@@ -97,7 +97,7 @@ def test_segmentor_can_also_train_on_real_images_with_coarse_masks(pipeline_run)
             == (out / "coarse_masks" / f"{stems[0]}.png").read_bytes())
     # the segmentor's config records the mixed data and a calibrated threshold
     cfg = json.loads((out / "segmentor" / "last" / "config.json").read_text())["config"]
-    assert 0.1 <= cfg["threshold"] <= 0.9
+    assert 0.1 <= cfg["calibrated_threshold"] <= 0.9
     assert (out / "segmentation" / f"{stems[0]}.png").is_file()
 
 

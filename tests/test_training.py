@@ -142,13 +142,15 @@ def test_segmentor_trains_resumes_and_logs(emps, tmp_path):
               "val_threshold", "val_dice_at_threshold"):
         assert k in rec and np.isfinite(rec[k])
     assert 0.0 <= rec["val_mIoU"] <= 1.0
-    # the calibrated threshold is stored with the weights, and inference uses it
+    # the calibrated threshold is stored with the weights; inference uses it when asked
     assert 0.1 <= rec["val_threshold"] <= 0.9
     best_dir = out / "best_miou"
-    assert load_model(best_dir)[1]["config"]["threshold"] == rec["val_threshold"]
+    assert load_model(best_dir)[1]["config"]["calibrated_threshold"] == rec["val_threshold"]
     from emcopilot.inference import Segmentor
 
-    assert Segmentor.load(best_dir, device="cpu").threshold == rec["val_threshold"]
+    loaded = Segmentor.load(best_dir, device="cpu")
+    assert loaded.calibrated_threshold == rec["val_threshold"] and loaded.threshold == 0.5
+    assert loaded.resolve_threshold("calibrated") == rec["val_threshold"]
     w1 = load_model(out / "last")[0].state_dict()
     r2 = train_segmentor(*emps, out, epochs=2, **TINY_SEG)
     assert r2["epoch"] == 2 and [h["epoch"] for h in r2["history"]] == [2]

@@ -3,7 +3,8 @@
 Adam with cosine LR decay; every epoch the validation split (20 %) is segmented (centre crops of
 the training size, probability > 0.5) and scored: mPA, mIoU, mDice, precision, recall; the
 probability threshold with the best validation Dice is stored in the checkpoint's config as
-``threshold`` (inference uses it by default: focal loss leaves the network uncalibrated). The best
+``calibrated_threshold`` (opt-in at inference: measured on EMPS, a threshold calibrated on
+synthetic pairs does not transfer to real images, see BENCHMARKS.md). The best
 model by mIoU is kept in ``best_miou/``, the latest state in ``last/`` (resumable), one JSON line
 per epoch in ``log.jsonl``. With ``augment=True`` each training crop gets a random domain
 adaptation variant of Algorithm 6 (:func:`emcopilot.augment.apply_variant`) on the fly.
@@ -183,7 +184,7 @@ def train_segmentor(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
         rec = {"epoch": epoch + 1, "epochs": total, "lr": cfg["lr"] * factor,
                "loss": loss_sum / max(steps, 1), **{f"val_{k}": v for k, v in metrics.items()},
                "seconds": round(time.perf_counter() - t0, 3), "steps": steps}
-        config["threshold"] = float(metrics["threshold"])
+        config["calibrated_threshold"] = float(metrics["threshold"])
         if best["miou"] is None or metrics["mIoU"] > best["miou"]:
             best["miou"], best["epoch"] = metrics["mIoU"], epoch + 1
             save("best_miou", epoch + 1, metrics)
