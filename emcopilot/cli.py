@@ -635,9 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-mask", type=int, default=None, help="synthetic masks per source (default: profile's)")
     p.add_argument("--generator-epochs", type=int, help="override the profile's generator epochs")
     p.add_argument("--segmentor-epochs", type=int, help="override the profile's segmentor epochs")
-    p.add_argument("--segmentor-data", choices=("synthetic", "synthetic+real"), default="synthetic",
-                   help="what the segmentor trains on: the generated pairs only (the paper, "
-                        "default) or also the real images with their coarse masks as noisy labels")
+    p.add_argument("--segmentor-data", choices=("synthetic+real", "synthetic"), default="synthetic+real",
+                   help="what the segmentor trains on: the generated pairs plus the real images "
+                        "with their coarse masks as noisy labels (default; measured better, see "
+                        "BENCHMARKS.md), or the generated pairs only (the paper)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)

@@ -265,18 +265,31 @@ def generate_images_job(project: Any, params: dict, ctx: Any) -> dict:
 @register_job("train_segmentor")
 def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     """CBAM-UNet++ segmentor (Algorithm 7). params["data"]: "synthetic" (generated pairs,
-    the paper's self-supervised path) or "masks" (the project's own images and masks)."""
+    the paper's self-supervised path), "masks" (the project's own images and masks) or
+    "synthetic+masks" (both in one training set)."""
+    from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
 
     run = segmentor_runs(project)
-    if params.get("data", "synthetic") == "synthetic":
+    data = params.get("data", "synthetic")
+    if data not in ("synthetic", "masks", "synthetic+masks"):
+        raise InputError(f"unknown training data {data!r}: synthetic, masks or synthetic+masks")
+    if data in ("synthetic", "synthetic+masks"):
         img_dir = project_path(project, "synthetic_images_dir")
         mask_dir = synthetic_masks(project)
         if not any(img_dir.glob("*.png")):
             raise InputError("no synthetic images yet: train the generator and generate images "
                              "first, or train on the project's own masks")
-    else:
-        img_dir, mask_dir, _ = training_pairs_dir(project, run / "pairs")
+    if data in ("masks", "synthetic+masks"):
+        own_images, own_masks, _ = training_pairs_dir(project, run / "pairs")
+        if data == "masks":
+            img_dir, mask_dir = own_images, own_masks
+        else:
+            mixed = run / "mixed"
+            if mixed.exists():
+                shutil.rmtree(mixed)
+            img_dir, mask_dir = gather_pairs([(img_dir, mask_dir, ""),
+                                              (own_images, own_masks, "real_")], mixed)
     keys = ("profile", "epochs", "batch_size", "image_size", "seed", "samples_per_epoch",
             "base")
     kw = {k: params[k] for k in keys if params.get(k) is not None}

@@ -41,11 +41,14 @@ with st.expander("The 18 augmentations (Algorithm 6) on one image"):
 n_synth = len(list(job_kinds.project_path(project, "synthetic_images_dir").glob("*.png")))
 n_masks = len(job_kinds.prefer_masks(project))
 with st.form("train_segmentor"):
-    data = st.radio("Train on", ["synthetic", "masks"], horizontal=True,
-                    index=0 if n_synth else 1,
-                    format_func={"synthetic": f"synthetic pairs ({n_synth}, the paper's "
-                                              "self-supervised path)",
-                                 "masks": f"this project's images and masks ({n_masks})"}.get)
+    data = st.radio("Train on", ["synthetic+masks", "synthetic", "masks"], horizontal=True,
+                    index=0 if n_synth else 2,
+                    format_func={"synthetic+masks": f"synthetic pairs + this project's images "
+                                                    f"and masks ({n_synth} + {n_masks})",
+                                 "synthetic": f"synthetic pairs only ({n_synth}, the paper)",
+                                 "masks": f"this project's images and masks ({n_masks})"}.get,
+                    help="Synthetic + own masks measured best on EMPS (BENCHMARKS.md); the "
+                         "masks are the coarse or brush-edited ones, no manual labelling needed.")
     c = st.columns(4)
     profile = c[0].selectbox("Profile", ["cpu", "paper"])
     epochs = c[1].number_input("Epochs (total)", 1, 1000, 10)

@@ -198,6 +198,38 @@ def test_segmentor_augmentations_and_job(store, masked):
             if q["base"] is not None] == [(16, 4, 64)]
 
 
+def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
+    """The "synthetic+masks" data option gathers both sets into one training set."""
+    import shutil as sh
+
+    from emcopilot import job_kinds
+    from emcopilot import io as emio
+
+    own = job_kinds.prefer_masks(masked)
+    synth_img = job_kinds.project_path(masked, "synthetic_images_dir")
+    synth_msk = job_kinds.synthetic_masks(masked)
+    synth_img.mkdir(parents=True, exist_ok=True)
+    synth_msk.mkdir(parents=True, exist_ok=True)
+    for stem, labels in own.items():  # stand-ins for generated pairs
+        emio.write_image(synth_img / f"{stem}_syn000.png", job_kinds._image01(masked, stem))
+        emio.write_label_map(synth_msk / f"{stem}_syn000.png", labels)
+    params = {"data": "synthetic+masks", "epochs": 1, "base": 4, "image_size": 64,
+              "samples_per_epoch": 4, "batch_size": 2}
+    res = job_kinds.train_segmentor_job(masked, params, Ctx())
+    assert res["epoch"] == 1
+    mixed = job_kinds.segmentor_runs(masked) / "mixed"
+    names = sorted(p.name for p in (mixed / "masks").glob("*.png"))
+    assert names == sorted([f"{s}_syn000.png" for s in own] + [f"real_{s}.png" for s in own])
+    import json
+
+    data = json.loads((job_kinds.segmentor_runs(masked) / "last" / "config.json").read_text()
+                      )["config"]["data"]
+    assert data["n_pairs"] == 2 * len(own) and data["images_dir"] == str(mixed / "images")
+    with pytest.raises(Exception, match="unknown training data"):
+        job_kinds.train_segmentor_job(masked, {**params, "data": "everything"}, Ctx())
+    sh.rmtree(mixed)
+
+
 def test_results_quick_report_and_downloads(store, masked):
     from emcopilot import job_kinds
 

@@ -76,17 +76,11 @@ def test_second_run_resumes_and_redoes_only_missing_stages(pipeline_run):
 
 
 @pytest.mark.slow
-def test_segmentor_can_also_train_on_real_images_with_coarse_masks(pipeline_run):
+def test_segmentor_trains_on_synthetic_plus_real_by_default_or_synthetic_only(pipeline_run):
     src, out, _, _ = pipeline_run
-    state = load_state(out)
-    for stage in ("segmentor", "segment"):
-        del state["stages"][stage]
-    (out / "pipeline.json").write_text(json.dumps(state))
-    shutil.rmtree(out / "segmentor")
-    run_pipeline(src, out, segmentor_data="synthetic+real", **TINY)
+    stems = sorted(p.stem for p in src.iterdir())
     state = load_state(out)
     assert state["stages"]["segmentor"]["data"] == "synthetic+real"
-    stems = sorted(p.stem for p in src.iterdir())
     data = out / "segmentor_data"
     n_synth = len(list((out / "synthetic" / "masks").glob("*.png")))
     for sub in ("images", "masks"):
@@ -95,9 +89,19 @@ def test_segmentor_can_also_train_on_real_images_with_coarse_masks(pipeline_run)
         assert len(names) == n_synth + len(stems)
     assert ((data / "masks" / f"real_{stems[0]}.png").read_bytes()
             == (out / "coarse_masks" / f"{stems[0]}.png").read_bytes())
-    # the segmentor's config records the mixed data and a calibrated threshold
     cfg = json.loads((out / "segmentor" / "last" / "config.json").read_text())["config"]
     assert 0.1 <= cfg["calibrated_threshold"] <= 0.9
+    assert cfg["data"]["images_dir"].endswith("segmentor_data/images")
+    # the paper's variant: the segmentor sees the generated pairs only
+    for stage in ("segmentor", "segment"):
+        del state["stages"][stage]
+    (out / "pipeline.json").write_text(json.dumps(state))
+    shutil.rmtree(out / "segmentor")
+    run_pipeline(src, out, segmentor_data="synthetic", **TINY)
+    state = load_state(out)
+    assert state["stages"]["segmentor"]["data"] == "synthetic"
+    cfg = json.loads((out / "segmentor" / "last" / "config.json").read_text())["config"]
+    assert cfg["data"]["images_dir"].endswith("synthetic/images")
     assert (out / "segmentation" / f"{stems[0]}.png").is_file()
 
 

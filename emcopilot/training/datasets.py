@@ -10,6 +10,7 @@ with random flips and 90-degree rotations; validation samples are centre crops.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -51,6 +52,27 @@ def find_pairs(images_dir: str | os.PathLike, masks_dir: str | os.PathLike
     if not stems:
         raise InputError(f"no image in {images_dir} has a mask with the same name in {masks_dir}")
     return [(s, images[s], masks[s]) for s in stems]
+
+
+def gather_pairs(sources: Sequence[tuple[str | os.PathLike, str | os.PathLike, str]],
+                 dest: str | os.PathLike) -> tuple[Path, Path]:
+    """Gather several (images folder, masks folder, name prefix) sources into one training set,
+    ``dest/images`` and ``dest/masks``, by hard link (copy where links are not possible); the
+    prefix keeps stems from different sources apart. Returns the two folders."""
+    dest = Path(dest)
+    for sub in ("images", "masks"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    for images, masks, prefix in sources:
+        for sub, folder in (("images", images), ("masks", masks)):
+            for f in sorted(Path(folder).glob("*.png")):
+                target = dest / sub / f"{prefix}{f.name}"
+                if target.exists():
+                    continue
+                try:
+                    os.link(f, target)
+                except OSError:
+                    shutil.copyfile(f, target)
+    return dest / "images", dest / "masks"
 
 
 def load_pairs(items: Sequence[tuple[str, Path, Path]],
