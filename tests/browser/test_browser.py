@@ -43,10 +43,20 @@ def _wait_done(page, what: str, timeout_ms: int) -> None:
 
 def _pick(page, label: str, option: str) -> None:
     """Choose ``option`` in the streamlit select box labelled ``label``."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     box = page.get_by_label(label, exact=True)
-    box.click()
-    box.fill(option)  # the select box filters its list as one types
-    page.get_by_role("option", name=option, exact=True).click()
+    wanted = page.get_by_role("option", name=option, exact=True)
+    for attempt in range(3):  # a rerun of the page can close the list while it opens
+        box.click()
+        box.fill(option)  # the select box filters its list as one types
+        try:
+            wanted.click(timeout=10_000)
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
     page.get_by_role("option").first.wait_for(state="detached")  # list closed
     # (the values reach the job: checked in the checkpoint's config.json below)
 
