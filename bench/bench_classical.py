@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from scipy import stats
 
 from bench.common import (Timer, catalyst_items, describe, emps_pairs, machine, peak_rss_mib,
                           write_json, yolo_box_count)
 from emcopilot import io
+from emcopilot.evaluate import count_agreement
 from emcopilot.masking import DEFAULT_FILTERS, coarse_mask
 from emcopilot.masking.classical import ClassicalMasker
 from emcopilot.metrics import object_scores, pixel_scores
@@ -133,11 +133,12 @@ def bench_catalysts(masker: ClassicalMasker, limit: int | None = None) -> dict[s
                          "seconds": timer.times[-1]})
         pred_n = np.array([r["n_pred"] for r in rows], float)
         box_n = np.array([r["n_boxes"] for r in rows], float)
+        agree = count_agreement(pred_n, box_n)
         summ = {
             "abs_rel_error": describe([r["abs_rel_error"] for r in rows]),
-            "within_factor_2": float(np.mean((pred_n >= box_n / 2) & (pred_n <= box_n * 2))),
-            "pearson_r": float(stats.pearsonr(pred_n, box_n)[0]) if len(rows) > 2 else None,
-            "spearman_rho": float(stats.spearmanr(pred_n, box_n)[0]) if len(rows) > 2 else None,
+            "within_factor_2": agree["count_within_factor_2"],
+            "pearson_r": agree["count_pearson_r"],
+            "spearman_rho": agree["count_spearman_rho"],
             "seconds_per_image": timer.summary(),
         }
         out[name] = {"summary": summ, "per_image": rows}

@@ -40,7 +40,8 @@ from .errors import InputError
 from .metrics import (match_instances, mean_class_scores, pixel_scores, probability_scores,
                       scores_from_match)
 
-__all__ = ["evaluate_dirs", "write_evaluation_report", "read_yolo_boxes", "LABEL_SUFFIXES",
+__all__ = ["evaluate_dirs", "write_evaluation_report", "read_yolo_boxes", "count_agreement",
+           "read_probability_map", "LABEL_SUFFIXES",
            "PROB_SUFFIXES", "TRUTH_FORMATS"]
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
@@ -63,7 +64,7 @@ def _read_labels(path: Path) -> np.ndarray:
     return read_label_map(path)
 
 
-def _read_prob(path: Path) -> np.ndarray:
+def read_probability_map(path: str | os.PathLike) -> np.ndarray:
     """Probability map as float32 in [0, 1]: float files as stored (clipped), uint8 / 255,
     uint16 / 65535. ``.npy`` is read with ``allow_pickle=False``."""
     suffix = path.suffix.lower()
@@ -275,7 +276,7 @@ def _evaluate_one(name: str, pred_path: Path, truth_path: Path, truth_format: st
         pairs = m.pairs
         d_pred, d_true = _diameters_from_areas(m.pred_areas), _diameters_from_areas(m.true_areas)
         if prob_path is not None:
-            prob = _read_prob(prob_path)
+            prob = read_probability_map(prob_path)
             if prob.shape != truth.shape:
                 raise InputError(f"{name}: probability map is {prob.shape[1]}x{prob.shape[0]} px "
                                  f"but the truth is {truth.shape[1]}x{truth.shape[0]} px")
@@ -292,6 +293,28 @@ def _evaluate_one(name: str, pred_path: Path, truth_path: Path, truth_format: st
                  matched=(d_pred[pairs[:, 0]], d_true[pairs[:, 1]]) if len(pairs)
                  else (np.zeros(0), np.zeros(0)))
     return row, parts
+
+
+def count_agreement(n_pred: Any, n_true: Any) -> dict[str, Any]:
+    """How well per-image particle counts agree with the true counts: median and mean of
+    |n_pred - n_true| / n_true (images with n_true > 0), the fraction of images within a factor
+    of 2, and Pearson r / Spearman rho over images (None with fewer than 3 images or constant
+    counts)."""
+    from scipy import stats
+
+    p, t = np.asarray(n_pred, np.float64), np.asarray(n_true, np.float64)
+    has = t > 0
+    rel = np.abs(p[has] - t[has]) / t[has]
+    out: dict[str, Any] = {
+        "count_rel_abs_error_median": float(np.median(rel)) if rel.size else float("nan"),
+        "count_rel_abs_error_mean": float(rel.mean()) if rel.size else float("nan"),
+        "count_within_factor_2": float(np.mean((p[has] >= t[has] / 2) & (p[has] <= 2 * t[has])))
+        if rel.size else float("nan"),
+        "count_pearson_r": None, "count_spearman_rho": None}
+    if p.size > 2 and np.ptp(p) > 0 and np.ptp(t) > 0:
+        out["count_pearson_r"] = float(stats.pearsonr(p, t)[0])
+        out["count_spearman_rho"] = float(stats.spearmanr(p, t)[0])
+    return out
 
 
 def _counts_scores(n_pred: int, n_true: int, tp: int, ious: np.ndarray) -> dict[str, Any]:
@@ -346,9 +369,8 @@ def _aggregate(rows: list[dict[str, Any]], parts: list[dict[str, Any]], truth_fo
         obj_f1_mean=_nanmean(col("obj_f1")),
         mean_matched_iou=_nanmean(col("mean_matched_iou")),
         count_abs_error_mean=_nanmean([abs(x) for x in col("count_error")]),
-        count_rel_abs_error_mean=_nanmean([abs(x) if x is not None else None
-                                           for x in col("relative_count_error")]),
         count_rel_error_mean=_nanmean(col("relative_count_error")),
+        **count_agreement(col("n_pred"), col("n_true")),
     )
     d_pred = np.concatenate([p["d_pred"] for p in parts])
     d_true = np.concatenate([p["d_true"] for p in parts])
@@ -399,7 +421,8 @@ def evaluate_dirs(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
     Returns:
         JSON-safe dict (undefined values are None): ``config``, ``aggregate`` (means over
         images ``*_mean`` and pooled pixel scores ``*_pooled``; object precision/recall/F1 from
-        pooled matches; ``count_abs_error_mean``, ``count_rel_abs_error_mean``; PSD agreement
+        pooled matches; ``count_abs_error_mean`` and :func:`count_agreement` (relative count
+        error median/mean, within a factor of 2, Pearson/Spearman over images); PSD agreement
         over the pooled diameters: ``mean_diameter_rel_error``, ``median_diameter_rel_error``,
         ``matched_diameter_abs_rel_error_mean/median``, ``ks_distance``/``ks_pvalue``
         (two-sample KS of predicted vs true diameters)), ``per_image`` (one row per image),

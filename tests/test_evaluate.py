@@ -179,6 +179,8 @@ def test_yolo_counts_and_box_sizes(examples_dir, tmp_path):
         assert rows[stem]["obj_recall"] > 0.95
     a = r["aggregate"]
     assert a["count_abs_error_mean"] == 0
+    assert a["count_rel_abs_error_median"] == 0 and a["count_within_factor_2"] == 1
+    assert len(n_boxes) == 4 and a["count_pearson_r"] == pytest.approx(1.0)
     assert abs(a["mean_diameter_rel_error"]) < 0.05   # pixel rounding of the boxes only
     assert a["ks_distance"] < 0.1
     assert "dice_mean" not in a
@@ -207,3 +209,15 @@ def test_emps_test_split_self_and_with_instances_removed(shared_data, tmp_path):
     assert b["obj_fn"] == removed and b["obj_fp"] == 0
     assert b["obj_recall"] == pytest.approx((2608 - removed) / 2608)
     assert b["count_abs_error_mean"] == pytest.approx(removed / 99)
+
+
+def test_count_agreement_known_values():
+    from emcopilot.evaluate import count_agreement
+
+    c = count_agreement([10, 30, 5, 0], [10, 10, 10, 0])  # the empty image is left out
+    assert c["count_rel_abs_error_median"] == pytest.approx(0.5)
+    assert c["count_rel_abs_error_mean"] == pytest.approx((0 + 2 + 0.5) / 3)
+    assert c["count_within_factor_2"] == pytest.approx(2 / 3)
+    assert c["count_pearson_r"] is not None and c["count_spearman_rho"] is not None
+    assert count_agreement([3, 4], [3, 4])["count_pearson_r"] is None  # too few images
+    assert count_agreement([3, 3, 3], [1, 2, 3])["count_pearson_r"] is None  # constant counts
