@@ -28,6 +28,7 @@ import torch
 from . import io
 from .device import autocast, channels_last, pick_device, set_cpu_threads
 from .errors import InputError
+from .postprocess import config_threshold, prob_to_instances
 
 __all__ = ["Segmentor", "segment_folder", "tiled_apply", "blend_window", "fuse_batchnorm",
            "MAX_TILE"]
@@ -234,26 +235,18 @@ class Segmentor:
             prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
         return np.clip(prob, 0.0, 1.0).astype(np.float32, copy=False)
 
-    def _config_threshold(self, key: str) -> float | None:
-        t = self.config.get("config", {}).get(key)
-        try:
-            t = float(t)
-        except (TypeError, ValueError):
-            return None
-        return t if 0.0 < t < 1.0 else None
-
     @property
     def threshold(self) -> float:
         """The probability threshold used by default: the checkpoint config's ``threshold``,
         else 0.5."""
-        t = self._config_threshold("threshold")
+        t = config_threshold(self.config, "threshold")
         return 0.5 if t is None else t
 
     @property
     def calibrated_threshold(self) -> float | None:
         """The threshold with the best Dice on the training run's validation pairs (None for
         checkpoints without one)."""
-        return self._config_threshold("calibrated_threshold")
+        return config_threshold(self.config, "calibrated_threshold")
 
     def resolve_threshold(self, threshold: float | str | None) -> float | str:
         """None -> :attr:`threshold`; ``"calibrated"`` -> :attr:`calibrated_threshold` (InputError
@@ -268,28 +261,24 @@ class Segmentor:
         return threshold
 
     def segment(self, image01: np.ndarray, threshold: float | str | None = None, *,
-                min_distance: int = 3, min_area: int = 10, scale: float | None = None,
-                **postprocess) -> tuple[np.ndarray, np.ndarray]:
+                min_distance: int = 3, min_area: int = 10, scale: float | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
         """Instance label map (int32, 0 = background) and probability map of one image.
 
         Pixels with probability > ``threshold`` (None: :attr:`threshold`, normally 0.5;
         ``"calibrated"``: :attr:`calibrated_threshold`; ``"otsu"``: per image) are particles;
-        touching particles are split by
-        a probability watershed (:func:`emcopilot.postprocess.prob_to_instances`, which also
-        takes the extra ``postprocess`` keywords).
+        touching particles are split by a probability watershed
+        (:func:`emcopilot.postprocess.prob_to_instances`).
         """
-        from .postprocess import prob_to_instances
-
         prob = self.predict_proba(image01, scale=scale)
         labels = prob_to_instances(prob, self.resolve_threshold(threshold),
-                                   min_distance=min_distance, min_area=min_area, **postprocess)
+                                   min_distance=min_distance, min_area=min_area)
         return labels.astype(np.int32, copy=False), prob
 
 
 def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],
                    ckpt: str | os.PathLike | Segmentor, out_dir: str | os.PathLike, *,
-                   threshold: float | str | None = None, min_distance: int = 3,
-                   min_area: int = 10,
+                   threshold: float | str | None = None, min_distance: int = 3, min_area: int = 10,
                    scale: float | None = None, device: str = "auto",
                    progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
     """Segment micrographs (files and/or folders) and write, for each image stem,

@@ -159,12 +159,13 @@ def segmentor_checkpoint(project: Any) -> Path | None:
 def segmentor_threshold(ckpt: Path | None) -> float | None:
     """The probability threshold calibrated on the validation pairs during training, from a
     checkpoint's config.json (None when absent or unreadable)."""
+    from emcopilot.postprocess import config_threshold
+
     try:
-        cfg = json.loads((Path(ckpt) / "config.json").read_text())["config"]
-        t = float(cfg["calibrated_threshold"])
-    except (OSError, ValueError, KeyError, TypeError):
+        cfg = json.loads((Path(ckpt) / "config.json").read_text())
+    except (OSError, TypeError, ValueError):
         return None
-    return round(t, 2) if 0.0 < t < 1.0 else None
+    return config_threshold(cfg) if isinstance(cfg, dict) else None
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -285,11 +286,8 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
         if data == "masks":
             img_dir, mask_dir = own_images, own_masks
         else:
-            mixed = run / "mixed"
-            if mixed.exists():
-                shutil.rmtree(mixed)
             img_dir, mask_dir = gather_pairs([(img_dir, mask_dir, ""),
-                                              (own_images, own_masks, "real_")], mixed)
+                                              (own_images, own_masks, "real_")], run / "mixed")
     keys = ("profile", "epochs", "batch_size", "image_size", "seed", "samples_per_epoch",
             "base")
     kw = {k: params[k] for k in keys if params.get(k) is not None}

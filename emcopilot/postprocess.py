@@ -18,10 +18,23 @@ from scipy import ndimage as ndi
 from .errors import InputError
 from .instances import binary_to_instances
 
-__all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "THRESHOLD_GRID"]
+__all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config_threshold",
+           "THRESHOLD_GRID"]
 
 #: thresholds ``calibrate_threshold`` tries
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
+
+
+def config_threshold(checkpoint_config: dict, key: str = "calibrated_threshold") -> float | None:
+    """A probability threshold recorded in a checkpoint's config.json (its ``config`` section):
+    ``"threshold"`` (the default used at inference) or ``"calibrated_threshold"``; None when
+    absent or not in (0, 1)."""
+    t = (checkpoint_config or {}).get("config", {}).get(key)
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        return None
+    return t if 0.0 < t < 1.0 else None
 
 
 def otsu_threshold(prob: np.ndarray, lo: float = 0.1, hi: float = 0.9) -> float:

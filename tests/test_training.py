@@ -17,7 +17,8 @@ from emcopilot.training import (generate_images, load_model, resolve_profile, sa
                                 train_generator, train_segmentor)
 from emcopilot.training.checkpoint import load_training_state
 from emcopilot.training.common import read_log
-from emcopilot.training.datasets import PairedDataset, find_pairs, load_pairs, split_pairs
+from emcopilot.training.datasets import (PairedDataset, find_pairs, gather_pairs, load_pairs,
+                                         split_pairs)
 
 torch.set_num_threads(2)
 
@@ -356,3 +357,26 @@ def test_generate_image_whole_mode_is_seeded_stochastic_and_shape_preserving():
     assert not np.allclose(a, c)
     assert np.array_equal(d, e)
     assert not any(m.training for m in G.modules())
+
+
+def test_gather_pairs_joins_sources_and_forgets_stale_pairs(tmp_path):
+    a_img, a_msk, b_img, b_msk = (tmp_path / n for n in ("ai", "am", "bi", "bm"))
+    for d in (a_img, a_msk, b_img, b_msk):
+        d.mkdir()
+    img = np.full((8, 8), 0.5, np.float32)
+    lab = np.zeros((8, 8), np.int32)
+    lab[2:5, 2:5] = 1
+    for stem in ("x", "y"):
+        io.write_image(a_img / f"{stem}.png", img)
+        io.write_label_map(a_msk / f"{stem}.png", lab)
+    io.write_image(b_img / "x.png", img * 0.5)
+    io.write_label_map(b_msk / "x.png", lab)
+    images, masks = gather_pairs([(a_img, a_msk, ""), (b_img, b_msk, "real_")], tmp_path / "mix")
+    assert [s for s, *_ in find_pairs(images, masks)] == ["real_x", "x", "y"]
+    # a source image rewritten (new file) and one removed: the next gathering follows them
+    (a_img / "y.png").unlink()
+    (a_msk / "y.png").unlink()
+    io.write_image(b_img / "x.png", img * 0.25)
+    images, masks = gather_pairs([(a_img, a_msk, ""), (b_img, b_msk, "real_")], tmp_path / "mix")
+    assert [s for s, *_ in find_pairs(images, masks)] == ["real_x", "x"]
+    assert (images / "real_x.png").read_bytes() == (b_img / "x.png").read_bytes()

@@ -58,16 +58,18 @@ def gather_pairs(sources: Sequence[tuple[str | os.PathLike, str | os.PathLike, s
                  dest: str | os.PathLike) -> tuple[Path, Path]:
     """Gather several (images folder, masks folder, name prefix) sources into one training set,
     ``dest/images`` and ``dest/masks``, by hard link (copy where links are not possible); the
-    prefix keeps stems from different sources apart. Returns the two folders."""
+    prefix keeps stems from different sources apart. ``dest`` is rebuilt on every call, so it
+    never holds pairs that the sources no longer have (links are cheap). Returns the two
+    folders."""
     dest = Path(dest)
     for sub in ("images", "masks"):
-        (dest / sub).mkdir(parents=True, exist_ok=True)
+        if (dest / sub).exists():
+            shutil.rmtree(dest / sub)
+        (dest / sub).mkdir(parents=True)
     for images, masks, prefix in sources:
         for sub, folder in (("images", images), ("masks", masks)):
             for f in sorted(Path(folder).glob("*.png")):
                 target = dest / sub / f"{prefix}{f.name}"
-                if target.exists():
-                    continue
                 try:
                     os.link(f, target)
                 except OSError:
