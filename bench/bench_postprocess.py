@@ -9,6 +9,10 @@ and which splitting turn a good pixel ranking (AUC) into good objects.
     python -m bench.bench_postprocess --prob runs/emps/segmentation/prob \
         --truth ../shared/data/emps_test/segmaps --out bench/results/postprocess.json
 
+With ``--coarse DIR`` (the run's ``coarse_masks/``) it also tries a label-free minimum particle
+area per image: a fraction of the median area of that image's coarse-mask particles (priors).
+It prints percentiles of the pooled probabilities first (how compressed the maps are).
+
 Choosing settings on the test labels is optimistic; the rows are a diagnosis, the shipped
 defaults are chosen without labels (see ``emcopilot.postprocess``).
 """
@@ -24,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from emcopilot import io
-from emcopilot.evaluate import _read_prob, evaluate_dirs
+from emcopilot.evaluate import evaluate_dirs, read_probability_map
 from emcopilot.postprocess import prob_to_instances
 
 KEYS = ("dice_mean", "obj_precision", "obj_recall", "obj_f1", "obj_f1_mean",
@@ -35,6 +39,9 @@ CONFIGS: list[tuple[str, dict]] = [
     ("t0.5 split3 h2 (old default)", dict(threshold=0.5, min_distance=3, h=2.0, min_area=10)),
     ("t0.3", dict(threshold=0.3)),
     ("t0.4", dict(threshold=0.4)),
+    ("t0.45", dict(threshold=0.45)),
+    ("t0.52", dict(threshold=0.52)),
+    ("t0.54", dict(threshold=0.54)),
     ("t0.6", dict(threshold=0.6)),
     ("otsu", dict(threshold="otsu")),
     ("t0.5 no split", dict(threshold=0.5, min_distance=0)),
@@ -44,6 +51,19 @@ CONFIGS: list[tuple[str, dict]] = [
     ("t0.5 distance surface", dict(threshold=0.5, surface="distance")),
     ("t0.5 hole fill + open", dict(threshold=0.5, fill_holes=True, opening=1)),
 ]
+#: with --coarse: min_area = max(10, fraction x median coarse-mask particle area of the image)
+PRIOR_CONFIGS = [("t0.5 min area 0.1 x coarse median", 0.1),
+                 ("t0.5 min area 0.25 x coarse median", 0.25)]
+
+
+def _coarse_min_areas(coarse_dir: Path, stems, fraction: float) -> dict[str, int]:
+    out = {}
+    for stem in stems:
+        labels = io.read_label_map(coarse_dir / f"{stem}.png")
+        areas = np.bincount(labels.ravel())[1:]
+        areas = areas[areas > 0]
+        out[stem] = int(max(10, fraction * np.median(areas))) if areas.size >= 3 else 10
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,12 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prob", required=True, type=Path, help="folder of probability maps")
     ap.add_argument("--truth", required=True, type=Path, help="folder of instance label maps")
     ap.add_argument("--out", type=Path, default=Path("bench/results/postprocess.json"))
+    ap.add_argument("--coarse", type=Path, default=None,
+                    help="the run's coarse_masks/ folder: adds the priors-based minimum-area rows")
     ap.add_argument("--only", nargs="*", help="run only configs whose name contains one of these")
     ap.add_argument("--extra", type=str, default=None,
                     help='extra config as JSON, e.g. \'{"threshold": 0.35, "h": 3}\'')
     args = ap.parse_args(argv)
-    probs = {p.stem: p for p in sorted(args.prob.iterdir()) if p.suffix in (".png", ".npy")}
+    paths = {p.stem: p for p in sorted(args.prob.iterdir()) if p.suffix in (".png", ".npy")}
+    probs = {stem: read_probability_map(path) for stem, path in paths.items()}  # read once
+    pooled = np.concatenate([p.ravel() for p in probs.values()])
+    pct = {q: round(float(np.percentile(pooled, q)), 3) for q in (1, 10, 50, 60, 90, 99)}
+    print(f"pooled probability percentiles: {pct}")
     configs = list(CONFIGS)
+    if args.coarse:
+        for name, fraction in PRIOR_CONFIGS:
+            configs.append((name, {"threshold": 0.5,
+                                   "min_area": _coarse_min_areas(args.coarse, probs, fraction)}))
     if args.extra:
         configs.append((f"extra {args.extra}", json.loads(args.extra)))
     if args.only:
@@ -66,19 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     for name, kw in configs:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            for stem, path in probs.items():
-                labels = prob_to_instances(_read_prob(path), **kw)
+            for stem, prob in probs.items():
+                per_image = {k: (v[stem] if isinstance(v, dict) else v) for k, v in kw.items()}
+                labels = prob_to_instances(prob, **per_image)
                 io.write_label_map(Path(tmp) / f"{stem}.png", labels)
             res = evaluate_dirs(tmp, args.truth, prob_dir=None)
         agg = res["aggregate"]
-        row = {"setting": name, "kwargs": kw, **{k: agg.get(k) for k in KEYS},
+        shown = {k: ("per image" if isinstance(v, dict) else v) for k, v in kw.items()}
+        row = {"setting": name, "kwargs": shown, **{k: agg.get(k) for k in KEYS},
                "seconds": round(time.perf_counter() - t0, 1)}
         results.append(row)
         print(f"{name:34s} " + " ".join(f"{(row[k] if row[k] is not None else float('nan')):12.3f}"
                                         for k in KEYS), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"prob": str(args.prob), "truth": str(args.truth),
-                                    "n_images": len(probs), "results": results}, indent=1))
+                                    "n_images": len(probs), "probability_percentiles": pct,
+                                    "results": results}, indent=1))
     return 0
 
 
