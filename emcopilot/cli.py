@@ -375,7 +375,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             m = io.read_micrograph(path)
             stem = io.safe_stem(path.name)
             image01 = io.normalize(m.image)
-            labels, prob = segmentor.segment(image01, threshold=args.threshold)
+            labels, prob = segmentor.segment(image01, threshold=args.threshold,
+                                             polarity=args.polarity, scale=args.scale)
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -399,7 +400,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                pixel_size_nm=args.pixel_size, per_mask=args.per_mask, seed=args.seed,
                                device=args.device, generator_epochs=args.generator_epochs,
                                segmentor_epochs=args.segmentor_epochs,
-                               segmentor_data=args.segmentor_data, progress=bar)
+                               segmentor_data=args.segmentor_data,
+                               particle_scale=args.particle_scale == "on", progress=bar)
     finally:
         bar.close()
     _print_json(summary)
@@ -619,6 +621,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "'calibrated' (the one with the best Dice on the model's validation "
                         "pairs, recorded at training)")
     p.add_argument("--min-area", type=int, default=10, help="ignore particles smaller than this, px (default 10)")
+    p.add_argument("--polarity", choices=("auto", "bright", "dark"), default="auto",
+                   help="particle polarity of the images, for a model trained on bright-particle "
+                        "images (the pipeline's and the app's): auto (default) = detected per image")
+    p.add_argument("--scale", type=_positive, default=None,
+                   help="resize factor applied before the model (default: 1, or for a model "
+                        "trained at a common particle width, measured per image)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)
     p.set_defaults(func=cmd_segment)
@@ -639,6 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the segmentor trains on: the generated pairs plus the real images "
                         "with their coarse masks as noisy labels (default; measured better, see "
                         "BENCHMARKS.md), or the generated pairs only (the paper)")
+    p.add_argument("--particle-scale", choices=("on", "off"), default="on",
+                   help="on (default): train and run the segmentor with every image resized so "
+                        "that its typical particle (measured on its coarse or synthetic mask) is "
+                        "32 px wide; off: each micrograph's own pixel scale")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)

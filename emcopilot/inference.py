@@ -260,17 +260,68 @@ class Segmentor:
             return self.calibrated_threshold
         return threshold
 
+    @property
+    def input_polarity(self) -> str | None:
+        """``"bright"`` when the segmentor was trained on bright-particle images (the pipeline
+        and the app train it so): :meth:`prepare` converts each image to that convention."""
+        p = self.config.get("config", {}).get("input_polarity")
+        return p if p == "bright" else None
+
+    @property
+    def particle_diameter_px(self) -> float | None:
+        """Typical particle width (px) of the training images when they were resized to a common
+        particle scale (:mod:`emcopilot.particle_scale`), else None."""
+        d = self.config.get("config", {}).get("particle_diameter_px")
+        try:
+            d = float(d)
+        except (TypeError, ValueError):
+            return None
+        return d if d > 0 else None
+
+    def prepare(self, image01: np.ndarray, polarity: str = "auto") -> np.ndarray:
+        """The image in the convention the segmentor was trained on: bright particles
+        (``polarity`` of the given image: "bright", "dark" or "auto" = detected) when
+        :attr:`input_polarity` is "bright", else unchanged."""
+        if self.input_polarity == "bright":
+            return io.bright_particles(image01, polarity)
+        return np.asarray(image01, dtype=np.float32)
+
+    def resolve_scale(self, prepared01: np.ndarray, scale: float | None = None,
+                      labels: np.ndarray | None = None) -> float | None:
+        """Resize factor for one image: ``scale`` when given; for a segmentor trained at a common
+        particle scale, the factor that brings this image's typical particle to
+        :attr:`particle_diameter_px`, measured on ``labels`` (e.g. its coarse mask) or, without
+        them, on the classical masker's particles (:func:`emcopilot.particle_scale.estimate_scale`);
+        None otherwise (the image's own pixel scale)."""
+        if scale is not None:
+            return float(scale)
+        target = self.particle_diameter_px
+        if target is None:
+            return None
+        from .particle_scale import estimate_scale, normalising_scale
+
+        if labels is not None:
+            return normalising_scale(labels, target)
+        preset = self.config.get("config", {}).get("scale_preset") or "auto"
+        return estimate_scale(prepared01, target, preset=str(preset),
+                              polarity="bright" if self.input_polarity == "bright" else "auto")
+
     def segment(self, image01: np.ndarray, threshold: float | str | None = None, *,
-                min_distance: int = 3, min_area: int = 10, scale: float | None = None
+                min_distance: int = 3, min_area: int = 10, scale: float | None = None,
+                polarity: str = "auto", scale_labels: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Instance label map (int32, 0 = background) and probability map of one image.
 
-        Pixels with probability > ``threshold`` (None: :attr:`threshold`, normally 0.5;
-        ``"calibrated"``: :attr:`calibrated_threshold`; ``"otsu"``: per image) are particles;
-        touching particles are split by a probability watershed
-        (:func:`emcopilot.postprocess.prob_to_instances`).
+        The image is first brought to the segmentor's conventions (:meth:`prepare`: particle
+        polarity; :meth:`resolve_scale`: particle scale, from ``scale``, ``scale_labels`` or an
+        estimate). Pixels with probability > ``threshold`` (None: :attr:`threshold`, normally
+        0.5; ``"calibrated"``: :attr:`calibrated_threshold`; ``"otsu"``: per image) are
+        particles; touching particles are split by a probability watershed
+        (:func:`emcopilot.postprocess.prob_to_instances`). Both maps have the image's size.
         """
-        prob = self.predict_proba(image01, scale=scale)
+        prepared = self.prepare(image01, polarity)
+        prob = self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale,
+                                                                     scale_labels))
         labels = prob_to_instances(prob, self.resolve_threshold(threshold),
                                    min_distance=min_distance, min_area=min_area)
         return labels.astype(np.int32, copy=False), prob
@@ -279,7 +330,7 @@ class Segmentor:
 def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],
                    ckpt: str | os.PathLike | Segmentor, out_dir: str | os.PathLike, *,
                    threshold: float | str | None = None, min_distance: int = 3, min_area: int = 10,
-                   scale: float | None = None, device: str = "auto",
+                   scale: float | None = None, polarity: str = "auto", device: str = "auto",
                    progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
     """Segment micrographs (files and/or folders) and write, for each image stem,
     ``out_dir/<stem>.png`` (16-bit label map) and ``out_dir/prob/<stem>.png`` (8-bit
@@ -292,7 +343,7 @@ def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],
     for k, f in enumerate(files):
         img = io.normalize(io.read_micrograph(f).image)
         labels, prob = seg.segment(img, threshold, min_distance=min_distance, min_area=min_area,
-                                   scale=scale)
+                                   scale=scale, polarity=polarity)
         stem = io.safe_stem(f.name)
         written.append(io.write_label_map(out / f"{stem}.png", labels))
         io.write_image(out / "prob" / f"{stem}.png", io.to_uint8(prob))

@@ -92,8 +92,12 @@ def prefer_masks(project: Any) -> dict[str, np.ndarray]:
 
 def training_pairs_dir(project: Any, out: Path) -> tuple[Path, Path, int]:
     """Write (image PNG, mask PNG) pairs with matching stems into ``out/images``/``out/masks``
-    for the trainers (edited masks win over coarse ones). Returns the two folders and the count."""
-    from emcopilot.io import write_image, write_label_map
+    for the trainers (edited masks win over coarse ones). Images are written with bright
+    particles (each image's polarity setting, "auto" = detected), the convention of the
+    pipeline: a mask->image generator conditioned on the mask alone cannot learn from a set
+    that mixes bright- and dark-particle images which one to paint. Returns the two folders and
+    the count."""
+    from emcopilot.io import bright_particles, write_image, write_label_map
 
     img_dir, mask_dir = out / "images", out / "masks"
     for d in (img_dir, mask_dir):
@@ -102,7 +106,8 @@ def training_pairs_dir(project: Any, out: Path) -> tuple[Path, Path, int]:
         d.mkdir(parents=True)
     n = 0
     for stem, labels in prefer_masks(project).items():
-        write_image(img_dir / f"{stem}.png", _image01(project, stem))
+        write_image(img_dir / f"{stem}.png",
+                    bright_particles(_image01(project, stem), _polarity(project, stem)))
         write_label_map(mask_dir / f"{stem}.png", labels)
         n += 1
     if n == 0:
@@ -267,31 +272,42 @@ def generate_images_job(project: Any, params: dict, ctx: Any) -> dict:
 def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     """CBAM-UNet++ segmentor (Algorithm 7). params["data"]: "synthetic" (generated pairs,
     the paper's self-supervised path), "masks" (the project's own images and masks) or
-    "synthetic+masks" (both in one training set)."""
+    "synthetic+masks" (both in one training set); params["particle_scale"] (default True):
+    train at a common particle width (:mod:`emcopilot.particle_scale`)."""
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
+
+    from emcopilot.particle_scale import DEFAULT_DIAMETER_PX
 
     run = segmentor_runs(project)
     data = params.get("data", "synthetic")
     if data not in ("synthetic", "masks", "synthetic+masks"):
         raise InputError(f"unknown training data {data!r}: synthetic, masks or synthetic+masks")
+    sources = []
     if data in ("synthetic", "synthetic+masks"):
         img_dir = project_path(project, "synthetic_images_dir")
-        mask_dir = synthetic_masks(project)
         if not any(img_dir.glob("*.png")):
             raise InputError("no synthetic images yet: train the generator and generate images "
                              "first, or train on the project's own masks")
+        sources.append((img_dir, synthetic_masks(project), ""))
     if data in ("masks", "synthetic+masks"):
         own_images, own_masks, _ = training_pairs_dir(project, run / "pairs")
-        if data == "masks":
-            img_dir, mask_dir = own_images, own_masks
-        else:
-            img_dir, mask_dir = gather_pairs([(img_dir, mask_dir, ""),
-                                              (own_images, own_masks, "real_")], run / "mixed")
+        sources.append((own_images, own_masks, "real_" if data == "synthetic+masks" else ""))
+    # as in the pipeline: every pair resized so that its typical particle is 32 px wide (the
+    # segmentor then sees every magnification at one scale; inference resizes the same way)
+    diameter = DEFAULT_DIAMETER_PX if params.get("particle_scale", True) else None
+    if diameter is not None or len(sources) > 1:
+        img_dir, mask_dir = gather_pairs(sources, run / "training_data",
+                                         particle_diameter_px=diameter)
+    else:
+        img_dir, mask_dir = sources[0][0], sources[0][1]
     keys = ("profile", "epochs", "batch_size", "image_size", "seed", "samples_per_epoch",
             "base")
     kw = {k: params[k] for k in keys if params.get(k) is not None}
+    # every training image has bright particles: the project's pairs are written so, and the
+    # generator learnt from them; inference converts each image the same way
     result = train_segmentor(img_dir, mask_dir, run, augment=bool(params.get("augment", True)),
+                             input_polarity="bright", particle_diameter_px=diameter,
                              device=params.get("device", "auto"),
                              resume=bool(params.get("resume", True)), progress=_progress(ctx),
                              should_stop=ctx.should_stop, **kw)
@@ -373,7 +389,9 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
         image01 = _image01(project, stem)
         labels = None
         if model == "segmentor":
-            labels, _ = seg.segment(image01, threshold=thr)
+            labels, _ = seg.segment(image01, threshold=thr, polarity=_polarity(project, stem),
+                                    scale_labels=(_load_mask(project, stem)
+                                                  if seg.particle_diameter_px else None))
         else:
             if params.get("use_edited", True):
                 labels = _load_mask(project, stem)

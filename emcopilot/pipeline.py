@@ -63,7 +63,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  per_mask: int | None = None, seed: int = 0, device: str = "auto",
                  generator_epochs: int | None = None, segmentor_epochs: int | None = None,
                  generator_options: dict | None = None, segmentor_options: dict | None = None,
-                 segmentor_data: str = "synthetic+real",
+                 segmentor_data: str = "synthetic+real", particle_scale: bool = True,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -74,7 +74,12 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     ``segmentor_data``: ``"synthetic+real"`` (default: the generated pairs plus the real images
     with their coarse masks as noisy labels; still no manual label) or ``"synthetic"`` (the
     paper: only generated pairs). Measured on EMPS (BENCHMARKS.md) the first is better on every
-    metric at the cpu profile's budget."""
+    metric at the cpu profile's budget.
+
+    ``particle_scale``: train and run the segmentor at a common particle width
+    (:mod:`emcopilot.particle_scale`: every pair and every image resized so that the typical
+    particle of its mask, coarse or synthetic, is ``DEFAULT_DIAMETER_PX`` wide), instead of each
+    micrograph's own pixel scale."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -182,18 +187,27 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
 
         from emcopilot.training.datasets import gather_pairs
 
-        data_images, data_masks = synth_dir / "images", synth_dir / "masks"
+        from emcopilot.particle_scale import DEFAULT_DIAMETER_PX
+
+        diameter = DEFAULT_DIAMETER_PX if particle_scale else None
+        sources = [(synth_dir / "images", synth_dir / "masks", "")]
         if segmentor_data == "synthetic+real":
-            data_images, data_masks = gather_pairs(
-                [(synth_dir / "images", synth_dir / "masks", ""), (img_dir, mask_dir, "real_")],
-                out / "segmentor_data")
+            sources.append((img_dir, mask_dir, "real_"))
+        if len(sources) > 1 or diameter is not None:
+            data_images, data_masks = gather_pairs(sources, out / "segmentor_data",
+                                                   particle_diameter_px=diameter,
+                                                   progress=within(6, "segmentor data"))
+        else:
+            data_images, data_masks = sources[0][0], sources[0][1]
         result = train_segmentor(data_images, data_masks, seg_dir, profile=profile,
                                  epochs=segmentor_epochs, augment=True, seed=seed, device=device,
-                                 resume=True, should_stop=should_stop,
+                                 resume=True, should_stop=should_stop, input_polarity="bright",
+                                 particle_diameter_px=diameter, scale_preset=classical_preset,
                                  progress=within(6, "segmentor epoch"), **segmentor_options)
         if stopped():
             return {"stopped": "segmentor", "stages": done}
-        _mark_done(out, state, "segmentor", result=result, data=segmentor_data)
+        _mark_done(out, state, "segmentor", result=result, data=segmentor_data,
+                   particle_diameter_px=diameter)
 
     # 8. segmentation of the real images + PSD
     if step(7, "segment"):
@@ -206,7 +220,10 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         for k, stem in enumerate(meta):
             report(7, len(STAGES), f"segment {k}/{len(meta)}")
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
-            labels, prob = segmentor.segment(image01)
+            # the images are bright-particle copies; the coarse mask measures the particle scale
+            coarse = (io.read_label_map(mask_dir / f"{stem}.png")
+                      if segmentor.particle_diameter_px else None)
+            labels, prob = segmentor.segment(image01, polarity="bright", scale_labels=coarse)
             io.write_label_map(result_dir / f"{stem}.png", labels)
             io.write_image(result_dir / "prob" / f"{stem}.png", prob)
             items.append((stem, labels, meta[stem]["pixel_size_nm"], image01))

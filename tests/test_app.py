@@ -215,14 +215,26 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
               "samples_per_epoch": 4, "batch_size": 2}
     res = job_kinds.train_segmentor_job(masked, params, Ctx())
     assert res["epoch"] == 1
-    mixed = job_kinds.segmentor_runs(masked) / "mixed"
+    mixed = job_kinds.segmentor_runs(masked) / "training_data"
     names = sorted(p.name for p in (mixed / "masks").glob("*.png"))
     assert names == sorted([f"{s}_syn000.png" for s in own] + [f"real_{s}.png" for s in own])
     import json
 
-    data = json.loads((job_kinds.segmentor_runs(masked) / "last" / "config.json").read_text()
-                      )["config"]["data"]
+    from emcopilot.particle_scale import typical_diameter
+
+    config = json.loads((job_kinds.segmentor_runs(masked) / "last" / "config.json").read_text()
+                        )["config"]
+    data = config["data"]
     assert data["n_pairs"] == 2 * len(own) and data["images_dir"] == str(mixed / "images")
+    # trained on bright-particle images at the common particle width, and says so
+    assert config["input_polarity"] == "bright" and config["particle_diameter_px"] == 32
+    pairs = job_kinds.segmentor_runs(masked) / "pairs"
+    for stem in own:
+        img = emio.read_micrograph(pairs / "images" / f"{stem}.png").image
+        lab = emio.read_label_map(pairs / "masks" / f"{stem}.png")
+        assert img[lab > 0].mean() > img[lab == 0].mean()
+        d = typical_diameter(emio.read_label_map(mixed / "masks" / f"real_{stem}.png"))
+        assert d == pytest.approx(32, rel=0.15)
     with pytest.raises(Exception, match="unknown training data"):
         job_kinds.train_segmentor_job(masked, {**params, "data": "everything"}, Ctx())
 

@@ -86,6 +86,37 @@ def test_train_segmentor_then_segment(data, segmentor):
         assert r.returncode == 2 and "threshold" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_segment_polarity_and_scale(data, segmentor, tmp_path):
+    """--polarity converts images for a model trained on bright particles; --scale resizes
+    before the model (results at the image's own size)."""
+    import shutil
+
+    bright_model = tmp_path / "bright_model"
+    shutil.copytree(segmentor / "best_miou", bright_model)
+    cfg = json.loads((bright_model / "config.json").read_text())
+    cfg["config"]["input_polarity"] = "bright"
+    (bright_model / "config.json").write_text(json.dumps(cfg))
+    inverted = tmp_path / "inverted"
+    inverted.mkdir()
+    src = data / "images" / f"{STEMS[0]}.png"
+    io.write_image(inverted / src.name, 255 - io.read_micrograph(src).image.astype(np.uint8))
+    r = _cli(tmp_path, "segment", str(src), "--model", str(bright_model), "--out",
+             str(tmp_path / "a"), "--polarity", "dark", "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    r = _cli(tmp_path, "segment", str(inverted / src.name), "--model", str(segmentor / "best_miou"),
+             "--out", str(tmp_path / "b"), "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(io.read_label_map(tmp_path / "a" / src.name),
+                                  io.read_label_map(tmp_path / "b" / src.name))
+    r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
+             str(tmp_path / "c"), "--scale", "0.5", "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    assert io.read_label_map(tmp_path / "c" / src.name).shape == io.read_micrograph(src).image.shape
+    r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
+             str(tmp_path / "d"), "--scale", "-1", "-q")
+    assert r.returncode == 2 and "scale" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_train_generator_then_generate(data):
     out = data / "gen"
     r = _cli(data, "train-generator", "--images", str(data / "images"), "--masks",

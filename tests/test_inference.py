@@ -190,3 +190,45 @@ def test_segment_uses_the_checkpoint_threshold(segmentor, real, tmp_path):
     assert cal2.threshold == 0.5 and cal2.calibrated_threshold == 0.7
     np.testing.assert_array_equal(cal2.segment(img, "calibrated")[0],
                                   segmentor.segment(img, 0.7)[0])
+
+
+def test_a_bright_trained_segmentor_sees_every_image_with_bright_particles(segmentor, real,
+                                                                           tmp_path):
+    img, truth = real  # this example has dark particles on a light background
+    assert img[truth > 0].mean() < img[truth == 0].mean()
+    bright = (1.0 - img).astype(np.float32)
+    assert segmentor.input_polarity is None  # trained on images as they are: nothing converted
+    np.testing.assert_array_equal(segmentor.prepare(img, "dark"), img)
+    ck = save_checkpoint(tmp_path / "ck", segmentor.model, None,
+                         {"image_size": 64, "input_polarity": "bright"}, epoch=1)
+    bright_model = Segmentor.load(ck, device="cpu")
+    assert bright_model.input_polarity == "bright"
+    np.testing.assert_allclose(bright_model.prepare(img, "dark"), bright, atol=1e-6)
+    reference = segmentor.segment(bright)[0]  # what the network makes of the bright version
+    # the dark-particle micrograph and its bright version give the same particles, whether the
+    # polarity is given or detected
+    for image, pol in ((img, "dark"), (img, "auto"), (bright, "bright"), (bright, "auto")):
+        np.testing.assert_array_equal(bright_model.segment(image, polarity=pol)[0], reference)
+    # without the conversion the network sees the other polarity and finds other particles
+    assert not np.array_equal(segmentor.segment(img)[0], reference)
+
+
+def test_a_scale_normalised_segmentor_resizes_each_image(segmentor, real, tmp_path):
+    from emcopilot.particle_scale import normalising_scale
+
+    img, truth = real
+    assert segmentor.particle_diameter_px is None
+    assert segmentor.resolve_scale(img, None, truth) is None
+    ck = save_checkpoint(tmp_path / "ck", segmentor.model, None,
+                         {"image_size": 64, "particle_diameter_px": 20.0,
+                          "scale_preset": "isolated"}, epoch=1)
+    scaled = Segmentor.load(ck, device="cpu")
+    assert scaled.particle_diameter_px == 20.0
+    s = scaled.resolve_scale(img, None, truth)
+    assert s == pytest.approx(normalising_scale(truth, 20.0)) and s != 1.0
+    assert scaled.resolve_scale(img, 0.7, truth) == 0.7  # an explicit factor wins
+    # without a mask the classical masker measures the particles
+    assert 0.5 < scaled.resolve_scale(img) / s < 2.0
+    labels, prob = scaled.segment(img, scale_labels=truth)
+    assert labels.shape == img.shape and prob.shape == img.shape
+    np.testing.assert_allclose(prob, segmentor.predict_proba(img, scale=s), atol=1e-6)

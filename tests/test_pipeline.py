@@ -7,9 +7,11 @@ import json
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from emcopilot import io
+from emcopilot.particle_scale import DEFAULT_DIAMETER_PX, normalising_scale, resize_labels
 from emcopilot.pipeline import STAGES, load_state, run_pipeline
 
 TINY = dict(
@@ -87,21 +89,31 @@ def test_segmentor_trains_on_synthetic_plus_real_by_default_or_synthetic_only(pi
         names = sorted(p.name for p in (data / sub).glob("*.png"))
         assert [n for n in names if n.startswith("real_")] == [f"real_{s}.png" for s in stems]
         assert len(names) == n_synth + len(stems)
-    assert ((data / "masks" / f"real_{stems[0]}.png").read_bytes()
-            == (out / "coarse_masks" / f"{stems[0]}.png").read_bytes())
+    # every pair was resized to the common particle width, the real ones by their coarse masks
+    assert state["stages"]["segmentor"]["particle_diameter_px"] == DEFAULT_DIAMETER_PX
+    scales = json.loads((data / "scales.json").read_text())
+    assert len(scales) == n_synth + len(stems)
+    coarse = io.read_label_map(out / "coarse_masks" / f"{stems[0]}.png")
+    s = scales[f"real_{stems[0]}"]
+    assert s == pytest.approx(normalising_scale(coarse), abs=1e-3)
+    np.testing.assert_array_equal(io.read_label_map(data / "masks" / f"real_{stems[0]}.png"),
+                                  resize_labels(coarse, s))
     cfg = json.loads((out / "segmentor" / "last" / "config.json").read_text())["config"]
     assert 0.1 <= cfg["calibrated_threshold"] <= 0.9
     assert cfg["data"]["images_dir"].endswith("segmentor_data/images")
+    assert cfg["input_polarity"] == "bright" and cfg["particle_diameter_px"] == DEFAULT_DIAMETER_PX
+    assert cfg["scale_preset"] == "isolated"
     # the paper's variant: the segmentor sees the generated pairs only
     for stage in ("segmentor", "segment"):
         del state["stages"][stage]
     (out / "pipeline.json").write_text(json.dumps(state))
     shutil.rmtree(out / "segmentor")
-    run_pipeline(src, out, segmentor_data="synthetic", **TINY)
+    run_pipeline(src, out, segmentor_data="synthetic", particle_scale=False, **TINY)
     state = load_state(out)
     assert state["stages"]["segmentor"]["data"] == "synthetic"
     cfg = json.loads((out / "segmentor" / "last" / "config.json").read_text())["config"]
     assert cfg["data"]["images_dir"].endswith("synthetic/images")
+    assert cfg["particle_diameter_px"] is None and cfg["input_polarity"] == "bright"
     assert (out / "segmentation" / f"{stems[0]}.png").is_file()
 
 

@@ -9,6 +9,7 @@ with random flips and 90-degree rotations; validation samples are centre crops.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -55,17 +56,25 @@ def find_pairs(images_dir: str | os.PathLike, masks_dir: str | os.PathLike
 
 
 def gather_pairs(sources: Sequence[tuple[str | os.PathLike, str | os.PathLike, str]],
-                 dest: str | os.PathLike) -> tuple[Path, Path]:
+                 dest: str | os.PathLike, *, particle_diameter_px: float | None = None,
+                 progress: Callable[[int, int, str], None] | None = None) -> tuple[Path, Path]:
     """Gather several (images folder, masks folder, name prefix) sources into one training set,
     ``dest/images`` and ``dest/masks``, by hard link (copy where links are not possible); the
     prefix keeps stems from different sources apart. ``dest`` is rebuilt on every call, so it
     never holds pairs that the sources no longer have (links are cheap). Returns the two
-    folders."""
+    folders.
+
+    With ``particle_diameter_px`` every pair is resized instead, so that the typical particle of
+    its mask is that wide (:func:`emcopilot.particle_scale.normalising_scale`); the factors are
+    written to ``dest/scales.json``. Only images with a mask of the same stem are taken then.
+    """
     dest = Path(dest)
     for sub in ("images", "masks"):
         if (dest / sub).exists():
             shutil.rmtree(dest / sub)
         (dest / sub).mkdir(parents=True)
+    if particle_diameter_px is not None:
+        return _gather_rescaled(sources, dest, float(particle_diameter_px), progress)
     for images, masks, prefix in sources:
         for sub, folder in (("images", images), ("masks", masks)):
             for f in sorted(Path(folder).glob("*.png")):
@@ -74,6 +83,31 @@ def gather_pairs(sources: Sequence[tuple[str | os.PathLike, str | os.PathLike, s
                     os.link(f, target)
                 except OSError:
                     shutil.copyfile(f, target)
+    return dest / "images", dest / "masks"
+
+
+def _gather_rescaled(sources, dest: Path, target: float,
+                     progress: Callable[[int, int, str], None] | None) -> tuple[Path, Path]:
+    from emcopilot.atomic import atomic_write_text
+    from emcopilot.particle_scale import normalising_scale, resize_image, resize_labels
+
+    items = [(prefix, ip, mp) for images, masks, prefix in sources
+             for _, ip, mp in find_pairs(images, masks)]
+    scales: dict[str, float] = {}
+    for k, (prefix, ip, mp) in enumerate(items):
+        labels = io.read_label_map(mp)
+        image = io.read_micrograph(ip).image
+        if image.shape[:2] != labels.shape:
+            raise InputError(f"{ip.stem}: image is {image.shape[1]}x{image.shape[0]} px but its "
+                             f"mask is {labels.shape[1]}x{labels.shape[0]} px")
+        s = normalising_scale(labels, target)
+        name = f"{prefix}{ip.stem}.png"
+        io.write_image(dest / "images" / name, resize_image(io.normalize(image), s))
+        io.write_label_map(dest / "masks" / name, resize_labels(labels, s))
+        scales[name[:-4]] = round(s, 4)
+        if progress:
+            progress(k + 1, len(items), f"resized {name} x{s:.2f}")
+    atomic_write_text(dest / "scales.json", json.dumps(scales, indent=1, sort_keys=True))
     return dest / "images", dest / "masks"
 
 

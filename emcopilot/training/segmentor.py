@@ -81,6 +81,8 @@ def train_segmentor(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
                     attention: str | None = None, deep_supervision: bool | None = None,
                     seed: int = 0, device: str = "auto", resume: bool = True,
                     val_fraction: float = 0.2, samples_per_epoch: int | None = None,
+                    input_polarity: str | None = None,
+                    particle_diameter_px: float | None = None, scale_preset: str | None = None,
                     progress: Callable[[int, int, str], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Train the segmentor on (image, mask) pairs with matching stems (synthetic or labelled).
@@ -93,6 +95,15 @@ def train_segmentor(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
             ``deep_supervision`` = architecture).
         augment: apply random Algorithm 6 variants to training crops on the fly.
         samples_per_epoch: crops per epoch (default: the profile's; 0 = one per training pair).
+        input_polarity: ``"bright"`` when every training image shows bright particles
+            (``io.bright_particles``, as the pipeline and the app prepare them): recorded in the
+            checkpoint, and inference then converts each image to that convention first.
+            None: images as they are.
+        particle_diameter_px: when the training images were resized so that their typical
+            particle is this wide (:mod:`emcopilot.particle_scale`): recorded in the checkpoint,
+            and inference resizes each image the same way. None: pixel scale as it is.
+        scale_preset: the classical masker preset whose particles measured that scale
+            (inference uses it to measure a new image's scale; default "auto").
         resume: continue from ``out_dir/last`` when present; ``epochs`` is the total.
         progress: ``progress(epoch, epochs, message)`` after every epoch.
         should_stop: checked between steps; True saves ``last/`` and returns ``cancelled=True``.
@@ -116,6 +127,10 @@ def train_segmentor(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
         raise InputError(f"image_size {size} must be a multiple of {2 ** int(cfg['depth'])} for a "
                          f"segmentor of depth {cfg['depth']}")
 
+    if input_polarity not in (None, "bright"):
+        raise InputError(f"input_polarity must be 'bright' or None, got {input_polarity!r}")
+    if particle_diameter_px is not None and not float(particle_diameter_px) > 0:
+        raise InputError(f"particle_diameter_px must be > 0, got {particle_diameter_px}")
     items = find_pairs(images_dir, masks_dir)
     pairs = load_pairs(items)
     train_idx, val_idx = split_pairs(len(pairs), val_fraction, seed)
@@ -142,7 +157,11 @@ def train_segmentor(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
     total = int(cfg["epochs"])
     config = {"kind": "segmentor", "training": {**cfg, "augment": bool(augment)}, "data": data,
               "seed": seed, "image_size": size, "threshold": 0.5,
-              "input": "grey image in [0, 1] (io.normalize)", "output": "particle logit"}
+              "input": "grey image in [0, 1] (io.normalize)", "output": "particle logit",
+              "input_polarity": input_polarity,
+              "particle_diameter_px": (None if particle_diameter_px is None
+                                       else float(particle_diameter_px)),
+              "scale_preset": scale_preset}
     history: list[dict] = []
     cancelled = False
     epoch = start_epoch

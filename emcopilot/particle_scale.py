@@ -1,0 +1,97 @@
+"""Particle scale: how wide a micrograph's particles are, and the resize that brings them to a
+common width.
+
+Micrographs differ in magnification by orders of magnitude (EMPS: typical particle widths from
+8 to 465 px), while a segmentor sees a fixed training crop and a fixed receptive field. The
+label-free pipeline therefore resizes every training pair and every image it segments so that
+its typical particle is ``target`` px wide. The typical width is measured on a mask: the
+equivalent diameter of the particle at the *area-weighted* median (half of the particle area
+lies in particles at least this large), which is robust to the small fragments a coarse
+masker leaves (on the EMPS test split, against the manual labels' median width: log
+correlation 0.66 and 77 % within a factor 2, where the plain median reached 0.30 and 63 %).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["typical_diameter", "normalising_scale", "resize_image", "resize_labels",
+           "estimate_scale", "SCALE_LIMITS", "DEFAULT_DIAMETER_PX"]
+
+#: typical particle width (px) the pipeline's segmentor is trained and run at
+DEFAULT_DIAMETER_PX = 32.0
+#: the resize factor is clipped to this range (a mask with a wrong or no particle cannot blow an
+#: image up or shrink it to nothing)
+SCALE_LIMITS = (0.125, 4.0)
+
+
+def typical_diameter(labels: np.ndarray, min_area: int = 4) -> float | None:
+    """Area-weighted median equivalent diameter (px) of the instances in a label map; None when
+    it holds no instance of at least ``min_area`` px."""
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise InputError(f"label map must be 2-D, got shape {lab.shape}")
+    if lab.size == 0 or int(lab.max(initial=0)) <= 0:
+        return None
+    areas = np.bincount(lab.ravel().astype(np.int64, copy=False))[1:]
+    areas = np.sort(areas[areas >= max(1, int(min_area))]).astype(np.float64)
+    if areas.size == 0:
+        return None
+    cum = np.cumsum(areas) / areas.sum()
+    a = areas[int(np.searchsorted(cum, 0.5))]
+    return float(np.sqrt(4.0 * a / np.pi))
+
+
+def normalising_scale(labels: np.ndarray, target: float = DEFAULT_DIAMETER_PX,
+                      limits: tuple[float, float] = SCALE_LIMITS) -> float:
+    """Resize factor that makes the typical particle of ``labels`` ``target`` px wide, clipped to
+    ``limits``; 1.0 when the map holds no particle."""
+    if not target > 0:
+        raise InputError(f"target particle width must be > 0 px, got {target}")
+    d = typical_diameter(labels)
+    if d is None:
+        return 1.0
+    return float(np.clip(float(target) / d, limits[0], limits[1]))
+
+
+def _size(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
+    h, w = shape[:2]
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """A grey image resized by ``scale`` (area averaging when shrinking, bilinear when
+    enlarging), float32."""
+    import cv2
+
+    a = np.asarray(image, dtype=np.float32)
+    if scale == 1.0:
+        return a
+    nh, nw = _size(a.shape, scale)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(a, (nw, nh), interpolation=interp)
+
+
+def resize_labels(labels: np.ndarray, scale: float) -> np.ndarray:
+    """A label map resized by ``scale`` with nearest-neighbour sampling (ids kept), int32."""
+    import cv2
+
+    lab = np.asarray(labels).astype(np.int32, copy=False)
+    if scale == 1.0:
+        return lab
+    nh, nw = _size(lab.shape, scale)
+    return cv2.resize(lab, (nw, nh), interpolation=cv2.INTER_NEAREST)
+
+
+def estimate_scale(image01: np.ndarray, target: float = DEFAULT_DIAMETER_PX,
+                   preset: str = "auto", polarity: str = "auto") -> float:
+    """:func:`normalising_scale` of an image without a mask: its particles are found first with
+    the classical coarse masker (``preset`` and ``polarity`` as in
+    :func:`emcopilot.masking.coarse_mask`; ~0.05-0.1 s per 512 px image)."""
+    from .masking import coarse_mask
+
+    labels = coarse_mask(np.asarray(image01, dtype=np.float32), method="classical",
+                         polarity=polarity, classical_options={"preset": preset})
+    return normalising_scale(labels, target)

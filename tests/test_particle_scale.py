@@ -1,0 +1,105 @@
+"""Particle scale: typical particle width of a mask, the resize to a common width, and the
+training set gathered at that width."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from emcopilot import io
+from emcopilot.errors import InputError
+from emcopilot.particle_scale import (SCALE_LIMITS, estimate_scale, normalising_scale,
+                                      resize_image, resize_labels, typical_diameter)
+from emcopilot.training.datasets import gather_pairs
+
+
+def discs(shape, centres, radius):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    lab = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, 1):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = k
+    return lab
+
+
+def test_typical_diameter_of_equal_discs_is_their_diameter():
+    lab = discs((200, 200), [(40, 40), (40, 120), (120, 80)], 15)
+    assert typical_diameter(lab) == pytest.approx(30, rel=0.05)
+
+
+def test_typical_diameter_ignores_many_small_fragments():
+    lab = discs((300, 300), [(60, 60), (60, 200), (200, 130)], 25)
+    rng = np.random.default_rng(0)
+    k = lab.max() + 1
+    for _ in range(40):  # 40 fragments of 2x2 px: the plain median would be 2 px wide
+        y, x = rng.integers(120, 160), rng.integers(5, 290)
+        if lab[y:y + 2, x:x + 2].max() == 0:
+            lab[y:y + 2, x:x + 2] = k
+            k += 1
+    areas = np.bincount(lab.ravel())[1:]
+    assert np.sqrt(4 * np.median(areas) / np.pi) < 5
+    assert typical_diameter(lab) == pytest.approx(50, rel=0.05)
+
+
+def test_no_particle_means_no_diameter_and_scale_one():
+    empty = np.zeros((50, 60), np.int32)
+    assert typical_diameter(empty) is None
+    assert normalising_scale(empty) == 1.0
+    with pytest.raises(InputError):
+        typical_diameter(np.zeros((2, 3, 4), np.int32))
+    with pytest.raises(InputError):
+        normalising_scale(empty, target=0)
+
+
+def test_scale_brings_particles_to_the_target_width_within_limits():
+    lab = discs((400, 400), [(100, 100), (100, 300), (300, 200)], 40)  # 80 px wide
+    s = normalising_scale(lab, target=32)
+    assert s == pytest.approx(0.4, rel=0.05)
+    small = resize_labels(lab, s)
+    assert small.shape == (160, 160)
+    assert set(np.unique(small)) == {0, 1, 2, 3}  # ids kept, no blended values
+    assert typical_diameter(small) == pytest.approx(32, rel=0.1)
+    tiny = discs((100, 100), [(50, 50)], 1)  # 3 px wide: factor clipped at the upper limit
+    assert normalising_scale(tiny, target=32) == SCALE_LIMITS[1]
+    assert resize_image(np.ones((10, 20), np.float32), 2.0).shape == (20, 40)
+    assert resize_image(np.ones((10, 20), np.float32), 1.0).shape == (10, 20)
+
+
+def test_estimate_scale_on_a_real_micrograph_matches_its_labels(examples_dir):
+    d = examples_dir / "emps"
+    stem = "31121ca5cf"
+    image = io.normalize(io.read_micrograph(d / "images" / f"{stem}.png").image)
+    truth = io.read_label_map(d / "segmaps" / f"{stem}.png")
+    s_est = estimate_scale(image, 32, preset="isolated")  # polarity detected (dark particles)
+    assert s_est == estimate_scale(1 - image, 32, preset="isolated", polarity="bright")
+    s_true = normalising_scale(truth, 32)
+    assert 0.5 < s_est / s_true < 2.0
+
+
+def test_gather_pairs_at_a_common_particle_width(tmp_path):
+    rng = np.random.default_rng(1)
+    src_i, src_m = tmp_path / "i", tmp_path / "m"
+    src_i.mkdir()
+    src_m.mkdir()
+    for name, radius in (("big", 32), ("small", 8)):
+        lab = discs((256, 256), [(64, 64), (64, 190), (190, 128)], radius)
+        img = (lab > 0) * 0.7 + 0.1 + rng.normal(0, 0.02, lab.shape)
+        io.write_image(src_i / f"{name}.png", np.clip(img, 0, 1).astype(np.float32))
+        io.write_label_map(src_m / f"{name}.png", lab)
+    io.write_image(src_i / "unpaired.png", np.zeros((20, 20), np.float32))
+    images, masks = gather_pairs([(src_i, src_m, "s_")], tmp_path / "out",
+                                 particle_diameter_px=32)
+    scales = json.loads((tmp_path / "out" / "scales.json").read_text())
+    assert scales == {"s_big": pytest.approx(0.5, rel=0.05), "s_small": pytest.approx(2, rel=0.05)}
+    for name in ("s_big", "s_small"):
+        img = io.read_micrograph(images / f"{name}.png").image
+        lab = io.read_label_map(masks / f"{name}.png")
+        assert img.shape == lab.shape
+        assert typical_diameter(lab) == pytest.approx(32, rel=0.1)
+        # the image was resized with its mask: particles are still where the mask says
+        assert img[lab > 0].mean() > img[lab == 0].mean() + 100
+    assert not (images / "s_unpaired.png").exists()
+    # a second call rebuilds the folder (no stale pairs), by links when not resizing
+    gather_pairs([(src_i, src_m, "t_")], tmp_path / "out")
+    assert sorted(p.name for p in masks.iterdir()) == ["t_big.png", "t_small.png"]
