@@ -18,13 +18,16 @@ import numpy as np
 from .errors import InputError
 
 __all__ = ["typical_diameter", "normalising_scale", "resize_image", "resize_labels",
-           "estimate_scale", "SCALE_LIMITS", "DEFAULT_DIAMETER_PX"]
+           "estimate_scale", "SCALE_LIMITS", "DEFAULT_DIAMETER_PX", "MAX_ENLARGED_PIXELS"]
 
 #: typical particle width (px) the pipeline's segmentor is trained and run at
 DEFAULT_DIAMETER_PX = 32.0
 #: the resize factor is clipped to this range (a mask with a wrong or no particle cannot blow an
 #: image up or shrink it to nothing)
 SCALE_LIMITS = (0.125, 4.0)
+#: an image is never enlarged beyond this many pixels (memory and time of training and
+#: inference); images already larger are not enlarged at all
+MAX_ENLARGED_PIXELS = 2048 * 2048
 
 
 def typical_diameter(labels: np.ndarray, min_area: int = 4) -> float | None:
@@ -45,15 +48,21 @@ def typical_diameter(labels: np.ndarray, min_area: int = 4) -> float | None:
 
 
 def normalising_scale(labels: np.ndarray, target: float = DEFAULT_DIAMETER_PX,
-                      limits: tuple[float, float] = SCALE_LIMITS) -> float:
+                      limits: tuple[float, float] = SCALE_LIMITS,
+                      max_pixels: int = MAX_ENLARGED_PIXELS) -> float:
     """Resize factor that makes the typical particle of ``labels`` ``target`` px wide, clipped to
-    ``limits``; 1.0 when the map holds no particle."""
+    ``limits`` and, when it enlarges, to at most ``max_pixels`` pixels for the resized map;
+    1.0 when the map holds no particle."""
     if not target > 0:
         raise InputError(f"target particle width must be > 0 px, got {target}")
-    d = typical_diameter(labels)
+    lab = np.asarray(labels)
+    d = typical_diameter(lab)
     if d is None:
         return 1.0
-    return float(np.clip(float(target) / d, limits[0], limits[1]))
+    s = float(np.clip(float(target) / d, limits[0], limits[1]))
+    if s > 1.0:
+        s = min(s, max(1.0, float(np.sqrt(max_pixels / max(1, lab.size)))))
+    return s
 
 
 def _size(shape: tuple[int, ...], scale: float) -> tuple[int, int]:

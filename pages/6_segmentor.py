@@ -55,6 +55,12 @@ with st.form("train_segmentor"):
     batch = c[2].number_input("Batch size", 1, 64, 4)
     size = c[3].selectbox("Image size (px)", [64, 128, 256, 512], index=2)
     augment = st.checkbox("Apply the 18 augmentations on the fly", value=True)
+    particle_scale = st.checkbox(
+        "Train at a common particle width (32 px)", value=True,
+        help="Every training pair is resized so that its typical particle (measured on its "
+             "mask) is 32 px wide, and every image is resized the same way when segmented: one "
+             "small network then sees all magnifications alike. Measured better on EMPS "
+             "(BENCHMARKS.md).")
     with st.expander("Advanced"):
         a = st.columns(2)
         samples = a[0].number_input(
@@ -69,6 +75,7 @@ if go:
     _ui.submit_job(store, project, "train_segmentor",
                    {"data": data, "profile": profile, "epochs": int(epochs),
                     "batch_size": int(batch), "image_size": int(size), "augment": augment,
+                    "particle_scale": particle_scale,
                     "samples_per_epoch": int(samples) or None, "base": int(base) or None})
 job = _ui.job_panel(store, project, "train_segmentor", resumable=True)
 

@@ -186,6 +186,8 @@ def test_segmentor_augmentations_and_job(store, masked):
     jobs = jobs_of(store, masked, "train_segmentor")
     assert len(jobs) == 1 and jobs[0]["params"]["data"] == "masks"
     assert jobs[0]["params"]["samples_per_epoch"] is None and jobs[0]["params"]["base"] is None
+    assert jobs[0]["params"]["particle_scale"] is True
+    [c for c in at.checkbox if c.label.startswith("Train at a common particle width")][0].uncheck()
     # the Advanced controls reach the job (and the job passes them to train_segmentor)
     [n for n in at.number_input if n.label.startswith("Samples per epoch")][0].set_value(16)
     [s for s in at.selectbox if s.label.startswith("Network width")][0].set_value(4)
@@ -194,8 +196,8 @@ def test_segmentor_augmentations_and_job(store, masked):
     assert not at.exception
     params = [j["params"] for j in jobs_of(store, masked, "train_segmentor")]
     assert len(params) == 2
-    assert [(q["samples_per_epoch"], q["base"], q["image_size"]) for q in params
-            if q["base"] is not None] == [(16, 4, 64)]
+    assert [(q["samples_per_epoch"], q["base"], q["image_size"], q["particle_scale"])
+            for q in params if q["base"] is not None] == [(16, 4, 64, False)]
 
 
 def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):

@@ -62,6 +62,9 @@ def test_scale_brings_particles_to_the_target_width_within_limits():
     assert typical_diameter(small) == pytest.approx(32, rel=0.1)
     tiny = discs((100, 100), [(50, 50)], 1)  # 3 px wide: factor clipped at the upper limit
     assert normalising_scale(tiny, target=32) == SCALE_LIMITS[1]
+    # enlarging stops at MAX_ENLARGED_PIXELS (here 4x the map's pixels: factor 2, not 4)
+    assert normalising_scale(tiny, target=32, max_pixels=4 * tiny.size) == pytest.approx(2.0)
+    assert normalising_scale(tiny, target=32, max_pixels=tiny.size // 2) == 1.0
     assert resize_image(np.ones((10, 20), np.float32), 2.0).shape == (20, 40)
     assert resize_image(np.ones((10, 20), np.float32), 1.0).shape == (10, 20)
 
