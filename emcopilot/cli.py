@@ -328,12 +328,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_train_segmentor(args: argparse.Namespace) -> int:
     from emcopilot.training.segmentor import train_segmentor
 
+    images = _existing_dir(args.images, "--images")
+    masks = _existing_dir(args.masks, "--masks")
+    out = _out_dir(args.out)
+    if args.particle_width is not None:
+        from emcopilot.training.datasets import gather_pairs
+
+        images, masks = gather_pairs([(images, masks, "")], out / "training_data",
+                                     particle_diameter_px=args.particle_width)
     bar = _progress(args, "segmentor")
     try:
-        result = train_segmentor(_existing_dir(args.images, "--images"), _existing_dir(args.masks, "--masks"),
-                                 _out_dir(args.out), profile=args.profile, epochs=args.epochs,
+        result = train_segmentor(images, masks, out, profile=args.profile, epochs=args.epochs,
                                  batch_size=args.batch_size, image_size=args.image_size, augment=args.augment,
                                  samples_per_epoch=args.samples_per_epoch,
+                                 input_polarity="bright" if args.bright_particles else None,
+                                 particle_diameter_px=args.particle_width,
                                  seed=args.seed, device=args.device, resume=not args.no_resume, progress=bar)
     finally:
         bar.close()
@@ -608,6 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true", help="apply the 18 Algorithm 6 variants on the fly")
     p.add_argument("--samples-per-epoch", type=int,
                    help="random training crops per epoch (default: the profile's)")
+    p.add_argument("--particle-width", type=_positive, default=None, metavar="PX",
+                   help="resize every pair so that its typical particle (from its mask) is PX wide "
+                        "(the pipeline uses 32); `segment` then resizes each image the same way")
+    p.add_argument("--bright-particles", action="store_true",
+                   help="the training images all show bright particles: `segment` then converts "
+                        "dark-particle images (--polarity) before the model")
     _add_common(p)
     p.set_defaults(func=cmd_train_segmentor)
 

@@ -117,6 +117,25 @@ def test_segment_polarity_and_scale(data, segmentor, tmp_path):
     assert r.returncode == 2 and "scale" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_train_segmentor_at_a_common_particle_width(data, tmp_path):
+    out = tmp_path / "seg_scaled"
+    r = _cli(tmp_path, "train-segmentor", "--images", str(data / "images"), "--masks",
+             str(data / "masks"), "--out", str(out), "--epochs", "1", "--image-size", "64",
+             "--batch-size", "4", "--samples-per-epoch", "4", "--device", "cpu",
+             "--particle-width", "24", "-q")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((out / "last" / "config.json").read_text())["config"]
+    assert cfg["particle_diameter_px"] == 24 and cfg["input_polarity"] is None
+    assert cfg["data"]["images_dir"] == str(out / "training_data" / "images")
+    scales = json.loads((out / "training_data" / "scales.json").read_text())
+    assert sorted(scales) == sorted(STEMS) and all(0.125 <= v <= 4 for v in scales.values())
+    r = _cli(tmp_path, "segment", str(data / "images" / f"{STEMS[0]}.png"), "--model",
+             str(out / "last"), "--out", str(tmp_path / "seg"), "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    labels = io.read_label_map(tmp_path / "seg" / f"{STEMS[0]}.png")
+    assert labels.shape == io.read_label_map(data / "masks" / f"{STEMS[0]}.png").shape
+
+
 def test_train_generator_then_generate(data):
     out = data / "gen"
     r = _cli(data, "train-generator", "--images", str(data / "images"), "--masks",
