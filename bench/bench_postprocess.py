@@ -10,7 +10,9 @@ and which splitting turn a good pixel ranking (AUC) into good objects.
         --truth ../shared/data/emps_test/segmaps --out bench/results/postprocess.json
 
 With ``--coarse DIR`` (the run's ``coarse_masks/``) it also tries a label-free minimum particle
-area per image: a fraction of the median area of that image's coarse-mask particles (priors).
+area per image: a fraction of the median area of that image's coarse-mask particles (priors),
+and the ``min_peak`` that ``emcopilot.postprocess.select_min_peak`` picks against the coarse
+masks (no manual label involved in the choice).
 It prints percentiles of the pooled probabilities first (how compressed the maps are).
 
 Choosing settings on the test labels is optimistic; the rows are a diagnosis, the shipped
@@ -29,7 +31,7 @@ import numpy as np
 
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs, read_probability_map
-from emcopilot.postprocess import prob_to_instances
+from emcopilot.postprocess import prob_to_instances, select_min_peak
 
 KEYS = ("dice_mean", "obj_precision", "obj_recall", "obj_f1", "obj_f1_mean",
         "count_rel_abs_error_mean", "median_diameter_rel_error", "ks_distance")
@@ -50,6 +52,9 @@ CONFIGS: list[tuple[str, dict]] = [
     ("t0.5 min_area 30", dict(threshold=0.5, min_area=30)),
     ("t0.5 distance surface", dict(threshold=0.5, surface="distance")),
     ("t0.5 hole fill + open", dict(threshold=0.5, fill_holes=True, opening=1)),
+    ("t0.5 min peak 0.6", dict(threshold=0.5, min_peak=0.6)),
+    ("t0.5 min peak 0.7", dict(threshold=0.5, min_peak=0.7)),
+    ("t0.5 min peak 0.8", dict(threshold=0.5, min_peak=0.8)),
 ]
 #: with --coarse: min_area = max(10, fraction x median coarse-mask particle area of the image)
 PRIOR_CONFIGS = [("t0.5 min area 0.1 x coarse median", 0.1),
@@ -87,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, fraction in PRIOR_CONFIGS:
             configs.append((name, {"threshold": 0.5,
                                    "min_area": _coarse_min_areas(args.coarse, probs, fraction)}))
+        coarse = [io.read_label_map(args.coarse / f"{stem}.png") for stem in probs]
+        chosen = select_min_peak(list(probs.values()), coarse)
+        print(f"min_peak chosen against the coarse masks: {chosen['min_peak']} "
+              f"(object F1 vs coarse: {chosen['f1']})")
+        configs.append((f"t0.5 min peak {chosen['min_peak']} (chosen vs coarse)",
+                        {"threshold": 0.5, "min_peak": chosen["min_peak"]}))
     if args.extra:
         configs.append((f"extra {args.extra}", json.loads(args.extra)))
     if args.only:

@@ -75,6 +75,27 @@ def _positive(value: str) -> float:
     return v
 
 
+def _threshold_number(text: str) -> float:
+    """argparse type: a probability in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def _min_peak(text: str) -> float | None:
+    """argparse type of --min-peak: a probability in (0, 1) or 'none'."""
+    return None if text.strip().lower() == "none" else _threshold_number(text)
+
+
+def _pipeline_min_peak(text: str) -> float | str | None:
+    """argparse type of pipeline --min-peak: 'auto', 'none' or a probability in (0, 1)."""
+    return "auto" if text.strip().lower() == "auto" else _min_peak(text)
+
+
 def _threshold(text: str) -> float | str:
     """argparse type: a probability threshold in (0, 1), 'otsu' or 'calibrated'."""
     if text.strip().lower() in ("otsu", "calibrated"):
@@ -385,7 +406,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             stem = io.safe_stem(path.name)
             image01 = io.normalize(m.image)
             labels, prob = segmentor.segment(image01, threshold=args.threshold,
-                                             polarity=args.polarity, scale=args.scale)
+                                             polarity=args.polarity, scale=args.scale,
+                                             min_peak=args.min_peak)
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -410,7 +432,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                device=args.device, generator_epochs=args.generator_epochs,
                                segmentor_epochs=args.segmentor_epochs,
                                segmentor_data=args.segmentor_data,
-                               particle_scale=args.particle_scale == "on", progress=bar)
+                               particle_scale=args.particle_scale == "on",
+                               min_peak=args.min_peak, progress=bar)
     finally:
         bar.close()
     _print_json(summary)
@@ -639,6 +662,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--polarity", choices=("auto", "bright", "dark"), default="auto",
                    help="particle polarity of the images, for a model trained on bright-particle "
                         "images (the pipeline's and the app's): auto (default) = detected per image")
+    p.add_argument("--min-peak", type=_min_peak, default="model", metavar="P",
+                   help="keep only particles whose highest probability exceeds P (a confident "
+                        "core: fewer false particles, but fewer particle pixels; see "
+                        "BENCHMARKS.md); 'none' = every particle; default: the value recorded "
+                        "in the model (the pipeline chooses one), else none")
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
                         "trained at a common particle width, measured per image)")
@@ -666,6 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on (default): train and run the segmentor with every image resized so "
                         "that its typical particle (measured on its coarse or synthetic mask) is "
                         "32 px wide; off: each micrograph's own pixel scale")
+    p.add_argument("--min-peak", type=_pipeline_min_peak, default="auto", metavar="auto|none|P",
+                   help="keep only particles whose highest probability exceeds P; auto "
+                        "(default): the P whose particles best match the coarse masks, recorded "
+                        "in the segmentor for `segment`; none: every particle")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)

@@ -261,6 +261,13 @@ class Segmentor:
         return threshold
 
     @property
+    def min_peak(self) -> float | None:
+        """The particle core probability used by default (:func:`prob_to_instances`'s
+        ``min_peak``): the checkpoint config's ``min_peak`` (the pipeline records the one it
+        chose against the coarse masks), else None (every particle)."""
+        return config_threshold(self.config, "min_peak")
+
+    @property
     def input_polarity(self) -> str | None:
         """``"bright"`` when the segmentor was trained on bright-particle images (the pipeline
         and the app train it so): :meth:`prepare` converts each image to that convention."""
@@ -306,25 +313,40 @@ class Segmentor:
         return estimate_scale(prepared01, target, preset=str(preset),
                               polarity="bright" if self.input_polarity == "bright" else "auto")
 
+    def probability(self, image01: np.ndarray, *, polarity: str = "auto",
+                    scale: float | None = None, scale_labels: np.ndarray | None = None
+                    ) -> np.ndarray:
+        """Particle probability map (the image's size) after bringing the image to the
+        segmentor's conventions (:meth:`prepare`: particle polarity; :meth:`resolve_scale`:
+        particle scale, from ``scale``, ``scale_labels`` or an estimate)."""
+        prepared = self.prepare(image01, polarity)
+        return self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale,
+                                                                     scale_labels))
+
+    def instances(self, prob: np.ndarray, threshold: float | str | None = None, *,
+                  min_distance: int = 3, min_area: int = 10,
+                  min_peak: float | str | None = "model") -> np.ndarray:
+        """Particles (int32 label map) of a probability map: pixels with probability >
+        ``threshold`` (None: :attr:`threshold`, normally 0.5; ``"calibrated"``:
+        :attr:`calibrated_threshold`; ``"otsu"``: per image), touching particles split by a
+        probability watershed, and with ``min_peak`` (``"model"``: :attr:`min_peak`; None: every
+        particle) only particles whose highest probability exceeds it
+        (:func:`emcopilot.postprocess.prob_to_instances`)."""
+        labels = prob_to_instances(prob, self.resolve_threshold(threshold),
+                                   min_distance=min_distance, min_area=min_area,
+                                   min_peak=self.min_peak if min_peak == "model" else min_peak)
+        return labels.astype(np.int32, copy=False)
+
     def segment(self, image01: np.ndarray, threshold: float | str | None = None, *,
                 min_distance: int = 3, min_area: int = 10, scale: float | None = None,
-                polarity: str = "auto", scale_labels: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """Instance label map (int32, 0 = background) and probability map of one image.
-
-        The image is first brought to the segmentor's conventions (:meth:`prepare`: particle
-        polarity; :meth:`resolve_scale`: particle scale, from ``scale``, ``scale_labels`` or an
-        estimate). Pixels with probability > ``threshold`` (None: :attr:`threshold`, normally
-        0.5; ``"calibrated"``: :attr:`calibrated_threshold`; ``"otsu"``: per image) are
-        particles; touching particles are split by a probability watershed
-        (:func:`emcopilot.postprocess.prob_to_instances`). Both maps have the image's size.
-        """
-        prepared = self.prepare(image01, polarity)
-        prob = self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale,
-                                                                     scale_labels))
-        labels = prob_to_instances(prob, self.resolve_threshold(threshold),
-                                   min_distance=min_distance, min_area=min_area)
-        return labels.astype(np.int32, copy=False), prob
+                polarity: str = "auto", scale_labels: np.ndarray | None = None,
+                min_peak: float | str | None = "model") -> tuple[np.ndarray, np.ndarray]:
+        """Instance label map (int32, 0 = background) and probability map of one image, both of
+        the image's size: :meth:`probability`, then :meth:`instances`."""
+        prob = self.probability(image01, polarity=polarity, scale=scale,
+                                scale_labels=scale_labels)
+        return self.instances(prob, threshold, min_distance=min_distance, min_area=min_area,
+                              min_peak=min_peak), prob
 
 
 def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from emcopilot.atomic import atomic_write_text
 from emcopilot.errors import InputError
 
@@ -64,6 +66,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  generator_epochs: int | None = None, segmentor_epochs: int | None = None,
                  generator_options: dict | None = None, segmentor_options: dict | None = None,
                  segmentor_data: str = "synthetic+real", particle_scale: bool = True,
+                 min_peak: float | str | None = "auto",
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -79,7 +82,14 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     ``particle_scale``: train and run the segmentor at a common particle width
     (:mod:`emcopilot.particle_scale`: every pair and every image resized so that the typical
     particle of its mask, coarse or synthetic, is ``DEFAULT_DIAMETER_PX`` wide), instead of each
-    micrograph's own pixel scale."""
+    micrograph's own pixel scale.
+
+    ``min_peak``: keep only particles whose highest probability exceeds it
+    (:func:`emcopilot.postprocess.prob_to_instances`); ``"auto"`` (default) picks it without
+    labels, as the value whose particles best match the coarse masks
+    (:func:`emcopilot.postprocess.select_min_peak`), and records it in the segmentor checkpoint
+    so that ``emcopilot segment`` and the app use it too; None keeps every particle.
+    Measured on EMPS: fewer false particles, a better count, fewer particle pixels."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -89,6 +99,10 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     if segmentor_data not in SEGMENTOR_DATA:
         raise InputError(f"unknown segmentor data {segmentor_data!r}; choose one of "
                          f"{', '.join(SEGMENTOR_DATA)}")
+    if not (min_peak is None or min_peak == "auto"
+            or (isinstance(min_peak, (int, float)) and 0 < min_peak < 1)):
+        raise InputError(f"min_peak must be 'auto', None or a probability in (0, 1), "
+                         f"got {min_peak!r}")
     if profile not in PER_MASK:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")
     per_mask = per_mask or PER_MASK[profile]
@@ -212,23 +226,45 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     # 8. segmentation of the real images + PSD
     if step(7, "segment"):
         from emcopilot.analysis import write_psd_report
+        from emcopilot.evaluate import read_probability_map
         from emcopilot.inference import Segmentor
+        from emcopilot.postprocess import select_min_peak
+        from emcopilot.training.checkpoint import update_config
 
         ckpt = seg_dir / "best_miou"
-        segmentor = Segmentor.load(ckpt if ckpt.is_dir() else seg_dir / "last", device=device)
-        items = []
+        ckpt = ckpt if ckpt.is_dir() else seg_dir / "last"
+        segmentor = Segmentor.load(ckpt, device=device)
+        prob_dir = result_dir / "prob"
         for k, stem in enumerate(meta):
             report(7, len(STAGES), f"segment {k}/{len(meta)}")
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
             # the images are bright-particle copies; the coarse mask measures the particle scale
             coarse = (io.read_label_map(mask_dir / f"{stem}.png")
                       if segmentor.particle_diameter_px else None)
-            labels, prob = segmentor.segment(image01, polarity="bright", scale_labels=coarse)
+            prob = segmentor.probability(image01, polarity="bright", scale_labels=coarse)
+            io.write_image(prob_dir / f"{stem}.png", prob)
+
+        # particles come from the stored 8-bit maps, so the outputs can be re-derived from disk
+        def stored(stem: str) -> np.ndarray:
+            return read_probability_map(prob_dir / f"{stem}.png")
+
+        chosen = min_peak
+        if min_peak == "auto":
+            report(7, len(STAGES), "segment: choosing the particle core probability")
+            choice = select_min_peak((stored(s) for s in meta),
+                                     (io.read_label_map(mask_dir / f"{s}.png") for s in meta),
+                                     threshold=segmentor.threshold)
+            chosen = choice["min_peak"]
+            update_config(ckpt, min_peak=chosen, min_peak_f1_vs_coarse=choice["f1"])
+        items = []
+        for stem in meta:
+            labels = segmentor.instances(stored(stem), min_peak=chosen)
             io.write_label_map(result_dir / f"{stem}.png", labels)
-            io.write_image(result_dir / "prob" / f"{stem}.png", prob)
+            image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
             items.append((stem, labels, meta[stem]["pixel_size_nm"], image01))
         summary = write_psd_report(items, result_dir)
-        _mark_done(out, state, "segment", count=summary.get("batch", {}).get("count"))
+        _mark_done(out, state, "segment", count=summary.get("batch", {}).get("count"),
+                   min_peak=chosen)
     report(len(STAGES), len(STAGES), "done")
     summary = json.loads((result_dir / "summary.json").read_text())
     return {"summary": summary.get("batch", summary), "stages": {k: {kk: vv for kk, vv in v.items()

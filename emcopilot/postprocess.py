@@ -16,13 +16,15 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
-from .instances import binary_to_instances
+from .instances import binary_to_instances, remove_small_instances
 
 __all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config_threshold",
-           "THRESHOLD_GRID"]
+           "select_min_peak", "THRESHOLD_GRID", "MIN_PEAK_GRID"]
 
 #: thresholds ``calibrate_threshold`` tries
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
+#: particle core probabilities ``select_min_peak`` tries (None: every particle)
+MIN_PEAK_GRID = (None, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
 def config_threshold(checkpoint_config: dict, key: str = "calibrated_threshold") -> float | None:
@@ -50,7 +52,8 @@ def otsu_threshold(prob: np.ndarray, lo: float = 0.1, hi: float = 0.9) -> float:
 
 def prob_to_instances(prob: np.ndarray, threshold: float | str = 0.5, *, min_distance: int = 3,
                       h: float = 2.0, min_area: int = 10, surface: str = "prob",
-                      fill_holes: bool = False, opening: int = 0) -> np.ndarray:
+                      fill_holes: bool = False, opening: int = 0,
+                      min_peak: float | None = None) -> np.ndarray:
     """Instance label map (int32, 0 = background) from a particle-probability map in [0, 1].
 
     Args:
@@ -64,6 +67,8 @@ def prob_to_instances(prob: np.ndarray, threshold: float | str = 0.5, *, min_dis
         fill_holes: fill holes inside particles (hollow shells, specular centres).
         opening: radius in px of a binary opening before labelling (removes 1-2 px bridges and
             speckle); 0 = none.
+        min_peak: keep only particles whose highest probability exceeds this (hysteresis: a
+            particle needs a confident core; its extent still follows ``threshold``). None = all.
     """
     p = np.asarray(prob, dtype=np.float32)
     if p.ndim != 2:
@@ -84,9 +89,13 @@ def prob_to_instances(prob: np.ndarray, threshold: float | str = 0.5, *, min_dis
         binary = ndi.binary_fill_holes(binary)
     if surface not in ("prob", "distance"):
         raise InputError(f"surface must be 'prob' or 'distance', got {surface!r}")
-    return binary_to_instances(binary, min_distance=int(min_distance), h=float(h),
-                               min_area=int(min_area),
-                               prob=p if surface == "prob" else None).astype(np.int32, copy=False)
+    labels = binary_to_instances(binary, min_distance=int(min_distance), h=float(h),
+                                 min_area=int(min_area), prob=p if surface == "prob" else None)
+    if min_peak is not None and labels.max() > 0:
+        peaks = ndi.maximum(p, labels, np.arange(1, int(labels.max()) + 1))
+        keep = np.concatenate([[False], np.asarray(peaks) > float(min_peak)])
+        labels = remove_small_instances(np.where(keep[labels], labels, 0), 1)
+    return labels.astype(np.int32, copy=False)
 
 
 def calibrate_threshold(probs: Iterable[np.ndarray], truths: Iterable[np.ndarray],
@@ -121,3 +130,38 @@ def calibrate_threshold(probs: Iterable[np.ndarray], truths: Iterable[np.ndarray
     return {"threshold": round(float(grid[k]), 2), "dice": best,
             "dice_at_0.5": float(dice[at05[0]]) if at05.size else None,
             "grid": {f"{g:.2f}": round(float(d), 4) for g, d in zip(grid, dice)}}
+
+
+def select_min_peak(probs: Iterable[np.ndarray], references: Iterable[np.ndarray], *,
+                    threshold: float = 0.5, grid: Iterable[float | None] = MIN_PEAK_GRID
+                    ) -> dict:
+    """The ``min_peak`` of :func:`prob_to_instances` whose particles best match reference label
+    maps (object F1 at IoU 0.5, pooled over images; ties go to the smaller value).
+
+    With the coarse masks as references this needs no manual label: measured on EMPS, the value
+    with the best F1 against the coarse masks was the one with the best F1 against the manual
+    labels for a 12-epoch segmentor (BENCHMARKS.md). Returns ``{"min_peak": value or None,
+    "f1": {str(value): F1}}``.
+    """
+    from .metrics import match_instances
+
+    grid = list(grid)
+    counts = {str(g): [0, 0, 0] for g in grid}
+    for prob, ref in zip(probs, references):
+        p = np.asarray(prob, dtype=np.float32)
+        base = prob_to_instances(p, threshold)
+        peaks = (np.asarray(ndi.maximum(p, base, np.arange(1, int(base.max()) + 1)))
+                 if base.max() > 0 else np.zeros(0))
+        for g in grid:
+            labels = base
+            if g is not None and peaks.size:
+                keep = np.concatenate([[False], peaks > float(g)])
+                labels = np.where(keep[base], base, 0)
+            m = match_instances(labels, ref)
+            c = counts[str(g)]
+            c[0] += len(m.pairs)
+            c[1] += len(m.pred_ids)
+            c[2] += len(m.true_ids)
+    f1 = {k: (2 * tp / (n_p + n_t) if n_p + n_t else 1.0) for k, (tp, n_p, n_t) in counts.items()}
+    best = max(grid, key=lambda g: (round(f1[str(g)], 12), -(g or 0.0)))
+    return {"min_peak": best, "f1": {k: round(v, 4) for k, v in f1.items()}}

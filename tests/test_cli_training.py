@@ -115,6 +115,23 @@ def test_segment_polarity_and_scale(data, segmentor, tmp_path):
     r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
              str(tmp_path / "d"), "--scale", "-1", "-q")
     assert r.returncode == 2 and "scale" in r.stderr and "Traceback" not in r.stderr
+    # --min-peak keeps a subset of the particles
+    r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
+             str(tmp_path / "e"), "--min-peak", "0.9", "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
+             str(tmp_path / "g"), "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    confident = io.read_label_map(tmp_path / "e" / src.name)
+    every = io.read_label_map(tmp_path / "g" / src.name)
+    assert confident.max() < every.max()
+    assert not np.any((confident > 0) & (every == 0))  # a subset, with the same outlines
+    prob = io.read_micrograph(tmp_path / "e" / "prob" / src.name).image / 255.0
+    for k in range(1, int(confident.max()) + 1):
+        assert prob[confident == k].max() > 0.9 - 1 / 255
+    r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
+             str(tmp_path / "f"), "--min-peak", "2", "-q")
+    assert r.returncode == 2 and "min-peak" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_train_segmentor_at_a_common_particle_width(data, tmp_path):

@@ -122,3 +122,36 @@ def test_unknown_segmentor_data_is_refused(tmp_path, examples_dir):
 
     with pytest.raises(InputError, match="segmentor data"):
         run_pipeline(examples_dir / "emps" / "images", tmp_path / "run", segmentor_data="real")
+
+
+@pytest.mark.slow
+def test_particles_follow_the_stored_maps_and_the_chosen_core_probability(pipeline_run):
+    """min_peak "auto": chosen against the coarse masks (no labels), recorded in the state and in
+    the segmentor checkpoint, and the particles are exactly what the stored probability maps and
+    that value give."""
+    from emcopilot.evaluate import read_probability_map
+    from emcopilot.inference import Segmentor
+    from emcopilot.postprocess import MIN_PEAK_GRID, select_min_peak
+
+    src, out, _, _ = pipeline_run
+    stems = sorted(p.stem for p in src.iterdir())
+    chosen = load_state(out)["stages"]["segment"]["min_peak"]
+    assert chosen in MIN_PEAK_GRID
+    probs = [read_probability_map(out / "segmentation" / "prob" / f"{s}.png") for s in stems]
+    coarse = [io.read_label_map(out / "coarse_masks" / f"{s}.png") for s in stems]
+    assert select_min_peak(probs, coarse)["min_peak"] == chosen
+    ckpt = out / "segmentor" / "best_miou"
+    if not ckpt.is_dir():
+        ckpt = out / "segmentor" / "last"
+    seg = Segmentor.load(ckpt, device="cpu")
+    assert seg.min_peak == chosen
+    for stem, prob in zip(stems, probs):
+        np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
+                                      seg.instances(prob))
+
+
+def test_bad_min_peak_is_refused(tmp_path, examples_dir):
+    from emcopilot.errors import InputError
+
+    with pytest.raises(InputError, match="min_peak"):
+        run_pipeline(examples_dir / "emps" / "images", tmp_path / "run", min_peak=1.5)

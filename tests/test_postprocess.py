@@ -75,3 +75,35 @@ def test_calibrated_dice_matches_the_metric(examples_dir):
     cal = calibrate_threshold([prob], [truth], grid=[0.3, 0.55, 0.7])
     for t, d in cal["grid"].items():
         assert d == pytest.approx(pixel_scores(prob > float(t), truth > 0)["dice"], abs=1e-4)
+
+
+def test_min_peak_keeps_only_particles_with_a_confident_core():
+    truth = _discs(centres=((20, 20), (20, 70), (70, 45)))
+    prob = np.where(truth > 0, 0.6, 0.05).astype(np.float32)
+    prob[truth == 1] = 0.95  # one confident particle
+    yy, xx = np.mgrid[:96, :96]
+    core = ((yy - 70) ** 2 + (xx - 45) ** 2 <= 9) & (truth == 3)
+    prob[core] = 0.9  # one with a confident centre only
+    assert prob_to_instances(prob, 0.5).max() == 3
+    kept = prob_to_instances(prob, 0.5, min_peak=0.8)
+    assert kept.max() == 2
+    # the kept particles keep their full extent (threshold 0.5), not just their core
+    assert np.count_nonzero(kept) == np.count_nonzero(truth == 1) + np.count_nonzero(truth == 3)
+    assert kept[20, 70] == 0
+    assert prob_to_instances(prob, 0.5, min_peak=0.99).max() == 0
+
+
+def test_select_min_peak_against_reference_masks():
+    from emcopilot.postprocess import select_min_peak
+
+    truth = _discs(centres=((20, 20), (20, 70), (70, 45)))
+    prob = np.where(truth > 0, 0.95, 0.05).astype(np.float32)
+    prob[5:12, 40:50] = 0.7  # a false particle with a weak core
+    assert prob_to_instances(prob, 0.5).max() == 4
+    res = select_min_peak([prob], [truth])
+    assert res["min_peak"] is not None and 0.7 <= res["min_peak"] < 0.95
+    assert res["f1"][str(res["min_peak"])] == pytest.approx(1.0)
+    assert res["f1"]["None"] == pytest.approx(2 * 3 / 7, abs=1e-4)
+    # nothing to gain: every particle is kept
+    clean = np.where(truth > 0, 0.95, 0.05).astype(np.float32)
+    assert select_min_peak([clean], [truth])["min_peak"] is None

@@ -32,7 +32,7 @@ from ..errors import InputError
 from ..nets import ARCHITECTURES, build_model
 
 __all__ = ["save_checkpoint", "load_model", "load_training_state", "read_config",
-           "is_checkpoint", "FORMAT"]
+           "update_config", "is_checkpoint", "FORMAT"]
 
 FORMAT = "emcopilot-checkpoint/1"
 PRIMARY_FILE = "model.safetensors"
@@ -208,6 +208,19 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{cfg_path}: unreadable checkpoint config ({exc})") from None
     if not isinstance(cfg, dict) or "models" not in cfg:
         raise InputError(f"{cfg_path}: not an emcopilot checkpoint config")
+    return cfg
+
+
+def update_config(path: str | os.PathLike, **values: Any) -> dict[str, Any]:
+    """Set entries of a checkpoint's ``config`` section (e.g. a post-processing setting chosen
+    after training) and rewrite config.json atomically; the weights are untouched. Returns the
+    new config.json content."""
+    from ..atomic import atomic_write_text
+
+    d, _ = _checkpoint_dir(path)
+    cfg = read_config(d)
+    cfg.setdefault("config", {}).update(_jsonable(dict(values)))
+    atomic_write_text(d / "config.json", json.dumps(cfg, indent=2, allow_nan=False))
     return cfg
 
 
