@@ -86,14 +86,21 @@ def _threshold_number(text: str) -> float:
     return value
 
 
-def _min_peak(text: str) -> float | None:
-    """argparse type of --min-peak: a probability in (0, 1) or 'none'."""
-    return None if text.strip().lower() == "none" else _threshold_number(text)
+def _min_peak(text: str) -> float | str | None:
+    """argparse type of --min-peak: a probability in (0, 1), 'none' or 'model' (the default:
+    the value recorded in the checkpoint)."""
+    t = text.strip().lower()
+    if t in ("none", "model"):
+        return None if t == "none" else "model"
+    return _threshold_number(text)
 
 
 def _pipeline_min_peak(text: str) -> float | str | None:
     """argparse type of pipeline --min-peak: 'auto', 'none' or a probability in (0, 1)."""
-    return "auto" if text.strip().lower() == "auto" else _min_peak(text)
+    t = text.strip().lower()
+    if t == "model":
+        raise argparse.ArgumentTypeError("expected auto, none or a number in (0, 1)")
+    return "auto" if t == "auto" else _min_peak(text)
 
 
 def _threshold(text: str) -> float | str:
