@@ -34,7 +34,8 @@ from emcopilot.evaluate import evaluate_dirs, read_probability_map
 from emcopilot.postprocess import prob_to_instances, select_min_peak
 
 KEYS = ("dice_mean", "obj_precision", "obj_recall", "obj_f1", "obj_f1_mean",
-        "count_rel_abs_error_mean", "median_diameter_rel_error", "ks_distance")
+        "count_rel_abs_error_mean", "count_rel_abs_error_median", "median_diameter_rel_error",
+        "ks_distance")
 
 # (name, keyword arguments of prob_to_instances)
 CONFIGS: list[tuple[str, dict]] = [
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prob", required=True, type=Path, help="folder of probability maps")
     ap.add_argument("--truth", required=True, type=Path, help="folder of instance label maps")
     ap.add_argument("--out", type=Path, default=Path("bench/results/postprocess.json"))
+    ap.add_argument("--truth-format", default="instance",
+                    help="as `emcopilot evaluate --truth-format` (instance, binary, class:N, yolo)")
     ap.add_argument("--coarse", type=Path, default=None,
                     help="the run's coarse_masks/ folder: adds the priors-based minimum-area rows")
     ap.add_argument("--only", nargs="*", help="run only configs whose name contains one of these")
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_image = {k: (v[stem] if isinstance(v, dict) else v) for k, v in kw.items()}
                 labels = prob_to_instances(prob, **per_image)
                 io.write_label_map(Path(tmp) / f"{stem}.png", labels)
-            res = evaluate_dirs(tmp, args.truth, prob_dir=None)
+            res = evaluate_dirs(tmp, args.truth, truth_format=args.truth_format, prob_dir=None)
         agg = res["aggregate"]
         shown = {k: ("per image" if isinstance(v, dict) else v) for k, v in kw.items()}
         row = {"setting": name, "kwargs": shown, **{k: agg.get(k) for k in KEYS},

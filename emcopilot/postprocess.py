@@ -6,6 +6,9 @@ label map (used by :class:`emcopilot.inference.Segmentor`, the CLI, the pipeline
 masks: segmentor training records it for its validation pairs (synthetic in the label-free
 pipeline). Measured on EMPS, a threshold calibrated on synthetic pairs did not transfer to the
 real images (0.65 there, 0.5 better on the real ones), so inference uses it only when asked.
+``select_min_peak`` picks the particle core probability (``prob_to_instances``'s ``min_peak``)
+whose particles best match reference masks; against the coarse masks it needs no label, and the
+pipeline records its choice in the segmentor checkpoint.
 """
 
 from __future__ import annotations
