@@ -354,16 +354,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train_segmentor(args: argparse.Namespace) -> int:
+    from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
 
-    images = _existing_dir(args.images, "--images")
-    masks = _existing_dir(args.masks, "--masks")
     out = _out_dir(args.out)
-    if args.particle_width is not None:
-        from emcopilot.training.datasets import gather_pairs
-
-        images, masks = gather_pairs([(images, masks, "")], out / "training_data",
-                                     particle_diameter_px=args.particle_width)
+    # resized copies with --particle-width, else the folders as they are
+    images, masks = gather_pairs([(_existing_dir(args.images, "--images"),
+                                   _existing_dir(args.masks, "--masks"), "")],
+                                 out / "training_data", particle_diameter_px=args.particle_width)
     bar = _progress(args, "segmentor")
     try:
         result = train_segmentor(images, masks, out, profile=args.profile, epochs=args.epochs,

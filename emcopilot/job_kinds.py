@@ -296,11 +296,8 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     # as in the pipeline: every pair resized so that its typical particle is 32 px wide (the
     # segmentor then sees every magnification at one scale; inference resizes the same way)
     diameter = DEFAULT_DIAMETER_PX if params.get("particle_scale", True) else None
-    if diameter is not None or len(sources) > 1:
-        img_dir, mask_dir = gather_pairs(sources, run / "training_data",
-                                         particle_diameter_px=diameter)
-    else:
-        img_dir, mask_dir = sources[0][0], sources[0][1]
+    img_dir, mask_dir = gather_pairs(sources, run / "training_data",
+                                     particle_diameter_px=diameter)
     keys = ("profile", "epochs", "batch_size", "image_size", "seed", "samples_per_epoch",
             "base")
     kw = {k: params[k] for k in keys if params.get(k) is not None}

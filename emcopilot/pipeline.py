@@ -197,22 +197,17 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
 
     # 7. segmentor on synthetic pairs, Algorithm 6 variants on the fly
     if step(6, "segmentor"):
-        from emcopilot.training.segmentor import train_segmentor
-
-        from emcopilot.training.datasets import gather_pairs
-
         from emcopilot.particle_scale import DEFAULT_DIAMETER_PX
+        from emcopilot.training.datasets import gather_pairs
+        from emcopilot.training.segmentor import train_segmentor
 
         diameter = DEFAULT_DIAMETER_PX if particle_scale else None
         sources = [(synth_dir / "images", synth_dir / "masks", "")]
         if segmentor_data == "synthetic+real":
             sources.append((img_dir, mask_dir, "real_"))
-        if len(sources) > 1 or diameter is not None:
-            data_images, data_masks = gather_pairs(sources, out / "segmentor_data",
-                                                   particle_diameter_px=diameter,
-                                                   progress=within(6, "segmentor data"))
-        else:
-            data_images, data_masks = sources[0][0], sources[0][1]
+        data_images, data_masks = gather_pairs(sources, out / "segmentor_data",
+                                               particle_diameter_px=diameter,
+                                               progress=within(6, "segmentor data"))
         result = train_segmentor(data_images, data_masks, seg_dir, profile=profile,
                                  epochs=segmentor_epochs, augment=True, seed=seed, device=device,
                                  resume=True, should_stop=should_stop, input_polarity="bright",

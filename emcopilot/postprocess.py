@@ -22,7 +22,7 @@ from .errors import InputError
 from .instances import binary_to_instances, remove_small_instances
 
 __all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config_threshold",
-           "select_min_peak", "THRESHOLD_GRID", "MIN_PEAK_GRID"]
+           "select_min_peak", "keep_confident", "THRESHOLD_GRID", "MIN_PEAK_GRID"]
 
 #: thresholds ``calibrate_threshold`` tries
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
@@ -94,11 +94,26 @@ def prob_to_instances(prob: np.ndarray, threshold: float | str = 0.5, *, min_dis
         raise InputError(f"surface must be 'prob' or 'distance', got {surface!r}")
     labels = binary_to_instances(binary, min_distance=int(min_distance), h=float(h),
                                  min_area=int(min_area), prob=p if surface == "prob" else None)
-    if min_peak is not None and labels.max() > 0:
-        peaks = ndi.maximum(p, labels, np.arange(1, int(labels.max()) + 1))
-        keep = np.concatenate([[False], np.asarray(peaks) > float(min_peak)])
-        labels = remove_small_instances(np.where(keep[labels], labels, 0), 1)
+    if min_peak is not None:
+        labels = remove_small_instances(keep_confident(labels, _peaks(p, labels), min_peak), 1)
     return labels.astype(np.int32, copy=False)
+
+
+def _peaks(prob: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Highest probability of each particle 1..N (index 0: background, 0)."""
+    n = int(labels.max())
+    peaks = np.zeros(n + 1, np.float32)
+    if n:
+        peaks[1:] = ndi.maximum(prob, labels, np.arange(1, n + 1))
+    return peaks
+
+
+def keep_confident(labels: np.ndarray, peaks: np.ndarray, min_peak: float) -> np.ndarray:
+    """``labels`` without the particles whose peak probability (``peaks[id]``, see
+    :func:`prob_to_instances`'s ``min_peak``) is not above ``min_peak``; ids are not renumbered."""
+    keep = peaks > float(min_peak)
+    keep[0] = False
+    return np.where(keep[labels], labels, 0)
 
 
 def calibrate_threshold(probs: Iterable[np.ndarray], truths: Iterable[np.ndarray],
@@ -152,15 +167,10 @@ def select_min_peak(probs: Iterable[np.ndarray], references: Iterable[np.ndarray
     counts = {str(g): [0, 0, 0] for g in grid}
     for prob, ref in zip(probs, references):
         p = np.asarray(prob, dtype=np.float32)
-        base = prob_to_instances(p, threshold)
-        peaks = (np.asarray(ndi.maximum(p, base, np.arange(1, int(base.max()) + 1)))
-                 if base.max() > 0 else np.zeros(0))
+        base = prob_to_instances(p, threshold)  # the watershed once; each value only filters
+        peaks = _peaks(p, base)
         for g in grid:
-            labels = base
-            if g is not None and peaks.size:
-                keep = np.concatenate([[False], peaks > float(g)])
-                labels = np.where(keep[base], base, 0)
-            m = match_instances(labels, ref)
+            m = match_instances(base if g is None else keep_confident(base, peaks, g), ref)
             c = counts[str(g)]
             c[0] += len(m.pairs)
             c[1] += len(m.pred_ids)

@@ -106,3 +106,6 @@ def test_gather_pairs_at_a_common_particle_width(tmp_path):
     # a second call rebuilds the folder (no stale pairs), by links when not resizing
     gather_pairs([(src_i, src_m, "t_")], tmp_path / "out")
     assert sorted(p.name for p in masks.iterdir()) == ["t_big.png", "t_small.png"]
+    # one source, no prefix, no resizing: used where it is, nothing copied
+    assert gather_pairs([(src_i, src_m, "")], tmp_path / "other") == (src_i, src_m)
+    assert not (tmp_path / "other").exists()

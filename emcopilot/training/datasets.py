@@ -67,7 +67,12 @@ def gather_pairs(sources: Sequence[tuple[str | os.PathLike, str | os.PathLike, s
     With ``particle_diameter_px`` every pair is resized instead, so that the typical particle of
     its mask is that wide (:func:`emcopilot.particle_scale.normalising_scale`); the factors are
     written to ``dest/scales.json``. Only images with a mask of the same stem are taken then.
+
+    A single source without a prefix and without resizing is returned as it is (nothing to
+    gather; ``dest`` is not touched).
     """
+    if particle_diameter_px is None and len(sources) == 1 and not sources[0][2]:
+        return Path(sources[0][0]), Path(sources[0][1])
     dest = Path(dest)
     for sub in ("images", "masks"):
         if (dest / sub).exists():
