@@ -30,8 +30,8 @@ from .device import autocast, channels_last, pick_device, set_cpu_threads
 from .errors import InputError
 from .postprocess import config_threshold, prob_to_instances
 
-__all__ = ["Segmentor", "segment_folder", "tiled_apply", "blend_window", "fuse_batchnorm",
-           "MAX_TILE"]
+__all__ = ["Segmentor", "segment_folder", "record_min_peak", "tiled_apply", "blend_window",
+           "fuse_batchnorm", "MAX_TILE"]
 
 MAX_TILE = 1024
 """Default largest side (px) run in one piece; larger images are tiled at this size."""
@@ -372,3 +372,24 @@ def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],
         if progress:
             progress(k + 1, len(files), f"segmented {f.name}: {int(labels.max())} particles")
     return written
+
+
+def record_min_peak(checkpoint: str | os.PathLike, probs: Iterable[np.ndarray],
+                    references: Iterable[np.ndarray], *, threshold: float = 0.5,
+                    reference: str = "coarse masks") -> dict:
+    """Choose a segmentor's particle core probability without manual labels and record it in
+    its checkpoint, where :attr:`Segmentor.min_peak` (so ``emcopilot segment`` and the app)
+    reads it.
+
+    ``probs`` are the segmentor's probability maps of real images, ``references`` label maps of
+    the same images (the coarse masks, or a project's edited masks); the value is
+    :func:`emcopilot.postprocess.select_min_peak`'s (best object F1 against the references).
+    ``reference`` names them in the record. Returns the choice (``{"min_peak", "f1"}``).
+    """
+    from .postprocess import select_min_peak
+    from .training.checkpoint import update_config
+
+    choice = select_min_peak(probs, references, threshold=threshold)
+    update_config(checkpoint, min_peak=choice["min_peak"], min_peak_f1=choice["f1"],
+                  min_peak_reference=reference)
+    return choice

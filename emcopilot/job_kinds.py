@@ -161,16 +161,17 @@ def segmentor_checkpoint(project: Any) -> Path | None:
     return _checkpoint(segmentor_runs(project), ("best_miou", "last"))
 
 
-def segmentor_threshold(ckpt: Path | None) -> float | None:
-    """The probability threshold calibrated on the validation pairs during training, from a
-    checkpoint's config.json (None when absent or unreadable)."""
+def segmentor_threshold(ckpt: Path | None, key: str = "calibrated_threshold") -> float | None:
+    """A probability recorded in a checkpoint's config.json: the threshold calibrated on the
+    validation pairs during training (default), or ``key="min_peak"``, the particle core
+    probability chosen after training (None when absent or unreadable)."""
     from emcopilot.postprocess import config_threshold
 
     try:
         cfg = json.loads((Path(ckpt) / "config.json").read_text())
     except (OSError, TypeError, ValueError):
         return None
-    return config_threshold(cfg) if isinstance(cfg, dict) else None
+    return config_threshold(cfg, key) if isinstance(cfg, dict) else None
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -273,13 +274,18 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     """CBAM-UNet++ segmentor (Algorithm 7). params["data"]: "synthetic" (generated pairs,
     the paper's self-supervised path), "masks" (the project's own images and masks) or
     "synthetic+masks" (both in one training set); params["particle_scale"] (default True):
-    train at a common particle width (:mod:`emcopilot.particle_scale`)."""
+    train at a common particle width (:mod:`emcopilot.particle_scale`); params["min_peak"]
+    ("auto", default, or None): choose the particle core probability against the project's
+    masks after training (:func:`choose_min_peak`)."""
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
 
     from emcopilot.particle_scale import DEFAULT_DIAMETER_PX
 
     run = segmentor_runs(project)
+    if params.get("min_peak", "auto") not in ("auto", None):
+        raise InputError("min_peak must be 'auto' (choose it against the project's masks after "
+                         "training) or None (keep every particle)")
     data = params.get("data", "synthetic")
     if data not in ("synthetic", "masks", "synthetic+masks"):
         raise InputError(f"unknown training data {data!r}: synthetic, masks or synthetic+masks")
@@ -308,7 +314,36 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
                              device=params.get("device", "auto"),
                              resume=bool(params.get("resume", True)), progress=_progress(ctx),
                              should_stop=ctx.should_stop, **kw)
-    return _small(result)
+    out = _small(result)
+    min_peak = params.get("min_peak", "auto")  # "auto": choose it; None: keep every particle
+    if min_peak == "auto" and not result.get("cancelled"):
+        out["min_peak"] = choose_min_peak(project, ctx, device=params.get("device", "auto"))
+    return out
+
+
+def choose_min_peak(project: Any, ctx: Any, device: str = "auto") -> float | None:
+    """Choose the trained segmentor's particle core probability against the project's masks
+    (edited where saved, else coarse) and record it in the checkpoint, as the pipeline does
+    against its coarse masks (:func:`emcopilot.inference.record_min_peak`); the Results page
+    then keeps only the particles above it. None (every particle) without masks."""
+    from emcopilot.inference import Segmentor, record_min_peak
+
+    ckpt = segmentor_checkpoint(project)
+    masks = prefer_masks(project)
+    if ckpt is None or not masks:
+        return None
+    seg = Segmentor.load(ckpt, device=device)
+
+    def probs():  # one map at a time: a large project need not fit in memory
+        for k, (stem, labels) in enumerate(masks.items()):
+            ctx.progress(k, len(masks), f"choosing the particle core probability: {stem}")
+            yield seg.probability(_image01(project, stem), polarity=_polarity(project, stem),
+                                  scale_labels=labels if seg.particle_diameter_px else None)
+
+    choice = record_min_peak(ckpt, probs(), masks.values(), threshold=seg.threshold,
+                             reference="project masks")
+    ctx.progress(len(masks), len(masks), f"particle core probability: {choice['min_peak']}")
+    return choice["min_peak"]
 
 
 def _versions() -> dict[str, str]:
@@ -372,6 +407,13 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
                 model_info[name] = json.loads((ckpt / name).read_text())
         thr = seg.resolve_threshold(params.get("threshold"))  # None: the model's default (0.5)
         model_info["threshold"] = thr
+        # "model": the particle core probability recorded in the checkpoint; None: every particle
+        min_peak = params.get("min_peak", "model")
+        if not (min_peak in ("model", None) or (isinstance(min_peak, (int, float))
+                                                and 0 < min_peak < 1)):
+            raise InputError(f"min_peak must be 'model', None or a probability in (0, 1), "
+                             f"got {min_peak!r}")
+        model_info["min_peak"] = seg.min_peak if min_peak == "model" else min_peak
     else:
         from emcopilot.masking import coarse_mask, resolve_method
 
@@ -387,6 +429,7 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
         labels = None
         if model == "segmentor":
             labels, _ = seg.segment(image01, threshold=thr, polarity=_polarity(project, stem),
+                                    min_peak=min_peak,
                                     scale_labels=(_load_mask(project, stem)
                                                   if seg.particle_diameter_px else None))
         else:

@@ -222,9 +222,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     if step(7, "segment"):
         from emcopilot.analysis import write_psd_report
         from emcopilot.evaluate import read_probability_map
-        from emcopilot.inference import Segmentor
-        from emcopilot.postprocess import select_min_peak
-        from emcopilot.training.checkpoint import update_config
+        from emcopilot.inference import Segmentor, record_min_peak
 
         ckpt = seg_dir / "best_miou"
         ckpt = ckpt if ckpt.is_dir() else seg_dir / "last"
@@ -246,11 +244,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         chosen = min_peak
         if min_peak == "auto":
             report(7, len(STAGES), "segment: choosing the particle core probability")
-            choice = select_min_peak((stored(s) for s in meta),
+            chosen = record_min_peak(ckpt, (stored(s) for s in meta),
                                      (io.read_label_map(mask_dir / f"{s}.png") for s in meta),
-                                     threshold=segmentor.threshold)
-            chosen = choice["min_peak"]
-            update_config(ckpt, min_peak=chosen, min_peak_f1_vs_coarse=choice["f1"])
+                                     threshold=segmentor.threshold)["min_peak"]
         items = []
         for stem in meta:
             labels = segmentor.instances(stored(stem), min_peak=chosen)

@@ -61,6 +61,14 @@ with st.form("train_segmentor"):
              "mask) is 32 px wide, and every image is resized the same way when segmented: one "
              "small network then sees all magnifications alike. Measured better on EMPS "
              "(BENCHMARKS.md).")
+    choose_core = st.checkbox(
+        "Drop faint particles: choose a particle core probability against the masks after "
+        "training", value=True,
+        help="After training, the segmentor runs on the project's images and the core "
+             "probability whose particles best match their masks (edited or coarse) is "
+             "recorded with the model; the Results page then drops particles whose highest "
+             "probability stays below it (it can keep them too). On EMPS this improved counts "
+             "and sizes and cost some pixel Dice (BENCHMARKS.md).")
     with st.expander("Advanced"):
         a = st.columns(2)
         samples = a[0].number_input(
@@ -76,6 +84,7 @@ if go:
                    {"data": data, "profile": profile, "epochs": int(epochs),
                     "batch_size": int(batch), "image_size": int(size), "augment": augment,
                     "particle_scale": particle_scale,
+                    "min_peak": "auto" if choose_core else None,
                     "samples_per_epoch": int(samples) or None, "base": int(base) or None})
 job = _ui.job_panel(store, project, "train_segmentor", resumable=True)
 
@@ -95,4 +104,6 @@ def _curves() -> None:
 
 _curves()
 ckpt = job_kinds.segmentor_checkpoint(project)
-st.caption(f"Model to use: {ckpt.name if ckpt else 'none trained yet'}")
+core = job_kinds.segmentor_threshold(ckpt, "min_peak") if ckpt else None
+st.caption(f"Model to use: {ckpt.name if ckpt else 'none trained yet'}"
+           + (f"; particle core probability {core:.2f}" if core is not None else ""))

@@ -35,6 +35,16 @@ if model == "segmentor":
             if calibrated is not None else "")
     params["threshold"] = st.slider("Probability threshold", 0.05, 0.95, 0.5, 0.05,
                                     help="Pixels above it are particles." + note)
+    core = job_kinds.segmentor_threshold(ckpt, "min_peak")
+    if core is not None:
+        keep_faint = st.checkbox(
+            f"Keep faint particles too (core probability below {core:.2f})", value=False,
+            help="After training, the particle core probability that best matched this "
+                 "project's masks was chosen and recorded with the model: particles whose "
+                 "highest probability stays below it are dropped. On EMPS this improved counts "
+                 "and sizes and cost some pixel Dice (BENCHMARKS.md).")
+        if keep_faint:
+            params["min_peak"] = None
 if st.button("Segment all images and write the report", type="primary",
              icon=":material/play_arrow:"):
     _ui.submit_job(store, project, "segment", params)

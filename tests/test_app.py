@@ -6,6 +6,7 @@ is called with a small context object (tiny data: 2 example images)."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -187,7 +188,9 @@ def test_segmentor_augmentations_and_job(store, masked):
     assert len(jobs) == 1 and jobs[0]["params"]["data"] == "masks"
     assert jobs[0]["params"]["samples_per_epoch"] is None and jobs[0]["params"]["base"] is None
     assert jobs[0]["params"]["particle_scale"] is True
+    assert jobs[0]["params"]["min_peak"] == "auto"
     [c for c in at.checkbox if c.label.startswith("Train at a common particle width")][0].uncheck()
+    [c for c in at.checkbox if c.label.startswith("Drop faint particles")][0].uncheck()
     # the Advanced controls reach the job (and the job passes them to train_segmentor)
     [n for n in at.number_input if n.label.startswith("Samples per epoch")][0].set_value(16)
     [s for s in at.selectbox if s.label.startswith("Network width")][0].set_value(4)
@@ -196,8 +199,8 @@ def test_segmentor_augmentations_and_job(store, masked):
     assert not at.exception
     params = [j["params"] for j in jobs_of(store, masked, "train_segmentor")]
     assert len(params) == 2
-    assert [(q["samples_per_epoch"], q["base"], q["image_size"], q["particle_scale"])
-            for q in params if q["base"] is not None] == [(16, 4, 64, False)]
+    assert [(q["samples_per_epoch"], q["base"], q["image_size"], q["particle_scale"],
+             q["min_peak"]) for q in params if q["base"] is not None] == [(16, 4, 64, False, None)]
 
 
 def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
@@ -217,11 +220,19 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
               "samples_per_epoch": 4, "batch_size": 2}
     res = job_kinds.train_segmentor_job(masked, params, Ctx())
     assert res["epoch"] == 1
+    # after training, the particle core probability is chosen against the project's masks and
+    # recorded with the model (the Results page's segment job then uses it)
+    from emcopilot.postprocess import MIN_PEAK_GRID
+
+    ckpt = job_kinds.segmentor_checkpoint(masked)
+    assert res["min_peak"] in MIN_PEAK_GRID
+    assert job_kinds.segmentor_threshold(ckpt, "min_peak") == res["min_peak"]
+    recorded = json.loads((ckpt / "config.json").read_text())["config"]
+    assert recorded["min_peak_reference"] == "project masks"
+    assert set(recorded["min_peak_f1"]) == {str(g) for g in MIN_PEAK_GRID}
     mixed = job_kinds.segmentor_runs(masked) / "training_data"
     names = sorted(p.name for p in (mixed / "masks").glob("*.png"))
     assert names == sorted([f"{s}_syn000.png" for s in own] + [f"real_{s}.png" for s in own])
-    import json
-
     from emcopilot.particle_scale import typical_diameter
 
     config = json.loads((job_kinds.segmentor_runs(masked) / "last" / "config.json").read_text()
@@ -239,6 +250,8 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
         assert d == pytest.approx(32, rel=0.15)
     with pytest.raises(Exception, match="unknown training data"):
         job_kinds.train_segmentor_job(masked, {**params, "data": "everything"}, Ctx())
+    with pytest.raises(Exception, match="min_peak"):
+        job_kinds.train_segmentor_job(masked, {**params, "min_peak": 0.7}, Ctx())
 
 
 def test_results_quick_report_and_downloads(store, masked):
@@ -264,8 +277,6 @@ def test_results_quick_report_and_downloads(store, masked):
 
 
 def test_results_with_a_segmentor_threshold(store, masked):
-    import json
-
     import torch
 
     from emcopilot import job_kinds
@@ -289,6 +300,62 @@ def test_results_with_a_segmentor_threshold(store, masked):
     assert res["images"] == 2
     prov = job_kinds.project_path(masked, "results_dir") / "provenance.json"
     assert json.loads(prov.read_text())["model"]["threshold"] == pytest.approx(0.6)
+    assert json.loads(prov.read_text())["model"]["min_peak"] is None  # none recorded
+
+
+def test_results_use_the_recorded_core_probability_unless_told_not_to(store, masked):
+    """A segmentor with a recorded particle core probability: the Results page says so, the
+    segment job drops the fainter particles by default and keeps them when asked."""
+    import numpy as np
+    import torch
+
+    from emcopilot import io as emio
+    from emcopilot import job_kinds
+    from emcopilot.inference import Segmentor
+    from emcopilot.nets import UNetPlusPlus
+    from emcopilot.training import save_checkpoint
+    from emcopilot.training.checkpoint import update_config
+
+    torch.manual_seed(0)
+    ckpt = job_kinds.segmentor_runs(masked) / "best_miou"
+    save_checkpoint(ckpt, UNetPlusPlus(base=4, depth=3), None, {"image_size": 64}, epoch=1)
+    seg = Segmentor.load(ckpt, device="cpu")
+    stems = [r["stem"] for r in masked.images()]
+    probs = {s: seg.probability(job_kinds._image01(masked, s),
+                                polarity=job_kinds._polarity(masked, s)) for s in stems}
+    # a core probability between the particles' peaks of an untrained net: some go, some stay
+    peaks = np.concatenate([[float(p[lab == i].max()) for i in range(1, int(lab.max()) + 1)]
+                            for p in probs.values()
+                            for lab in [seg.instances(p, min_peak=None)]])
+    assert peaks.size >= 2 and peaks.max() > peaks.min(), peaks
+    core = float(np.median(peaks))
+    update_config(ckpt, min_peak=core)
+    at = open_page(PAGES[6], masked.id)
+    assert not at.exception
+    keep = [c for c in at.checkbox if c.label.startswith("Keep faint particles")]
+    assert len(keep) == 1 and f"{core:.2f}" in keep[0].label and keep[0].value is False
+    button(at, "Segment all images and write the report").click().run()
+    default = jobs_of(store, masked, "segment")[-1]["params"]
+    assert "min_peak" not in default  # the job's default: the model's value
+    keep[0].check().run()
+    button(at, "Segment all images and write the report").click().run()
+    every = jobs_of(store, masked, "segment")[-1]["params"]
+    assert every["min_peak"] is None
+    results = job_kinds.project_path(masked, "results_dir")
+    counts = {}
+    for name, params in (("core", default), ("every", every)):
+        job_kinds.segment_job(masked, params, Ctx())
+        model = json.loads((results / "provenance.json").read_text())["model"]
+        assert model["min_peak"] == (core if name == "core" else None)
+        counts[name] = 0
+        for s in stems:
+            expect = seg.instances(probs[s], min_peak=core if name == "core" else None)
+            got = emio.read_label_map(results / "masks" / f"{s}.png")
+            assert (got > 0).sum() == (expect > 0).sum()
+            counts[name] += np.unique(got[got > 0]).size
+    assert counts["core"] < counts["every"], (counts, peaks, core)
+    with pytest.raises(Exception, match="min_peak"):
+        job_kinds.segment_job(masked, {"model": "segmentor", "min_peak": 2}, Ctx())
 
 
 def test_job_panel_follows_the_store(store, project):
