@@ -56,6 +56,8 @@ CONFIGS: list[tuple[str, dict]] = [
     ("t0.5 min peak 0.6", dict(threshold=0.5, min_peak=0.6)),
     ("t0.5 min peak 0.7", dict(threshold=0.5, min_peak=0.7)),
     ("t0.5 min peak 0.8", dict(threshold=0.5, min_peak=0.8)),
+    ("t0.5 holes filled", dict(threshold=0.5, fill_holes=True)),
+    ("t0.5 holes filled + min peak 0.7", dict(threshold=0.5, fill_holes=True, min_peak=0.7)),
 ]
 #: with --coarse: min_area = max(10, fraction x median coarse-mask particle area of the image)
 PRIOR_CONFIGS = [("t0.5 min area 0.1 x coarse median", 0.1),
@@ -96,11 +98,15 @@ def main(argv: list[str] | None = None) -> int:
             configs.append((name, {"threshold": 0.5,
                                    "min_area": _coarse_min_areas(args.coarse, probs, fraction)}))
         coarse = [io.read_label_map(args.coarse / f"{stem}.png") for stem in probs]
-        chosen = select_min_peak(list(probs.values()), coarse)
-        print(f"min_peak chosen against the coarse masks: {chosen['min_peak']} "
-              f"(object F1 vs coarse: {chosen['f1']})")
-        configs.append((f"t0.5 min peak {chosen['min_peak']} (chosen vs coarse)",
-                        {"threshold": 0.5, "min_peak": chosen["min_peak"]}))
+        # as the pipeline did before holes were filled, and as it does now (its particles)
+        for fill in (False, True):
+            chosen = select_min_peak(list(probs.values()), coarse, fill_holes=fill)
+            print(f"min_peak chosen against the coarse masks{', holes filled' if fill else ''}: "
+                  f"{chosen['min_peak']} (object F1 vs coarse: {chosen['f1']})")
+            configs.append((f"t0.5 {'holes filled + ' if fill else ''}min peak "
+                            f"{chosen['min_peak']} (chosen vs coarse)",
+                            {"threshold": 0.5, "min_peak": chosen["min_peak"],
+                             "fill_holes": fill}))
     if args.extra:
         configs.append((f"extra {args.extra}", json.loads(args.extra)))
     if args.only:

@@ -341,7 +341,7 @@ def choose_min_peak(project: Any, ctx: Any, device: str = "auto") -> float | Non
                                   scale_labels=labels if seg.particle_diameter_px else None)
 
     choice = record_min_peak(ckpt, probs(), masks.values(), threshold=seg.threshold,
-                             reference="project masks")
+                             fill_holes=seg.fill_holes, reference="project masks")
     ctx.progress(len(masks), len(masks), f"particle core probability: {choice['min_peak']}")
     return choice["min_peak"]
 

@@ -246,7 +246,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             report(7, len(STAGES), "segment: choosing the particle core probability")
             chosen = record_min_peak(ckpt, (stored(s) for s in meta),
                                      (io.read_label_map(mask_dir / f"{s}.png") for s in meta),
-                                     threshold=segmentor.threshold)["min_peak"]
+                                     threshold=segmentor.threshold,
+                                     fill_holes=segmentor.fill_holes)["min_peak"]
         items = []
         for stem in meta:
             labels = segmentor.instances(stored(stem), min_peak=chosen)

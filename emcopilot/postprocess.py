@@ -151,10 +151,11 @@ def calibrate_threshold(probs: Iterable[np.ndarray], truths: Iterable[np.ndarray
 
 
 def select_min_peak(probs: Iterable[np.ndarray], references: Iterable[np.ndarray], *,
-                    threshold: float = 0.5, grid: Iterable[float | None] = MIN_PEAK_GRID
-                    ) -> dict:
+                    threshold: float = 0.5, grid: Iterable[float | None] = MIN_PEAK_GRID,
+                    fill_holes: bool = False) -> dict:
     """The ``min_peak`` of :func:`prob_to_instances` whose particles best match reference label
     maps (object F1 at IoU 0.5, pooled over images; ties go to the smaller value).
+    ``threshold`` and ``fill_holes`` as the particles will be made with.
 
     With the coarse masks as references this needs no manual label: measured on EMPS, the value
     with the best F1 against the coarse masks was the one with the best F1 against the manual
@@ -167,7 +168,7 @@ def select_min_peak(probs: Iterable[np.ndarray], references: Iterable[np.ndarray
     counts = {str(g): [0, 0, 0] for g in grid}
     for prob, ref in zip(probs, references):
         p = np.asarray(prob, dtype=np.float32)
-        base = prob_to_instances(p, threshold)  # the watershed once; each value only filters
+        base = prob_to_instances(p, threshold, fill_holes=fill_holes)  # each value only filters
         peaks = _peaks(p, base)
         for g in grid:
             m = match_instances(base if g is None else keep_confident(base, peaks, g), ref)

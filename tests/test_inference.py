@@ -141,7 +141,11 @@ def test_segment_returns_a_label_map(segmentor, real):
     n = int(labels.max())
     assert n >= 5
     assert set(np.unique(labels)) == set(range(n + 1))
-    assert np.all(prob[labels > 0] > 0.5)
+    # particle pixels are above the threshold, or holes enclosed by such pixels (filled)
+    from scipy import ndimage as ndi
+
+    above = prob > 0.5
+    assert np.all(above[labels > 0] | ndi.binary_fill_holes(above)[labels > 0])
     n_truth = len(np.unique(truth)) - 1
     assert 0.3 * n_truth <= n <= 3 * n_truth
     # a higher threshold never adds particle pixels
@@ -256,7 +260,7 @@ def test_record_min_peak_chooses_against_references_and_the_model_uses_it(segmen
     reference = segmentor.instances(prob, min_peak=cut)
     assert 0 < reference.max() < every.max()
     choice = record_min_peak(ck, [prob], [reference], reference="test labels")
-    assert choice == select_min_peak([prob], [reference])
+    assert choice == select_min_peak([prob], [reference], fill_holes=True)
     assert choice["min_peak"] is not None and choice["f1"][str(choice["min_peak"])] == 1.0
     assert choice["f1"]["None"] < 1.0
     seg = Segmentor.load(ck, device="cpu")
@@ -264,3 +268,21 @@ def test_record_min_peak_chooses_against_references_and_the_model_uses_it(segmen
     assert seg.config["config"]["min_peak_reference"] == "test labels"
     np.testing.assert_array_equal(seg.instances(prob), reference)
     assert seg.instances(prob, min_peak=None).max() == every.max()
+
+
+def test_segmentor_particles_have_their_holes_filled_unless_the_checkpoint_says_not(segmentor,
+                                                                                 tmp_path):
+    """A particle the network sees as a ring (a hollow shell, a specular centre) is one filled
+    particle by default; a checkpoint with ``fill_holes: false`` keeps the hole."""
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 32)
+    prob = np.where(r < 14, 0.9, 0.05).astype(np.float32)
+    prob[r < 5] = 0.2  # the network's hole
+    assert segmentor.fill_holes is True
+    filled = segmentor.instances(prob)
+    assert filled.max() == 1 and filled[32, 32] == 1
+    ck = save_checkpoint(tmp_path / "ck", segmentor.model, None,
+                         {"image_size": 64, "fill_holes": False}, epoch=1)
+    kept = Segmentor.load(ck, device="cpu").instances(prob)
+    assert kept.max() == 1 and kept[32, 32] == 0
+    assert np.count_nonzero(filled) - np.count_nonzero(kept) == np.count_nonzero(r < 5)

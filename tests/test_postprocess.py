@@ -104,6 +104,12 @@ def test_select_min_peak_against_reference_masks():
     assert res["min_peak"] is not None and 0.7 <= res["min_peak"] < 0.95
     assert res["f1"][str(res["min_peak"])] == pytest.approx(1.0)
     assert res["f1"]["None"] == pytest.approx(2 * 3 / 7, abs=1e-4)
+    # particles made with their holes filled: chosen with the same post-processing
+    holed = prob.copy()
+    yy, xx = np.mgrid[:96, :96]
+    holed[(yy - 70) ** 2 + (xx - 45) ** 2 <= 72] = 0.05  # a hole of most of the third disc
+    assert select_min_peak([holed], [truth], fill_holes=True) == res
+    assert select_min_peak([holed], [truth])["f1"] != res["f1"]  # the hole costs that disc
     # nothing to gain: every particle is kept
     clean = np.where(truth > 0, 0.95, 0.05).astype(np.float32)
     assert select_min_peak([clean], [truth])["min_peak"] is None
