@@ -86,6 +86,17 @@ def _threshold_number(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
+
+
 def _min_peak(text: str) -> float | str | None:
     """argparse type of --min-peak: a probability in (0, 1), 'none' or 'model' (the default:
     the value recorded in the checkpoint)."""
@@ -438,7 +449,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                segmentor_epochs=args.segmentor_epochs,
                                segmentor_data=args.segmentor_data,
                                particle_scale=args.particle_scale == "on",
-                               min_peak=args.min_peak, progress=bar)
+                               min_peak=args.min_peak, segmentor_seeds=args.segmentor_seeds,
+                               progress=bar)
     finally:
         bar.close()
     _print_json(summary)
@@ -703,6 +715,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only particles whose highest probability exceeds P; auto "
                         "(default): the P whose particles best match the coarse masks, recorded "
                         "in the segmentor for `segment`; none: every particle")
+    p.add_argument("--segmentor-seeds", type=_positive_int, default=1, metavar="N",
+                   help="train N segmentors (seeds SEED..SEED+N-1) and keep the one whose "
+                        "particles best match the coarse masks, in OUT/segmentor/selected "
+                        "(default 1: one segmentor, OUT/segmentor)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)

@@ -132,6 +132,10 @@ def test_segment_polarity_and_scale(data, segmentor, tmp_path):
     r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
              str(tmp_path / "f"), "--min-peak", "2", "-q")
     assert r.returncode == 2 and "min-peak" in r.stderr and "Traceback" not in r.stderr
+    r = _cli(tmp_path, "pipeline", str(src.parent), "--out", str(tmp_path / "p"),
+             "--segmentor-seeds", "0", "-q")
+    assert r.returncode == 2 and "segmentor-seeds" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "p").exists()  # refused before anything was written
 
 
 def test_train_segmentor_at_a_common_particle_width(data, tmp_path):

@@ -155,3 +155,58 @@ def test_bad_min_peak_is_refused(tmp_path, examples_dir):
 
     with pytest.raises(InputError, match="min_peak"):
         run_pipeline(examples_dir / "emps" / "images", tmp_path / "run", min_peak=1.5)
+
+
+@pytest.mark.slow
+def test_several_segmentor_seeds_keep_the_one_that_best_matches_the_coarse_masks(
+        pipeline_run, tmp_path):
+    """segmentor_seeds=2: two segmentors are trained (seeds 0 and 1), each scored against the
+    coarse masks at its own chosen core probability (no labels); the best one is copied to
+    segmentor/selected and its maps and particles are the run's output."""
+    from emcopilot.evaluate import read_probability_map
+    from emcopilot.inference import Segmentor
+    from emcopilot.postprocess import select_min_peak
+
+    src, first, _, _ = pipeline_run
+    out = tmp_path / "run"
+    shutil.copytree(first, out)
+    state = load_state(out)
+    for stage in ("segmentor", "segment"):
+        del state["stages"][stage]
+    (out / "pipeline.json").write_text(json.dumps(state))
+    shutil.rmtree(out / "segmentor")
+    shutil.rmtree(out / "segmentation")
+    run_pipeline(src, out, segmentor_seeds=2, **TINY)
+    state = load_state(out)["stages"]
+    assert set(state["segmentor"]["result"]) == {"seed0", "seed1"}
+    stems = sorted(p.stem for p in src.iterdir())
+    coarse = [io.read_label_map(out / "coarse_masks" / f"{s}.png") for s in stems]
+    scores = {}
+    for seed in (0, 1):
+        ckpt = out / "segmentor" / f"seed{seed}" / "last"
+        assert json.loads((ckpt / "config.json").read_text())["config"]["seed"] == seed
+        maps = [read_probability_map(out / "segmentation" / "candidates" / f"seed{seed}"
+                                     / f"{s}.png") for s in stems]
+        choice = select_min_peak(maps, coarse, fill_holes=True)
+        scores[f"seed{seed}"] = choice["f1"][str(choice["min_peak"])]
+    assert state["segment"]["f1_vs_coarse"] == pytest.approx(scores)
+    winner = max(scores, key=lambda k: (scores[k], k == "seed0"))
+    selected = out / "segmentor" / "selected"
+    assert state["segment"]["model"] == str(selected)
+    cfg = json.loads((selected / "config.json").read_text())["config"]
+    assert f"seed{cfg['seed']}" == winner
+    seg = Segmentor.load(selected, device="cpu")
+    assert seg.min_peak == state["segment"]["min_peak"]
+    for stem in stems:
+        got = out / "segmentation" / "prob" / f"{stem}.png"
+        assert got.read_bytes() == (out / "segmentation" / "candidates" / winner
+                                    / f"{stem}.png").read_bytes()
+        np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
+                                      seg.instances(read_probability_map(got)))
+
+
+def test_segmentor_seeds_must_be_a_positive_whole_number(tmp_path, examples_dir):
+    from emcopilot.errors import InputError
+
+    with pytest.raises(InputError, match="segmentor_seeds"):
+        run_pipeline(examples_dir / "emps" / "images", tmp_path / "run", segmentor_seeds=0)
