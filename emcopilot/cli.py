@@ -715,10 +715,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only particles whose highest probability exceeds P; auto "
                         "(default): the P whose particles best match the coarse masks, recorded "
                         "in the segmentor for `segment`; none: every particle")
-    p.add_argument("--segmentor-seeds", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--segmentor-seeds", type=_positive_int, default=2, metavar="N",
                    help="train N segmentors (seeds SEED..SEED+N-1) and keep the one whose "
                         "particles best match the coarse masks, in OUT/segmentor/selected "
-                        "(default 1: one segmentor, OUT/segmentor)")
+                        "(default 2; 1: one segmentor in OUT/segmentor, half the time)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)

@@ -16,6 +16,7 @@ from emcopilot.pipeline import STAGES, load_state, run_pipeline
 
 TINY = dict(
     profile="cpu", classical_preset="isolated", per_mask=2, seed=0, device="cpu",
+    segmentor_seeds=1,
     generator_epochs=1, segmentor_epochs=1,
     generator_options={"base": 4, "image_size": 64, "depth": 6},
     segmentor_options={"base": 4, "image_size": 64, "samples_per_epoch": 8, "batch_size": 4},
@@ -176,7 +177,7 @@ def test_several_segmentor_seeds_keep_the_one_that_best_matches_the_coarse_masks
     (out / "pipeline.json").write_text(json.dumps(state))
     shutil.rmtree(out / "segmentor")
     shutil.rmtree(out / "segmentation")
-    run_pipeline(src, out, segmentor_seeds=2, **TINY)
+    run_pipeline(src, out, **{**TINY, "segmentor_seeds": 2})
     state = load_state(out)["stages"]
     assert set(state["segmentor"]["result"]) == {"seed0", "seed1"}
     stems = sorted(p.stem for p in src.iterdir())
@@ -210,3 +211,25 @@ def test_segmentor_seeds_must_be_a_positive_whole_number(tmp_path, examples_dir)
 
     with pytest.raises(InputError, match="segmentor_seeds"):
         run_pipeline(examples_dir / "emps" / "images", tmp_path / "run", segmentor_seeds=0)
+
+
+@pytest.mark.slow
+def test_a_run_resumed_with_other_segmentor_seeds_segments_with_what_it_trained(pipeline_run,
+                                                                                tmp_path):
+    """The segment stage uses the segmentors the segmentor stage trained: a one-segmentor run
+    (or one from before the option, with no record of them) resumed with the default of two
+    seeds is not retrained and segments with segmentor/."""
+    src, first, _, _ = pipeline_run
+    out = tmp_path / "run"
+    shutil.copytree(first, out)
+    state = load_state(out)
+    state["stages"]["segmentor"].pop("candidates", None)  # as before the option
+    del state["stages"]["segment"]
+    (out / "pipeline.json").write_text(json.dumps(state))
+    mtime = (out / "segmentor" / "last" / "model.safetensors").stat().st_mtime
+    run_pipeline(src, out, **{**TINY, "segmentor_seeds": 2})
+    record = load_state(out)["stages"]["segment"]
+    assert list(record["f1_vs_coarse"]) == ["seed0"]
+    assert record["model"] in (str(out / "segmentor" / "best_miou"), str(out / "segmentor" / "last"))
+    assert (out / "segmentor" / "last" / "model.safetensors").stat().st_mtime == mtime
+    assert not (out / "segmentor" / "seed1").exists()

@@ -1,8 +1,9 @@
 """Training profiles: the paper's sizes and a CPU profile small enough for a laptop.
 
 ``resolve_profile(name, **overrides)`` returns a flat dict with a ``generator`` and a
-``segmentor`` section. The "cpu" profile is sized so that the whole pipeline on ~30 images of
-512 px (generator training, synthesis, segmentor training) fits in about half an hour on 2 cores.
+``segmentor`` section. The "cpu" profile is sized so that the whole pipeline on a few dozen
+images of 512 px (generator training, synthesis, segmentor training) runs in about an hour on
+2 cores (measured times in BENCHMARKS.md).
 """
 
 from __future__ import annotations
