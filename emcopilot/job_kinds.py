@@ -318,6 +318,11 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     min_peak = params.get("min_peak", "auto")  # "auto": choose it; None: keep every particle
     if min_peak == "auto" and not result.get("cancelled"):
         out["min_peak"] = choose_min_peak(project, ctx, device=params.get("device", "auto"))
+    elif min_peak is None and segmentor_checkpoint(project) is not None:
+        from emcopilot.training.checkpoint import update_config
+
+        # no value from an earlier choice survives on a model resumed with "every particle"
+        update_config(segmentor_checkpoint(project), min_peak=None)
     return out
 
 

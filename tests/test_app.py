@@ -252,6 +252,10 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
         job_kinds.train_segmentor_job(masked, {**params, "data": "everything"}, Ctx())
     with pytest.raises(Exception, match="min_peak"):
         job_kinds.train_segmentor_job(masked, {**params, "min_peak": 0.7}, Ctx())
+    # resumed with "every particle" (nothing left to train): the earlier choice is dropped
+    res = job_kinds.train_segmentor_job(masked, {**params, "min_peak": None}, Ctx())
+    assert "min_peak" not in res
+    assert job_kinds.segmentor_threshold(ckpt, "min_peak") is None
 
 
 def test_results_quick_report_and_downloads(store, masked):
