@@ -432,7 +432,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     batch = summary.get("batch", summary)
-    print(f"segmented {len(files)} image(s), {batch.get('count', 0)} particles; results in {out}")
+    core = segmentor.min_peak if args.min_peak == "model" else args.min_peak
+    kept = ("every particle kept" if core is None else
+            f"particles with core probability > {core:g} kept (--min-peak none keeps every one)")
+    print(f"segmented {len(files)} image(s), {batch.get('count', 0)} particles ({kept}); "
+          f"results in {out}")
     return 0
 
 

@@ -119,9 +119,11 @@ def test_segment_polarity_and_scale(data, segmentor, tmp_path):
     r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
              str(tmp_path / "e"), "--min-peak", "0.9", "--device", "cpu", "-q")
     assert r.returncode == 0, r.stderr
+    assert "core probability > 0.9 kept" in r.stdout  # says what it dropped
     r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
              str(tmp_path / "g"), "--device", "cpu", "-q")
     assert r.returncode == 0, r.stderr
+    assert "every particle kept" in r.stdout  # this model has no recorded core probability
     confident = io.read_label_map(tmp_path / "e" / src.name)
     every = io.read_label_map(tmp_path / "g" / src.name)
     assert confident.max() < every.max()
