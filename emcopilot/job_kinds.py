@@ -276,13 +276,17 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     "synthetic+masks" (both in one training set); params["particle_scale"] (default True):
     train at a common particle width (:mod:`emcopilot.particle_scale`); params["min_peak"]
     ("auto", default, or None): choose the particle core probability against the project's
-    masks after training (:func:`choose_min_peak`)."""
+    masks after training (:func:`choose_min_peak`); params["seeds"] (default 1): train that
+    many segmentors and keep the one that best matches the project's masks."""
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
 
     from emcopilot.particle_scale import DEFAULT_DIAMETER_PX
 
     run = segmentor_runs(project)
+    seeds = params.get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 8:
+        raise InputError(f"seeds must be a whole number from 1 to 8, got {seeds!r}")
     if params.get("min_peak", "auto") not in ("auto", None):
         raise InputError("min_peak must be 'auto' (choose it against the project's masks after "
                          "training) or None (keep every particle)")
@@ -309,15 +313,18 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     kw = {k: params[k] for k in keys if params.get(k) is not None}
     # every training image has bright particles: the project's pairs are written so, and the
     # generator learnt from them; inference converts each image the same way
-    result = train_segmentor(img_dir, mask_dir, run, augment=bool(params.get("augment", True)),
-                             input_polarity="bright", particle_diameter_px=diameter,
-                             device=params.get("device", "auto"),
-                             resume=bool(params.get("resume", True)), progress=_progress(ctx),
-                             should_stop=ctx.should_stop, **kw)
-    out = _small(result)
+    train = dict(augment=bool(params.get("augment", True)), input_polarity="bright",
+                 particle_diameter_px=diameter, device=params.get("device", "auto"),
+                 resume=bool(params.get("resume", True)), should_stop=ctx.should_stop)
     min_peak = params.get("min_peak", "auto")  # "auto": choose it; None: keep every particle
+    device = params.get("device", "auto")
+    if seeds > 1:
+        return _train_segmentor_seeds(project, ctx, img_dir, mask_dir, seeds, min_peak, device,
+                                      train, kw)
+    result = train_segmentor(img_dir, mask_dir, run, progress=_progress(ctx), **train, **kw)
+    out = _small(result)
     if min_peak == "auto" and not result.get("cancelled"):
-        out["min_peak"] = choose_min_peak(project, ctx, device=params.get("device", "auto"))
+        out["min_peak"] = choose_min_peak(project, ctx, device=device)
     elif min_peak is None and segmentor_checkpoint(project) is not None:
         from emcopilot.training.checkpoint import update_config
 
@@ -326,29 +333,83 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     return out
 
 
+def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path, seeds: int,
+                           min_peak: str | None, device: str, train: dict, kw: dict) -> dict:
+    """Train ``seeds`` segmentors (``candidates/seed<S>/``) and make the one whose particles
+    best match the project's masks the project's segmentor (its ``best_miou/``, ``last/`` and
+    log copied to the run folder), as ``emcopilot pipeline --segmentor-seeds`` does against
+    its coarse masks."""
+    from emcopilot.training.checkpoint import update_config
+    from emcopilot.training.segmentor import train_segmentor
+
+    masks = prefer_masks(project)
+    if not masks:
+        raise InputError("choosing among several segmentors needs masks of the project's "
+                         "images: make coarse masks first, or train one segmentor")
+    run = segmentor_runs(project)
+    first = int(kw.pop("seed", 0))
+    scores: dict[int, tuple[float, Any, Path]] = {}
+    for k in range(seeds):
+        seed, cdir = first + k, run / "candidates" / f"seed{first + k}"
+        result = train_segmentor(
+            img_dir, mask_dir, cdir, seed=seed, **train, **kw,
+            progress=lambda d, t, m="", k=k: ctx.progress(d, t, f"segmentor {k + 1}/{seeds}: {m}"))
+        if result.get("cancelled"):
+            return {**_small(result), "seed": seed}
+        choice = _choose_against_masks(project, ctx, _checkpoint(cdir, ("best_miou", "last")),
+                                       masks, device, min_peak)
+        scores[seed] = (choice["f1"][str(choice["min_peak"])], choice["min_peak"], cdir)
+    best = max(scores, key=lambda s: (scores[s][0], -s))
+    winner = scores[best][2]
+    for name in ("best_miou", "last"):
+        if (run / name).exists():
+            shutil.rmtree(run / name)
+        if (winner / name).is_dir():
+            shutil.copytree(winner / name, run / name)
+    if (winner / "log.jsonl").is_file():
+        shutil.copyfile(winner / "log.jsonl", run / "log.jsonl")
+    if min_peak is None:
+        update_config(segmentor_checkpoint(project), min_peak=None)
+    return {"seeds": seeds, "selected_seed": best, "min_peak": scores[best][1],
+            "f1_vs_masks": {f"seed{s}": v[0] for s, v in scores.items()}}
+
+
+def _choose_against_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray],
+                          device: str, min_peak: str | None = "auto") -> dict:
+    """A segmentor's particles scored against the project's masks (object F1): with ``min_peak``
+    "auto" at the core probability that matches them best, recorded in the checkpoint
+    (:func:`emcopilot.inference.record_min_peak`); with None, keeping every particle."""
+    from emcopilot.inference import Segmentor, record_min_peak
+    from emcopilot.postprocess import select_min_peak
+
+    seg = Segmentor.load(ckpt, device=device)
+
+    def probs():  # one map at a time: a large project need not fit in memory
+        for k, (stem, labels) in enumerate(masks.items()):
+            ctx.progress(k, len(masks), f"scoring against the masks: {stem}")
+            yield seg.probability(_image01(project, stem), polarity=_polarity(project, stem),
+                                  scale_labels=labels if seg.particle_diameter_px else None)
+
+    if min_peak == "auto":
+        choice = record_min_peak(ckpt, probs(), masks.values(), threshold=seg.threshold,
+                                 fill_holes=seg.fill_holes, reference="project masks")
+    else:
+        choice = select_min_peak(probs(), masks.values(), threshold=seg.threshold,
+                                 grid=[None], fill_holes=seg.fill_holes)
+    ctx.progress(len(masks), len(masks), f"particle core probability: {choice['min_peak']}")
+    return choice
+
+
 def choose_min_peak(project: Any, ctx: Any, device: str = "auto") -> float | None:
     """Choose the trained segmentor's particle core probability against the project's masks
     (edited where saved, else coarse) and record it in the checkpoint, as the pipeline does
     against its coarse masks (:func:`emcopilot.inference.record_min_peak`); the Results page
     then keeps only the particles above it. None (every particle) without masks."""
-    from emcopilot.inference import Segmentor, record_min_peak
-
     ckpt = segmentor_checkpoint(project)
     masks = prefer_masks(project)
     if ckpt is None or not masks:
         return None
-    seg = Segmentor.load(ckpt, device=device)
-
-    def probs():  # one map at a time: a large project need not fit in memory
-        for k, (stem, labels) in enumerate(masks.items()):
-            ctx.progress(k, len(masks), f"choosing the particle core probability: {stem}")
-            yield seg.probability(_image01(project, stem), polarity=_polarity(project, stem),
-                                  scale_labels=labels if seg.particle_diameter_px else None)
-
-    choice = record_min_peak(ckpt, probs(), masks.values(), threshold=seg.threshold,
-                             fill_holes=seg.fill_holes, reference="project masks")
-    ctx.progress(len(masks), len(masks), f"particle core probability: {choice['min_peak']}")
-    return choice["min_peak"]
+    return _choose_against_masks(project, ctx, ckpt, masks, device)["min_peak"]
 
 
 def _versions() -> dict[str, str]:

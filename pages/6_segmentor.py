@@ -78,13 +78,20 @@ with st.form("train_segmentor"):
                               format_func=lambda b: "the profile's" if b == 0 else str(b),
                               help="Filters of the first level (doubled per level); the "
                                    "paper uses 32, the cpu profile 8.")
+        seeds = st.selectbox(
+            "Segmentors to train (keep the one that best matches the masks)", [1, 2, 3],
+            index=0,
+            help="Each is trained from another random start; the one whose particles best "
+                 "match the project's masks is kept. The draw moves accuracy a lot, and on EMPS "
+                 "this choice, made without labels, picked the best of five segmentors "
+                 "(BENCHMARKS.md). Training takes that many times as long.")
     go = st.form_submit_button("Train segmentor", type="primary", icon=":material/play_arrow:")
 if go:
     _ui.submit_job(store, project, "train_segmentor",
                    {"data": data, "profile": profile, "epochs": int(epochs),
                     "batch_size": int(batch), "image_size": int(size), "augment": augment,
                     "particle_scale": particle_scale,
-                    "min_peak": "auto" if choose_core else None,
+                    "min_peak": "auto" if choose_core else None, "seeds": int(seeds),
                     "samples_per_epoch": int(samples) or None, "base": int(base) or None})
 job = _ui.job_panel(store, project, "train_segmentor", resumable=True)
 

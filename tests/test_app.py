@@ -195,12 +195,15 @@ def test_segmentor_augmentations_and_job(store, masked):
     [n for n in at.number_input if n.label.startswith("Samples per epoch")][0].set_value(16)
     [s for s in at.selectbox if s.label.startswith("Network width")][0].set_value(4)
     [s for s in at.selectbox if s.label == "Image size (px)"][0].set_value(64)
+    [s for s in at.selectbox if s.label.startswith("Segmentors to train")][0].set_value(2)
     [b for b in at.button if b.label == "Train segmentor"][0].click().run()
     assert not at.exception
     params = [j["params"] for j in jobs_of(store, masked, "train_segmentor")]
     assert len(params) == 2
+    assert jobs[0]["params"]["seeds"] == 1
     assert [(q["samples_per_epoch"], q["base"], q["image_size"], q["particle_scale"],
-             q["min_peak"]) for q in params if q["base"] is not None] == [(16, 4, 64, False, None)]
+             q["min_peak"], q["seeds"]) for q in params if q["base"] is not None] == [
+        (16, 4, 64, False, None, 2)]
 
 
 def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
@@ -252,6 +255,8 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
         job_kinds.train_segmentor_job(masked, {**params, "data": "everything"}, Ctx())
     with pytest.raises(Exception, match="min_peak"):
         job_kinds.train_segmentor_job(masked, {**params, "min_peak": 0.7}, Ctx())
+    with pytest.raises(Exception, match="seeds"):
+        job_kinds.train_segmentor_job(masked, {**params, "seeds": 0}, Ctx())
     # resumed with "every particle" (nothing left to train): the earlier choice is dropped
     res = job_kinds.train_segmentor_job(masked, {**params, "min_peak": None}, Ctx())
     assert "min_peak" not in res
@@ -384,3 +389,26 @@ def test_job_panel_follows_the_store(store, project):
     store.update_job(jid, state="failed", error="out of memory on the GPU")
     at = open_page(PAGES[2], project.id)
     assert any("out of memory on the GPU" in e.value for e in at.error)
+
+
+def test_segmentor_job_with_two_seeds_keeps_the_one_that_matches_the_masks(masked):
+    """seeds=2: two segmentors are trained, each scored against the project's masks at its own
+    chosen core probability; the better one becomes the project's segmentor."""
+    from emcopilot import job_kinds
+    from emcopilot.postprocess import MIN_PEAK_GRID
+
+    params = {"data": "masks", "epochs": 1, "base": 4, "image_size": 64,
+              "samples_per_epoch": 4, "batch_size": 2, "seeds": 2}
+    res = job_kinds.train_segmentor_job(masked, params, Ctx())
+    assert res["seeds"] == 2 and set(res["f1_vs_masks"]) == {"seed0", "seed1"}
+    best = max(res["f1_vs_masks"], key=lambda k: (res["f1_vs_masks"][k], k == "seed0"))
+    assert f"seed{res['selected_seed']}" == best and res["min_peak"] in MIN_PEAK_GRID
+    run = job_kinds.segmentor_runs(masked)
+    ckpt = job_kinds.segmentor_checkpoint(masked)
+    assert ckpt.parent == run
+    config = json.loads((ckpt / "config.json").read_text())["config"]
+    assert config["seed"] == res["selected_seed"] and config["min_peak"] == res["min_peak"]
+    winner = run / "candidates" / best
+    assert (ckpt / "model.safetensors").read_bytes() == (
+        winner / ckpt.name / "model.safetensors").read_bytes()
+    assert (run / "log.jsonl").read_text() == (winner / "log.jsonl").read_text()
