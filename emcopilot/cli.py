@@ -116,16 +116,13 @@ def _pipeline_min_peak(text: str) -> float | str | None:
 
 def _threshold(text: str) -> float | str:
     """argparse type: a probability threshold in (0, 1), 'otsu' or 'calibrated'."""
-    if text.strip().lower() in ("otsu", "calibrated"):
-        return text.strip().lower()
+    t = text.strip().lower()
+    if t in ("otsu", "calibrated"):
+        return t
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number in (0, 1), 'otsu' or 'calibrated', got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"threshold must be in (0, 1), got {text}")
-    return value
+        return _threshold_number(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or 'otsu' or 'calibrated'") from None
 
 
 def _read_manifest(folder: Path) -> dict:
@@ -717,8 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "32 px wide; off: each micrograph's own pixel scale")
     p.add_argument("--min-peak", type=_pipeline_min_peak, default="auto", metavar="auto|none|P",
                    help="keep only particles whose highest probability exceeds P; auto "
-                        "(default): the P whose particles best match the coarse masks, recorded "
-                        "in the segmentor for `segment`; none: every particle")
+                        "(default): the P whose particles best match the coarse masks; none: "
+                        "every particle. The value is recorded in the segmentor for `segment`")
     p.add_argument("--segmentor-seeds", type=_positive_int, default=2, metavar="N",
                    help="train N segmentors (seeds SEED..SEED+N-1) and keep the one whose "
                         "particles best match the coarse masks, in OUT/segmentor/selected "
