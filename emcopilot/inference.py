@@ -30,7 +30,8 @@ from .device import autocast, channels_last, pick_device, set_cpu_threads
 from .errors import InputError
 from .postprocess import config_threshold, prob_to_instances
 
-__all__ = ["Segmentor", "segment_folder", "record_min_peak", "tiled_apply", "blend_window",
+__all__ = ["Segmentor", "segment_folder", "choose_min_peak", "best_segmentor", "tiled_apply",
+           "blend_window",
            "fuse_batchnorm", "MAX_TILE"]
 
 MAX_TILE = 1024
@@ -385,23 +386,34 @@ def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],
     return written
 
 
-def record_min_peak(checkpoint: str | os.PathLike, probs: Iterable[np.ndarray],
-                    references: Iterable[np.ndarray], *, threshold: float = 0.5,
-                    fill_holes: bool = True, reference: str = "coarse masks") -> dict:
-    """Choose a segmentor's particle core probability without manual labels and record it in
-    its checkpoint, where :attr:`Segmentor.min_peak` (so ``emcopilot segment`` and the app)
-    reads it.
+def choose_min_peak(segmentor: Segmentor, checkpoint: str | os.PathLike,
+                    probs: Iterable[np.ndarray], references: Iterable[np.ndarray], *,
+                    min_peak: float | str | None = "auto", reference: str = "coarse masks"
+                    ) -> dict:
+    """A segmentor's particle core probability, recorded in its checkpoint (where
+    :attr:`Segmentor.min_peak`, so ``emcopilot segment`` and the app, reads it), and how well its
+    particles match reference label maps, without manual labels.
 
     ``probs`` are the segmentor's probability maps of real images, ``references`` label maps of
-    the same images (the coarse masks, or a project's edited masks); the value is
-    :func:`emcopilot.postprocess.select_min_peak`'s (best object F1 against the references,
-    with the segmentor's ``threshold`` and ``fill_holes``). ``reference`` names them in the
-    record. Returns the choice (``{"min_peak", "f1"}``).
+    the same images (the coarse masks, or a project's edited masks). The particles are made as
+    :meth:`Segmentor.instances` makes them (its threshold and ``fill_holes``) and scored by
+    :func:`emcopilot.postprocess.select_min_peak` (object F1): with ``min_peak="auto"`` over its
+    grid, keeping the best value; with a probability, or None (every particle), at that value.
+    ``reference`` names the references in the record. Returns ``{"min_peak", "f1": {str(value):
+    F1}, "score": F1 at the value}``; the score is what compares segmentors
+    (``emcopilot pipeline --segmentor-seeds``, the app's "Segmentors to train").
     """
     from .postprocess import select_min_peak
     from .training.checkpoint import update_config
 
-    choice = select_min_peak(probs, references, threshold=threshold, fill_holes=fill_holes)
+    choice = select_min_peak(probs, references, threshold=segmentor.threshold,
+                             fill_holes=segmentor.fill_holes,
+                             **({} if min_peak == "auto" else {"grid": [min_peak]}))
     update_config(checkpoint, min_peak=choice["min_peak"], min_peak_f1=choice["f1"],
                   min_peak_reference=reference)
-    return choice
+    return {**choice, "score": choice["f1"][str(choice["min_peak"])]}
+
+
+def best_segmentor(scores: dict[int, float]) -> int:
+    """The seed with the highest :func:`choose_min_peak` score (ties: the smallest seed)."""
+    return max(scores, key=lambda seed: (scores[seed], -seed))

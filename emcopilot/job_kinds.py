@@ -276,7 +276,7 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     "synthetic+masks" (both in one training set); params["particle_scale"] (default True):
     train at a common particle width (:mod:`emcopilot.particle_scale`); params["min_peak"]
     ("auto", default, or None): choose the particle core probability against the project's
-    masks after training (:func:`choose_min_peak`); params["seeds"] (default 1): train that
+    masks after training (:func:`_match_masks`); params["seeds"] (default 1): train that
     many segmentors and keep the one that best matches the project's masks."""
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
@@ -323,13 +323,11 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
                                       train, kw)
     result = train_segmentor(img_dir, mask_dir, run, progress=_progress(ctx), **train, **kw)
     out = _small(result)
-    if min_peak == "auto" and not result.get("cancelled"):
-        out["min_peak"] = choose_min_peak(project, ctx, device=device)
-    elif min_peak is None and segmentor_checkpoint(project) is not None:
-        from emcopilot.training.checkpoint import update_config
-
-        # no value from an earlier choice survives on a model resumed with "every particle"
-        update_config(segmentor_checkpoint(project), min_peak=None)
+    if not result.get("cancelled") and segmentor_checkpoint(project) is not None:
+        choice = _match_masks(project, ctx, segmentor_checkpoint(project), prefer_masks(project),
+                              device, min_peak)
+        out.update(min_peak=choice["min_peak"],
+                   f1_vs_masks={f"seed{kw.get('seed', 0)}": choice["score"]})
     return out
 
 
@@ -339,7 +337,7 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
     best match the project's masks the project's segmentor (its ``best_miou/``, ``last/`` and
     log copied to the run folder), as ``emcopilot pipeline --segmentor-seeds`` does against
     its coarse masks."""
-    from emcopilot.training.checkpoint import update_config
+    from emcopilot.inference import best_segmentor
     from emcopilot.training.segmentor import train_segmentor
 
     masks = prefer_masks(project)
@@ -348,7 +346,7 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
                          "images: make coarse masks first, or train one segmentor")
     run = segmentor_runs(project)
     first = int(kw.pop("seed", 0))
-    scores: dict[int, tuple[float, Any, Path]] = {}
+    choices: dict[int, dict] = {}
     for k in range(seeds):
         seed, cdir = first + k, run / "candidates" / f"seed{first + k}"
         result = train_segmentor(
@@ -356,11 +354,10 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
             progress=lambda d, t, m="", k=k: ctx.progress(d, t, f"segmentor {k + 1}/{seeds}: {m}"))
         if result.get("cancelled"):
             return {**_small(result), "seed": seed}
-        choice = _choose_against_masks(project, ctx, _checkpoint(cdir, ("best_miou", "last")),
-                                       masks, device, min_peak)
-        scores[seed] = (choice["f1"][str(choice["min_peak"])], choice["min_peak"], cdir)
-    best = max(scores, key=lambda s: (scores[s][0], -s))
-    winner = scores[best][2]
+        choices[seed] = _match_masks(project, ctx, _checkpoint(cdir, ("best_miou", "last")),
+                                     masks, device, min_peak)
+    best = best_segmentor({s: c["score"] for s, c in choices.items()})
+    winner = run / "candidates" / f"seed{best}"
     for name in ("best_miou", "last"):
         if (run / name).exists():
             shutil.rmtree(run / name)
@@ -368,48 +365,33 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
             shutil.copytree(winner / name, run / name)
     if (winner / "log.jsonl").is_file():
         shutil.copyfile(winner / "log.jsonl", run / "log.jsonl")
-    if min_peak is None:
-        update_config(segmentor_checkpoint(project), min_peak=None)
-    return {"seeds": seeds, "selected_seed": best, "min_peak": scores[best][1],
-            "f1_vs_masks": {f"seed{s}": v[0] for s, v in scores.items()}}
+    return {"seeds": seeds, "selected_seed": best, "min_peak": choices[best]["min_peak"],
+            "f1_vs_masks": {f"seed{s}": c["score"] for s, c in choices.items()}}
 
 
-def _choose_against_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray],
-                          device: str, min_peak: str | None = "auto") -> dict:
-    """A segmentor's particles scored against the project's masks (object F1): with ``min_peak``
-    "auto" at the core probability that matches them best, recorded in the checkpoint
-    (:func:`emcopilot.inference.record_min_peak`); with None, keeping every particle."""
-    from emcopilot.inference import Segmentor, record_min_peak
-    from emcopilot.postprocess import select_min_peak
+def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray],
+                 device: str, min_peak: str | None = "auto") -> dict:
+    """A trained segmentor against the project's masks (edited where saved, else coarse):
+    :func:`emcopilot.inference.choose_min_peak` on its probability maps of those images, which
+    records the particle core probability ("auto": the one that best matches the masks; None:
+    every particle) that the Results page then applies. Without masks nothing is chosen
+    (every particle)."""
+    from emcopilot.inference import Segmentor, choose_min_peak
 
     seg = Segmentor.load(ckpt, device=device)
 
     def probs():  # one map at a time: a large project need not fit in memory
         for k, (stem, labels) in enumerate(masks.items()):
-            ctx.progress(k, len(masks), f"scoring against the masks: {stem}")
+            ctx.progress(k, len(masks), f"matching the particles with the masks: {stem}")
             yield seg.probability(_image01(project, stem), polarity=_polarity(project, stem),
                                   scale_labels=labels if seg.particle_diameter_px else None)
 
-    if min_peak == "auto":
-        choice = record_min_peak(ckpt, probs(), masks.values(), threshold=seg.threshold,
-                                 fill_holes=seg.fill_holes, reference="project masks")
-    else:
-        choice = select_min_peak(probs(), masks.values(), threshold=seg.threshold,
-                                 grid=[None], fill_holes=seg.fill_holes)
+    choice = choose_min_peak(seg, ckpt, probs(), masks.values(),
+                             min_peak=min_peak if masks else None, reference="project masks")
+    if not masks:
+        choice["score"] = None  # nothing to match
     ctx.progress(len(masks), len(masks), f"particle core probability: {choice['min_peak']}")
     return choice
-
-
-def choose_min_peak(project: Any, ctx: Any, device: str = "auto") -> float | None:
-    """Choose the trained segmentor's particle core probability against the project's masks
-    (edited where saved, else coarse) and record it in the checkpoint, as the pipeline does
-    against its coarse masks (:func:`emcopilot.inference.record_min_peak`); the Results page
-    then keeps only the particles above it. None (every particle) without masks."""
-    ckpt = segmentor_checkpoint(project)
-    masks = prefer_masks(project)
-    if ckpt is None or not masks:
-        return None
-    return _choose_against_masks(project, ctx, ckpt, masks, device)["min_peak"]
 
 
 def _versions() -> dict[str, str]:

@@ -24,7 +24,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -131,10 +131,6 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         report(i, len(STAGES), name)
         return name not in done
 
-    # the segmentors to train: seg_dir itself, or one folder per seed to choose from
-    candidates = ({seed: seg_dir} if segmentor_seeds == 1 else
-                  {seed + k: seg_dir / f"seed{seed + k}" for k in range(segmentor_seeds)})
-
     def within(i: int, name: str) -> Progress:
         """Progress inside stage ``i``, shown in the stage's message."""
         return lambda d, t, m="": report(i, len(STAGES), f"{name} {d}/{t} {m}".strip())
@@ -223,6 +219,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         data_images, data_masks = gather_pairs(sources, out / "segmentor_data",
                                                particle_diameter_px=diameter,
                                                progress=within(6, "segmentor data"))
+        # the segmentors to train: seg_dir itself, or one folder per seed to choose from
+        candidates = ({seed: seg_dir} if segmentor_seeds == 1 else
+                      {seed + k: seg_dir / f"seed{seed + k}" for k in range(segmentor_seeds)})
         results = {}
         for k, (s, cdir) in enumerate(candidates.items()):
             name = "segmentor epoch" if len(candidates) == 1 else \
@@ -243,8 +242,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     if step(7, "segment"):
         from emcopilot.analysis import write_psd_report
         from emcopilot.evaluate import read_probability_map
-        from emcopilot.inference import Segmentor, record_min_peak
-        from emcopilot.postprocess import select_min_peak
+        from emcopilot.inference import Segmentor, best_segmentor, choose_min_peak
 
         def checkpoint(run_dir: Path) -> Path:
             ckpt = run_dir / "best_miou"
@@ -256,20 +254,15 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         def stored(stem: str, folder: Path = prob_dir) -> np.ndarray:
             return read_probability_map(folder / f"{stem}.png")
 
-        def coarse_masks() -> Iterable[np.ndarray]:
-            return (io.read_label_map(mask_dir / f"{s}.png") for s in meta)
-
         # the segmentors the segmentor stage trained (a run resumed with another
-        # segmentor_seeds keeps what it has; runs before the option: segmentor/ itself)
-        trained = done["segmentor"].get("candidates")
-        if trained:
-            candidates = {int(s): Path(d) for s, d in trained.items()}
-        elif not (seg_dir / f"seed{seed}").is_dir():
-            candidates = {seed: seg_dir}
-        scores = {}
+        # segmentor_seeds keeps them; a run from before the option: segmentor/ itself)
+        trained = done["segmentor"].get("candidates") or {str(seed): str(seg_dir)}
+        candidates = {int(s): Path(d) for s, d in trained.items()}
+        choices, segmentors = {}, {}
+        maps = {s: prob_dir if len(candidates) == 1 else result_dir / "candidates" / f"seed{s}"
+                for s in candidates}
         for k, (s, cdir) in enumerate(candidates.items()):
-            segmentor = Segmentor.load(checkpoint(cdir), device=device)
-            maps = prob_dir if len(candidates) == 1 else result_dir / "candidates" / f"seed{s}"
+            segmentors[s] = segmentor = Segmentor.load(checkpoint(cdir), device=device)
             for i, stem in enumerate(meta):
                 report(7, len(STAGES), f"segment {i}/{len(meta)}" if len(candidates) == 1
                        else f"segment with segmentor {k + 1}/{len(candidates)}: {i}/{len(meta)}")
@@ -278,24 +271,15 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 coarse = (io.read_label_map(mask_dir / f"{stem}.png")
                           if segmentor.particle_diameter_px else None)
                 prob = segmentor.probability(image01, polarity="bright", scale_labels=coarse)
-                io.write_image(maps / f"{stem}.png", prob)
-            if min_peak == "auto":
-                report(7, len(STAGES), "segment: choosing the particle core probability")
-                choice = record_min_peak(checkpoint(cdir), (stored(x, maps) for x in meta),
-                                         coarse_masks(), threshold=segmentor.threshold,
-                                         fill_holes=segmentor.fill_holes)
-            elif len(candidates) == 1:  # nothing to choose
-                choice = {"min_peak": min_peak, "f1": {str(min_peak): None}}
-            else:  # the agreement at the given value, to choose between segmentors
-                choice = select_min_peak((stored(x, maps) for x in meta), coarse_masks(),
-                                         threshold=segmentor.threshold, grid=[min_peak],
-                                         fill_holes=segmentor.fill_holes)
-            scores[s] = (choice["f1"][str(choice["min_peak"])], choice["min_peak"], maps)
-        # the segmentor whose particles best match the coarse masks (ties: the first seed)
-        best = max(scores, key=lambda s: (scores[s][0] or 0.0, -s))
-        chosen = scores[best][1]
+                io.write_image(maps[s] / f"{stem}.png", prob)
+            report(7, len(STAGES), "segment: matching the particles with the coarse masks")
+            choices[s] = choose_min_peak(
+                segmentor, checkpoint(cdir), (stored(x, maps[s]) for x in meta),
+                (io.read_label_map(mask_dir / f"{x}.png") for x in meta), min_peak=min_peak)
+        best = best_segmentor({s: c["score"] for s, c in choices.items()})
+        chosen = choices[best]["min_peak"]
         ckpt = checkpoint(candidates[best])
-        if len(candidates) > 1:
+        if len(candidates) > 1:  # the kept one: segmentor/selected, its maps in prob/
             selected = seg_dir / "selected"
             if selected.exists():
                 shutil.rmtree(selected)
@@ -303,18 +287,17 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             ckpt = selected
             prob_dir.mkdir(parents=True, exist_ok=True)
             for stem in meta:
-                shutil.copyfile(scores[best][2] / f"{stem}.png", prob_dir / f"{stem}.png")
-        segmentor = Segmentor.load(ckpt, device=device)
+                shutil.copyfile(maps[best] / f"{stem}.png", prob_dir / f"{stem}.png")
         items = []
         for stem in meta:
-            labels = segmentor.instances(stored(stem), min_peak=chosen)
+            labels = segmentors[best].instances(stored(stem), min_peak=chosen)
             io.write_label_map(result_dir / f"{stem}.png", labels)
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
             items.append((stem, labels, meta[stem]["pixel_size_nm"], image01))
         summary = write_psd_report(items, result_dir)
         _mark_done(out, state, "segment", count=summary.get("batch", {}).get("count"),
                    min_peak=chosen, model=str(ckpt),
-                   f1_vs_coarse={f"seed{s}": v[0] for s, v in scores.items()})
+                   f1_vs_coarse={f"seed{s}": c["score"] for s, c in choices.items()})
     report(len(STAGES), len(STAGES), "done")
     summary = json.loads((result_dir / "summary.json").read_text())
     return {"summary": summary.get("batch", summary), "stages": {k: {kk: vv for kk, vv in v.items()

@@ -158,8 +158,8 @@ def select_min_peak(probs: Iterable[np.ndarray], references: Iterable[np.ndarray
     ``threshold`` and ``fill_holes`` as the particles will be made with.
 
     With the coarse masks as references this needs no manual label: measured on EMPS, the value
-    with the best F1 against the coarse masks was the one with the best F1 against the manual
-    labels for a 12-epoch segmentor (BENCHMARKS.md). Returns ``{"min_peak": value or None,
+    with the best F1 against the coarse masks was, on each of four segmentors, the one with the
+    best F1 against the manual labels among the values tried (BENCHMARKS.md, runs 6-8). Returns ``{"min_peak": value or None,
     "f1": {str(value): F1}}``.
     """
     from .metrics import match_instances

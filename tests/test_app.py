@@ -259,7 +259,7 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
         job_kinds.train_segmentor_job(masked, {**params, "seeds": 0}, Ctx())
     # resumed with "every particle" (nothing left to train): the earlier choice is dropped
     res = job_kinds.train_segmentor_job(masked, {**params, "min_peak": None}, Ctx())
-    assert "min_peak" not in res
+    assert res["min_peak"] is None and 0 <= res["f1_vs_masks"]["seed0"] <= 1
     assert job_kinds.segmentor_threshold(ckpt, "min_peak") is None
 
 
@@ -332,12 +332,14 @@ def test_results_use_the_recorded_core_probability_unless_told_not_to(store, mas
     stems = [r["stem"] for r in masked.images()]
     probs = {s: seg.probability(job_kinds._image01(masked, s),
                                 polarity=job_kinds._polarity(masked, s)) for s in stems}
-    # a core probability between the particles' peaks of an untrained net: some go, some stay
+    # the untrained net's particles all peak within 1e-4 of each other: a core probability at
+    # their highest peak drops every one of them (which ones a finer value keeps is tested on a
+    # trained segmentor in test_inference), "keep faint particles" keeps them all
     peaks = np.concatenate([[float(p[lab == i].max()) for i in range(1, int(lab.max()) + 1)]
                             for p in probs.values()
                             for lab in [seg.instances(p, min_peak=None)]])
-    assert peaks.size >= 2 and peaks.max() > peaks.min(), peaks
-    core = float(np.median(peaks))
+    assert peaks.size >= 1, peaks
+    core = float(peaks.max())
     update_config(ckpt, min_peak=core)
     at = open_page(PAGES[6], masked.id)
     assert not at.exception

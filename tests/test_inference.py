@@ -238,12 +238,12 @@ def test_a_scale_normalised_segmentor_resizes_each_image(segmentor, real, tmp_pa
     np.testing.assert_allclose(prob, segmentor.predict_proba(img, scale=s), atol=1e-6)
 
 
-def test_record_min_peak_chooses_against_references_and_the_model_uses_it(segmentor, real,
-                                                                          tmp_path):
-    """record_min_peak: select_min_peak's choice lands in the checkpoint, where Segmentor reads
-    it as its default core probability (segment / the app then drop the fainter particles)."""
-    from emcopilot.inference import record_min_peak
-    from emcopilot.postprocess import select_min_peak
+def test_choose_min_peak_against_references_and_the_model_uses_it(segmentor, real, tmp_path):
+    """choose_min_peak: "auto" records select_min_peak's choice in the checkpoint, where
+    Segmentor reads it as its default core probability (segment / the app then drop the fainter
+    particles); a given value is scored at that value and recorded as it is."""
+    from emcopilot.inference import choose_min_peak
+    from emcopilot.postprocess import MIN_PEAK_GRID, select_min_peak
 
     img, truth = real
     ck = save_checkpoint(tmp_path / "ck", segmentor.model, None, {"image_size": 64}, epoch=1)
@@ -252,22 +252,24 @@ def test_record_min_peak_chooses_against_references_and_the_model_uses_it(segmen
     every = segmentor.instances(prob, min_peak=None)
     peaks = [float(prob[every == i].max()) for i in range(1, int(every.max()) + 1)]
     assert len(peaks) >= 3 and max(peaks) - min(peaks) > 0.1, peaks
-    from emcopilot.postprocess import MIN_PEAK_GRID
-
     splits = [g for g in MIN_PEAK_GRID if g is not None and min(peaks) < g < max(peaks)]
     assert splits, peaks
     cut = min(splits, key=lambda g: abs(g - float(np.median(peaks))))
     reference = segmentor.instances(prob, min_peak=cut)
     assert 0 < reference.max() < every.max()
-    choice = record_min_peak(ck, [prob], [reference], reference="test labels")
-    assert choice == select_min_peak([prob], [reference], fill_holes=True)
-    assert choice["min_peak"] is not None and choice["f1"][str(choice["min_peak"])] == 1.0
-    assert choice["f1"]["None"] < 1.0
+    choice = choose_min_peak(segmentor, ck, [prob], [reference], reference="test labels")
+    expected = select_min_peak([prob], [reference], fill_holes=True)
+    assert choice == {**expected, "score": 1.0}
+    assert choice["min_peak"] is not None and choice["f1"]["None"] < 1.0
     seg = Segmentor.load(ck, device="cpu")
     assert seg.min_peak == choice["min_peak"]
     assert seg.config["config"]["min_peak_reference"] == "test labels"
     np.testing.assert_array_equal(seg.instances(prob), reference)
     assert seg.instances(prob, min_peak=None).max() == every.max()
+    # every particle: scored as it is, and the earlier choice does not survive in the record
+    kept = choose_min_peak(segmentor, ck, [prob], [reference], min_peak=None)
+    assert kept["min_peak"] is None and kept["score"] == expected["f1"]["None"]
+    assert Segmentor.load(ck, device="cpu").min_peak is None
 
 
 def test_segmentor_particles_have_their_holes_filled_unless_the_checkpoint_says_not(segmentor,

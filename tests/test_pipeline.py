@@ -233,3 +233,27 @@ def test_a_run_resumed_with_other_segmentor_seeds_segments_with_what_it_trained(
     assert record["model"] in (str(out / "segmentor" / "best_miou"), str(out / "segmentor" / "last"))
     assert (out / "segmentor" / "last" / "model.safetensors").stat().st_mtime == mtime
     assert not (out / "segmentor" / "seed1").exists()
+
+
+@pytest.mark.slow
+def test_a_given_core_probability_is_recorded_for_segment(pipeline_run, tmp_path):
+    """--min-peak P: the pipeline's particles use P, and the checkpoint says so, so that
+    `emcopilot segment` with that model gives the same particles."""
+    from emcopilot.evaluate import read_probability_map
+    from emcopilot.inference import Segmentor
+
+    src, first, _, _ = pipeline_run
+    out = tmp_path / "run"
+    shutil.copytree(first, out)
+    state = load_state(out)
+    del state["stages"]["segment"]
+    (out / "pipeline.json").write_text(json.dumps(state))
+    run_pipeline(src, out, **{**TINY, "min_peak": 0.8})
+    record = load_state(out)["stages"]["segment"]
+    assert record["min_peak"] == 0.8
+    seg = Segmentor.load(record["model"], device="cpu")
+    assert seg.min_peak == 0.8
+    for stem in sorted(p.stem for p in src.iterdir()):
+        prob = read_probability_map(out / "segmentation" / "prob" / f"{stem}.png")
+        np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
+                                      seg.instances(prob))
