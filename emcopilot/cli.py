@@ -158,16 +158,19 @@ def _print_json(obj) -> None:
 # --------------------------------------------------------------------------- commands
 def cmd_info(args: argparse.Namespace) -> int:
     from emcopilot import io
+    from emcopilot.polarity import describe_polarity
 
     rows = []
     for path in args.files:
         m = io.read_micrograph(path)
+        pol = describe_polarity(io.normalize(m.image))
         img = m.image
         rows.append({
             "file": str(path), "name": m.name, "shape": list(img.shape), "dtype": str(img.dtype),
             "frames": m.n_frames, "pixel_size_nm": m.pixel_size_nm,
             "min": float(img.min()), "max": float(img.max()), "mean": float(img.mean()),
-            "polarity": io.detect_polarity(io.normalize(img)),
+            "polarity": pol["polarity"], "polarity_score": pol["score"],
+            "polarity_unsure": pol["unsure"],
             "warnings": m.metadata.get("warnings", []) if isinstance(m.metadata, dict) else [],
         })
     if args.json:
@@ -176,7 +179,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         for r in rows:
             px = f"{r['pixel_size_nm']:.4g} nm" if r["pixel_size_nm"] else "unknown (enter it with --pixel-size)"
             print(f"{r['file']}: {r['shape'][1]}x{r['shape'][0]} px, {r['frames']} frame(s), "
-                  f"pixel size {px}, polarity {r['polarity']}")
+                  f"pixel size {px}, polarity {r['polarity']}"
+                  + (" (unsure: check by eye, set it with --polarity)" if r["polarity_unsure"]
+                     else ""))
     return 0
 
 

@@ -63,6 +63,13 @@ for i, rec in enumerate(images):
         pol = rec.get("polarity") or "auto"
         new_pol = st.selectbox("Polarity", pol_opts, index=pol_opts.index(pol)
                                if pol in pol_opts else 0, key=f"pol_{stem}")
+        detected = _ui.detected_polarity(rec) if new_pol == "auto" else None
+        if detected is not None:
+            what = f"auto: {detected['polarity']} particles"
+            if detected["unsure"]:
+                st.warning(f"{what}, unsure: check the image and set it", icon=":material/help:")
+            else:
+                st.caption(what)
         if new_nm != float(nm or 0.0):
             _ui.guarded(project.set_pixel_size, stem, new_nm if new_nm > 0 else None)
         if new_pol != pol:

@@ -230,6 +230,24 @@ def thumbnail(rec: dict, size: int = 256) -> bytes | None:
         return None
 
 
+@st.cache_data(max_entries=512, show_spinner=False)
+def _polarity(path: str, mtime: float) -> dict:
+    from emcopilot.io import normalize, read_micrograph
+    from emcopilot.polarity import describe_polarity
+
+    return describe_polarity(normalize(read_micrograph(path).image))
+
+
+def detected_polarity(rec: dict) -> dict | None:
+    """What "auto" polarity resolves to for an image record (``polarity.describe_polarity``,
+    cached by file path and modification time); None when the file cannot be read."""
+    p = Path(rec["path"])
+    try:
+        return _polarity(str(p), p.stat().st_mtime)
+    except (EMCopilotError, OSError):
+        return None  # thumbnail() has already said why
+
+
 def magma(image01: np.ndarray) -> np.ndarray:
     """The image in the magma colormap (RGB uint8), for synthetic micrographs."""
     from matplotlib import colormaps

@@ -126,6 +126,27 @@ def test_upload_page_sets_pixel_size(project):
     assert rec["pixel_size_nm"] == pytest.approx(0.5)
 
 
+def test_upload_page_says_what_auto_polarity_is(project):
+    """Each image left on "auto" shows the detected polarity; an image the detector is unsure
+    about (flat noise: no particles either way) gets a warning; a set polarity shows neither."""
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    noise = np.random.default_rng(0).normal(128, 20, (96, 96)).clip(0, 255).astype(np.uint8)
+    Image.fromarray(noise).save(buf, format="PNG")
+    project.add_image("flat.png", buf.getvalue())
+    at = open_page(PAGES[1], project.id)
+    captions = [c.value for c in at.caption]
+    assert captions.count("auto: dark particles") == 1   # the bundled EMPS image (bright-field)
+    assert captions.count("auto: bright particles") == 1  # the HAADF-STEM catalyst image
+    warnings = [w.value for w in at.warning]
+    assert len(warnings) == 1 and warnings[0].endswith("unsure: check the image and set it")
+    at.selectbox(key="pol_flat").set_value("dark").run()
+    assert not at.exception and not at.warning
+    assert next(r for r in project.images() if r["stem"] == "flat")["polarity"] == "dark"
+
+
 def test_coarse_masks_preview_and_job(store, project):
     at = open_page(PAGES[2], project.id)
     assert "classical" in at.radio[0].options

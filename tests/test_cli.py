@@ -134,6 +134,20 @@ def test_info_reads_dm4_pixel_size(shared_data):
     assert info["pixel_size_nm"] == pytest.approx(1.249, abs=1e-3)
 
 
+def test_info_says_polarity_and_when_it_is_unsure(tmp_path, examples_dir):
+    noise = np.random.default_rng(0).normal(128, 20, (96, 96)).clip(0, 255).astype(np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    haadf = examples_dir / "catalysts" / "images" / "Pt4.jpg"
+    proc = run("info", haadf, tmp_path / "noise.png")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("polarity bright")
+    assert lines[1].endswith("(unsure: check by eye, set it with --polarity)")
+    rows = json.loads(run("info", haadf, tmp_path / "noise.png", "--json").stdout)
+    assert rows[0]["polarity"] == "bright" and rows[0]["polarity_score"] > 2
+    assert rows[1]["polarity_unsure"] is True and abs(rows[1]["polarity_score"]) < 2
+
+
 def test_front_half_of_the_pipeline_on_real_images(tmp_path, examples_dir):
     """mask -> priors -> synth-masks -> augment -> psd, as in the README, on bundled HAADF images."""
     images = examples_dir / "catalysts" / "images"
