@@ -280,7 +280,8 @@ def cmd_synth_masks(args: argparse.Namespace) -> int:
     try:
         comparison = synthesize_from_priors_dir(priors, out, per_mask=args.per_mask, random=args.random,
                                                 n_random=args.n_random, seed=args.seed,
-                                                max_shift=args.max_shift, progress=bar)
+                                                max_shift=args.max_shift, attempts=args.attempts,
+                                                progress=bar)
     finally:
         bar.close()
     print(comparison.to_string(index=False))
@@ -620,6 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("priors_dir", metavar="PRIORS_DIR", help="output folder of `emcopilot priors`")
     p.add_argument("--out", required=True, help="output folder: masks/, particles.csv, comparison.csv")
     p.add_argument("--per-mask", type=int, default=10, help="synthetic masks per source mask (paper: 10)")
+    p.add_argument("--attempts", type=_positive_int, default=1,
+                   help="placements tried per particle (default 1: the paper, a particle that "
+                        "overlaps or leaves the frame is skipped; e.g. 20 keeps about every "
+                        "particle of dense sources, largest first)")
     p.add_argument("--random", action="store_true", help="Algorithm 4: random masks without priors (baseline)")
     p.add_argument("--n-random", type=int, help="number of random masks (default: per-mask x sources)")
     p.add_argument("--max-shift", type=float, default=0.5,

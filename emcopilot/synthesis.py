@@ -14,6 +14,17 @@ on the outermost row/column: the border artefacts the paper removes), or comes o
 ``min_area`` px. So a synthetic mask never has more particles than its source, particles never
 merge when the map is relabelled, and none is cut by the border.
 
+Skipping loses particles: with a shift of up to half the frame about 44 % of them land across
+the border on their one try, and on dense images most of the rest collide. Measured on the EMPS
+test coarse masks, the synthetic masks held about a third of their source's particles (a film
+covering 46 % of the frame came out at 10-18 %). ``attempts`` > 1 draws a new rotation and
+shift for a particle that does not fit, up to that many times, placing the largest particles
+first (random sequential packing: small ones fill the gaps); with 20 the masks keep about all
+of the source's particles and most of its coverage (the 46 % film: 34-36 %).
+``attempts=1`` (the default) is the paper's skip. In the label-free pipeline the denser masks
+did not segment the real images better (BENCHMARKS.md, run 12), so the pipeline keeps the
+paper's setting; ``emcopilot synth-masks --attempts N`` offers it.
+
 Algorithm 4 (``random_masks``): circles and ellipses with parameters drawn from the paper's
 sets; its statistics differ from real ones, which is the point of the comparison.
 
@@ -127,13 +138,15 @@ def _try_place(out: np.ndarray, blocked: np.ndarray, rr: np.ndarray, cc: np.ndar
 # --------------------------------------------------------------------------- Algorithm 3
 
 def synthesize_masks(sources: Iterable[Any], per_mask: int = 10, *, max_shift: float = 0.5,
-                     seed: int = 0, min_area: int = 10, progress: Progress | None = None
-                     ) -> list[tuple[str, np.ndarray]]:
+                     seed: int = 0, min_area: int = 10, attempts: int = 1,
+                     progress: Progress | None = None) -> list[tuple[str, np.ndarray]]:
     """Algorithm 3: ``per_mask`` synthetic label maps per source by re-placing its particles.
 
     ``sources``: contour dicts as from :func:`emcopilot.priors.load_contours`, label maps
     (2-D int arrays) or ``(name, label_map)`` pairs. ``max_shift`` is the shift range as a
     fraction of the image height/width (see the module docstring); ``min_area`` in px.
+    ``attempts``: placements tried per particle (1: the paper, random order, skipped when it
+    does not fit; more: largest first, a new rotation and shift per try).
     Returns ``[("<source>_synNNN", int32 label map of the source's shape), ...]`` with labels
     1..n in placement order.
 
@@ -148,6 +161,8 @@ def synthesize_masks(sources: Iterable[Any], per_mask: int = 10, *, max_shift: f
 
     if per_mask < 1:
         raise InputError(f"per_mask must be at least 1, got {per_mask}")
+    if int(attempts) < 1:
+        raise InputError(f"attempts must be at least 1, got {attempts}")
     if not 0 <= max_shift <= 1:
         raise InputError(f"max_shift must be a fraction of the image size in [0, 1], "
                          f"got {max_shift}")
@@ -162,24 +177,30 @@ def synthesize_masks(sources: Iterable[Any], per_mask: int = 10, *, max_shift: f
                  for p in doc["particles"]]
         polys = [_simplify(_smooth(p)) for p in polys if len(p) >= 3]
         centres = [_centroid(p) for p in polys]
+        # largest first when particles get several tries (random sequential packing)
+        by_size = np.argsort([-float(np.ptp(p[:, 0]) * np.ptp(p[:, 1])) for p in polys],
+                             kind="stable")
         for k in range(per_mask):
             if progress:
                 progress(si * per_mask + k, total, f"synthesis: {name} #{k}")
             out = np.zeros((h, w), np.int32)
             blocked = np.zeros((h, w), bool)
             label = 1
-            for j in rng.permutation(len(polys)):
-                theta = np.deg2rad(rng.uniform(0.0, 360.0))
-                shift = rng.uniform(-max_shift, max_shift, size=2) * np.array([h, w])
-                cos, sin = np.cos(theta), np.sin(theta)
-                rot = np.array([[cos, -sin], [sin, cos]])
-                pts = (polys[j] - centres[j]) @ rot.T + centres[j] + shift
-                lo, hi = pts.min(axis=0), pts.max(axis=0)
-                if lo[0] < 0 or lo[1] < 0 or hi[0] > h - 1 or hi[1] > w - 1:
-                    continue  # the outline reaches the border: a border artefact, skipped
-                rr, cc = polygon(pts[:, 0], pts[:, 1])
-                if _try_place(out, blocked, rr, cc, label, min_area):
-                    label += 1
+            order = rng.permutation(len(polys)) if attempts == 1 else by_size
+            for j in order:
+                for _try in range(int(attempts)):
+                    theta = np.deg2rad(rng.uniform(0.0, 360.0))
+                    shift = rng.uniform(-max_shift, max_shift, size=2) * np.array([h, w])
+                    cos, sin = np.cos(theta), np.sin(theta)
+                    rot = np.array([[cos, -sin], [sin, cos]])
+                    pts = (polys[j] - centres[j]) @ rot.T + centres[j] + shift
+                    lo, hi = pts.min(axis=0), pts.max(axis=0)
+                    if lo[0] < 0 or lo[1] < 0 or hi[0] > h - 1 or hi[1] > w - 1:
+                        continue  # the outline reaches the border: a border artefact
+                    rr, cc = polygon(pts[:, 0], pts[:, 1])
+                    if _try_place(out, blocked, rr, cc, label, min_area):
+                        label += 1
+                        break
             results.append((f"{name}_syn{k:03d}", out))
     if progress:
         progress(total, total, "synthesis: done")
@@ -302,7 +323,7 @@ def compare_distributions(source_table: pd.DataFrame, synth_table: pd.DataFrame,
 def synthesize_from_priors_dir(priors_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                                per_mask: int = 10, random: bool = False,
                                n_random: int | None = None, seed: int = 0,
-                               max_shift: float = 0.5, min_area: int = 10,
+                               max_shift: float = 0.5, min_area: int = 10, attempts: int = 1,
                                progress: Progress | None = None) -> pd.DataFrame:
     """Synthesize masks from a priors folder (written by ``compute_priors``); returns the
     comparison table.
@@ -313,7 +334,8 @@ def synthesize_from_priors_dir(priors_dir: str | os.PathLike, out_dir: str | os.
     ``out_dir/comparison.csv`` (:func:`compare_distributions` against the priors'
     ``particles.csv``) and ``out_dir/manifest.json`` (method, seed, parameters, counts).
     ``random=True`` uses Algorithm 4 instead: ``n_random`` masks (default: as many as
-    Algorithm 3 would make) of the sources' most common shape.
+    Algorithm 3 would make) of the sources' most common shape. ``attempts``: see
+    :func:`synthesize_masks`.
     """
     from emcopilot.io import write_label_map
 
@@ -333,7 +355,7 @@ def synthesize_from_priors_dir(priors_dir: str | os.PathLike, out_dir: str | os.
             raise InputError(f"no particle contours in {priors_dir} (run the priors stage on "
                              f"at least one mask first)")
         masks = synthesize_masks(docs, per_mask, max_shift=max_shift, seed=seed,
-                                 min_area=min_area, progress=progress)
+                                 min_area=min_area, attempts=attempts, progress=progress)
         pixel = {}
         for d in docs:
             for k in range(per_mask):
@@ -359,7 +381,8 @@ def synthesize_from_priors_dir(priors_dir: str | os.PathLike, out_dir: str | os.
         "priors_dir": str(priors_dir),
         "seed": int(seed),
         "parameters": ({"n_random": len(masks)} if random else
-                       {"per_mask": int(per_mask), "max_shift": float(max_shift)})
+                       {"per_mask": int(per_mask), "max_shift": float(max_shift),
+                        "attempts": int(attempts)})
         | {"min_area": int(min_area)},
         "n_sources": len(docs),
         "n_masks": len(masks),

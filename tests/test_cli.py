@@ -171,6 +171,13 @@ def test_front_half_of_the_pipeline_on_real_images(tmp_path, examples_dir):
     synth_masks = sorted((synth / "masks").glob("*.png"))
     assert len(synth_masks) == 2 * len(stems)
     assert (synth / "comparison.csv").is_file()
+    dense = tmp_path / "dense"
+    proc = run("synth-masks", priors, "--per-mask", "2", "--attempts", "20", "--out", dense, "-q")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((dense / "manifest.json").read_text())
+    assert manifest["parameters"]["attempts"] == 20
+    assert manifest["n_particles"] > json.loads((synth / "manifest.json").read_text())["n_particles"]
+    assert_clean_error(run("synth-masks", priors, "--attempts", "0", "--out", dense))
 
     aug = tmp_path / "aug"
     one = tmp_path / "one"
