@@ -460,6 +460,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                progress=bar)
     finally:
         bar.close()
+    unsure = summary.get("stages", {}).get("images", {}).get("polarity_unsure") or []
+    if unsure:
+        print(f"warning: the particle polarity detected for {len(unsure)} image(s) is unsure: "
+              f"{', '.join(unsure[:10])}{' ...' if len(unsure) > 10 else ''}. Check them "
+              f"(`emcopilot info FILE`); if one polarity holds for the whole set, run again with "
+              f"--polarity bright or dark into a new --out folder.", file=sys.stderr)
     _print_json(summary)
     return 0
 

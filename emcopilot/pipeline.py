@@ -139,16 +139,27 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     #    stage reads. A mask->image generator is conditioned on the mask alone, so it cannot
     #    learn from a set that mixes bright- and dark-particle images which polarity to paint.
     if step(0, "images"):
-        meta = {}
+        from emcopilot.polarity import describe_polarity
+
+        meta, unsure = {}, []
         for path in files:
             m = io.read_micrograph(path)
             stem = io.safe_stem(path.name)
             image01 = io.normalize(m.image)
-            pol = polarity if polarity != "auto" else io.detect_polarity(image01)
+            meta[stem] = {"source": str(path), "pixel_size_nm": pixel_size_nm or m.pixel_size_nm}
+            if polarity == "auto":
+                detected = describe_polarity(image01)
+                pol = detected["polarity"]
+                meta[stem]["polarity_score"] = detected["score"]
+                if detected["unsure"]:
+                    unsure.append(stem)
+            else:
+                pol = polarity
+            meta[stem]["polarity"] = pol
             io.write_image(img_dir / f"{stem}.png", io.bright_particles(image01, pol))
-            meta[stem] = {"source": str(path), "pixel_size_nm": pixel_size_nm or m.pixel_size_nm,
-                          "polarity": pol}
-        _mark_done(out, state, "images", count=len(meta), images=meta)
+        # images whose detected polarity is unsure: worth a look (`emcopilot info`), and a run
+        # with --polarity where a whole set shares one
+        _mark_done(out, state, "images", count=len(meta), polarity_unsure=unsure, images=meta)
     meta = done["images"]["images"]
 
     # 2. coarse masks

@@ -57,6 +57,33 @@ def test_every_stage_runs_without_labels(pipeline_run):
     messages = " ".join(m for *_, m in calls)
     assert "generator epoch" in messages and "segmentor epoch" in messages
     assert calls[-1][:2] == (len(STAGES), len(STAGES))
+    # each image's detected polarity is recorded with its score; none of these is unsure
+    images = state["stages"]["images"]
+    assert images["polarity_unsure"] == []
+    for stem in stems:
+        rec = images["images"][stem]
+        assert rec["polarity"] == ("bright" if rec["polarity_score"] >= 0 else "dark")
+        assert abs(rec["polarity_score"]) >= 2
+    assert images["images"]["c363833ad2"]["polarity"] == "bright"
+    assert images["images"]["dbbbce5020"]["polarity"] == "dark"
+
+
+def test_cli_pipeline_warns_about_unsure_polarity(monkeypatch, tmp_path, capsys):
+    """The CLI names the images whose detected polarity is unsure (run_pipeline stubbed: the
+    record it reads is what the test above checks the real pipeline writes)."""
+    import emcopilot.pipeline
+    from emcopilot import cli
+
+    result = {"summary": {"count": 3}, "stages": {"images": {"count": 2,
+                                                             "polarity_unsure": ["noise"]}}}
+    monkeypatch.setattr(emcopilot.pipeline, "run_pipeline", lambda *a, **k: result)
+    (tmp_path / "in").mkdir()
+    assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "polarity detected for 1 image(s) is unsure: noise" in err and "--polarity" in err
+    result["stages"]["images"]["polarity_unsure"] = []
+    assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q"]) == 0
+    assert "unsure" not in capsys.readouterr().err
 
 
 @pytest.mark.slow
