@@ -28,8 +28,8 @@ from scipy import ndimage as ndi
 
 from .errors import InputError
 
-__all__ = ["detect_polarity", "describe_polarity", "polarity_score", "polarity_cues", "WEIGHTS",
-           "CUE_SIZE", "UNSURE_BELOW"]
+__all__ = ["detect_polarity", "describe_polarity", "polarity_score", "polarity_cues",
+           "weighted_score", "tail_margin", "WEIGHTS", "CUE_SIZE", "UNSURE_BELOW"]
 
 #: longest side, in px, of the copy the cues are measured on
 CUE_SIZE = 256
@@ -46,7 +46,7 @@ WEIGHTS = {
 }
 
 
-def _tail(a: np.ndarray) -> float:
+def tail_margin(a: np.ndarray) -> float:
     """How much further the 98th percentile lies above the histogram mode than the 2nd below it,
     as a fraction of the range (the background is the mode; particles make the longer tail)."""
     vmin, vmax = float(a.min()), float(a.max())
@@ -102,7 +102,7 @@ def polarity_cues(image01: np.ndarray) -> dict[str, float]:
     if float(smooth.max()) - float(smooth.min()) < 1e-6:  # constant: no evidence either way
         return dict.fromkeys(WEIGHTS, 0.0)
     flat = smooth - ndi.gaussian_filter(smooth, max(smooth.shape) / 8)
-    cues = {"tail": _tail(smooth)}
+    cues = {"tail": tail_margin(smooth)}
     z = flat - flat.mean()
     sd = float(z.std())
     cues["skew_flat"] = float((z ** 3).mean() / sd ** 3) if sd > 1e-9 else 0.0
@@ -119,11 +119,16 @@ def polarity_cues(image01: np.ndarray) -> dict[str, float]:
     return cues
 
 
+def weighted_score(cues: dict[str, float], weights: dict[str, float] = WEIGHTS) -> float:
+    """The score of measured cues (:func:`polarity_cues`) under ``weights``."""
+    return float(sum(weights[k] * cues[k] for k in weights))
+
+
 def polarity_score(image01: np.ndarray) -> float:
     """Positive: particles brighter than the background; negative: darker; 0: no evidence
-    (a constant image). The magnitude is the logistic-regression margin (|score| < 1: unsure)."""
-    cues = polarity_cues(image01)
-    return float(sum(WEIGHTS[k] * cues[k] for k in WEIGHTS))
+    (a constant image). The magnitude is the logistic-regression margin (see
+    :data:`UNSURE_BELOW`)."""
+    return weighted_score(polarity_cues(image01))
 
 
 def detect_polarity(image01: np.ndarray) -> str:
