@@ -16,11 +16,11 @@ they overlap most).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
+from bench.common import write_json
 from emcopilot import io
 
 BINS = ("none", "iou<0.2", "iou 0.2-0.5", "matched (iou>=0.5)")
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} ({b.sum()}) by best IoU: " + ", ".join(
             f"{k} {v} ({v / max(b.sum(), 1):.0%})" for k, v in zip(BINS, b)))
     print(f"predicted particles with 0 < IoU < 0.2: {kinds}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1))
+    write_json(args.out, res)
     return 0
 
 

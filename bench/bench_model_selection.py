@@ -15,13 +15,13 @@ picks the ones the labels would have picked.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from bench.common import write_json
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs, read_probability_map
 from emcopilot.postprocess import prob_to_instances, select_min_peak
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chosen by coarse agreement: {Path(best['run']).name} (labels' F1 "
               f"{best['obj_f1']:.3f}; best by labels {max(r['obj_f1'] for r in rows):.3f}, "
               f"mean {np.mean([r['obj_f1'] for r in rows]):.3f})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     return 0
 
 
