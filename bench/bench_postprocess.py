@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import write_json
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs, read_probability_map
-from emcopilot.postprocess import prob_to_instances, select_min_peak
+from emcopilot.postprocess import otsu_threshold, prob_to_instances, select_min_peak
 
 KEYS = ("dice_mean", "obj_precision", "obj_recall", "obj_f1", "obj_f1_mean",
         "count_rel_abs_error_mean", "count_rel_abs_error_median", "median_diameter_rel_error",
@@ -74,6 +75,29 @@ def _coarse_min_areas(coarse_dir: Path, stems, fraction: float) -> dict[str, int
     return out
 
 
+#: margins above each image's Otsu level tried for the core probability
+OTSU_MARGINS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+
+
+def _otsu_margin_vs_coarse(probs: dict, otsu: dict, coarse: list) -> float:
+    """The margin whose particles (threshold: the image's Otsu level, holes filled, core
+    probability Otsu + margin) best match the coarse masks: object F1, pooled, no label."""
+    from emcopilot.metrics import match_instances
+
+    f1 = {}
+    for margin in OTSU_MARGINS:
+        tp = n_pred = n_ref = 0
+        for (stem, prob), ref in zip(probs.items(), coarse):
+            t = otsu[stem]
+            m = match_instances(prob_to_instances(prob, t, fill_holes=True,
+                                                  min_peak=min(t + margin, 0.99)), ref)
+            tp, n_pred, n_ref = tp + len(m.pairs), n_pred + len(m.pred_ids), n_ref + len(m.true_ids)
+        f1[margin] = 2 * tp / max(n_pred + n_ref, 1)
+    print(f"core margin above Otsu vs coarse masks (object F1): "
+          f"{ {k: round(v, 3) for k, v in f1.items()} }", flush=True)
+    return max(OTSU_MARGINS, key=lambda m: (round(f1[m], 12), -m))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prob", required=True, type=Path, help="folder of probability maps")
@@ -107,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
                             f"{chosen['min_peak']} (chosen vs coarse)",
                             {"threshold": 0.5, "min_peak": chosen["min_peak"],
                              "fill_holes": fill}))
+        # each image's own Otsu level (the segmentor's maps sit low on real images), holes
+        # filled; and a core probability that far above it, the margin chosen vs coarse
+        otsu = {stem: otsu_threshold(p) for stem, p in probs.items()}
+        configs.append(("otsu, holes filled", {"threshold": otsu, "fill_holes": True}))
+        margin = _otsu_margin_vs_coarse(probs, otsu, coarse)
+        configs.append((f"otsu, holes filled + core otsu+{margin:g} (chosen vs coarse)",
+                        {"threshold": otsu, "fill_holes": True,
+                         "min_peak": {s: min(t + margin, 0.99) for s, t in otsu.items()}}))
     if args.extra:
         configs.append((f"extra {args.extra}", json.loads(args.extra)))
     if args.only:
@@ -128,10 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(row)
         print(f"{name:34s} " + " ".join(f"{(row[k] if row[k] is not None else float('nan')):12.3f}"
                                         for k in KEYS), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"prob": str(args.prob), "truth": str(args.truth),
-                                    "n_images": len(probs), "probability_percentiles": pct,
-                                    "results": results}, indent=1))
+    write_json(args.out, {"prob": str(args.prob), "truth": str(args.truth),
+                          "n_images": len(probs), "probability_percentiles": pct,
+                          "results": results})
     return 0
 
 
