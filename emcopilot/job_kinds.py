@@ -323,9 +323,9 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
                                       train, kw)
     result = train_segmentor(img_dir, mask_dir, run, progress=_progress(ctx), **train, **kw)
     out = _small(result)
-    if not result.get("cancelled") and segmentor_checkpoint(project) is not None:
-        choice = _match_masks(project, ctx, segmentor_checkpoint(project), prefer_masks(project),
-                              device, min_peak)
+    ckpt = None if result.get("cancelled") else segmentor_checkpoint(project)
+    if ckpt is not None:
+        choice = _match_masks(project, ctx, ckpt, prefer_masks(project), device, min_peak)
         out.update(min_peak=choice["min_peak"],
                    f1_vs_masks={f"seed{kw.get('seed', 0)}": choice["score"]})
     return out
