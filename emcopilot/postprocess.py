@@ -8,7 +8,9 @@ pipeline). Measured on EMPS, a threshold calibrated on synthetic pairs did not t
 real images (0.65 there, 0.5 better on the real ones), so inference uses it only when asked.
 ``select_min_peak`` picks the particle core probability (``prob_to_instances``'s ``min_peak``)
 whose particles best match reference masks; against the coarse masks it needs no label, and the
-pipeline records its choice in the segmentor checkpoint.
+pipeline records its choice in the segmentor checkpoint. ``grow_instances`` (``prob_to_instances``'s
+``grow_to``) lets each particle reach out to a lower probability level without making new ones:
+the segmentor is under-confident on real images, so particles cut at 0.5 come out too small.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ from .errors import InputError
 from .instances import binary_to_instances, remove_small_instances
 
 __all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config_threshold",
-           "select_min_peak", "keep_confident", "THRESHOLD_GRID", "MIN_PEAK_GRID"]
+           "config_grow_to",
+           "select_min_peak", "keep_confident", "grow_instances", "select_growth", "check_grow_to",
+           "THRESHOLD_GRID", "MIN_PEAK_GRID", "GROW_OPTIONS"]
 
 #: thresholds ``calibrate_threshold`` tries
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 #: particle core probabilities ``select_min_peak`` tries (None: every particle)
 MIN_PEAK_GRID = (None, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+#: particle growth levels ``select_growth`` tries (None: no growth)
+GROW_OPTIONS = (None, "otsu")
 
 
 def config_threshold(checkpoint_config: dict, key: str = "calibrated_threshold") -> float | None:
@@ -40,6 +46,16 @@ def config_threshold(checkpoint_config: dict, key: str = "calibrated_threshold")
     except (TypeError, ValueError):
         return None
     return t if 0.0 < t < 1.0 else None
+
+
+def config_grow_to(checkpoint_config: dict) -> float | str | None:
+    """The particle growth recorded in a checkpoint's config.json (its ``config`` section's
+    ``grow_to``: ``"otsu"`` or a probability); None when absent or not a valid level."""
+    g = (checkpoint_config or {}).get("config", {}).get("grow_to")
+    try:
+        return check_grow_to(g)
+    except (InputError, TypeError, ValueError):
+        return None
 
 
 def otsu_threshold(prob: np.ndarray, lo: float = 0.1, hi: float = 0.9) -> float:
@@ -56,7 +72,8 @@ def otsu_threshold(prob: np.ndarray, lo: float = 0.1, hi: float = 0.9) -> float:
 def prob_to_instances(prob: np.ndarray, threshold: float | str = 0.5, *, min_distance: int = 3,
                       h: float = 2.0, min_area: int = 10, surface: str = "prob",
                       fill_holes: bool = False, opening: int = 0,
-                      min_peak: float | None = None) -> np.ndarray:
+                      min_peak: float | None = None,
+                      grow_to: float | str | None = None) -> np.ndarray:
     """Instance label map (int32, 0 = background) from a particle-probability map in [0, 1].
 
     Args:
@@ -72,7 +89,10 @@ def prob_to_instances(prob: np.ndarray, threshold: float | str = 0.5, *, min_dis
             speckle); 0 = none.
         min_peak: keep only particles whose highest probability exceeds this (hysteresis: a
             particle needs a confident core; its extent still follows ``threshold``). None = all.
+        grow_to: grow every (kept) particle out to this lower probability level, or ``"otsu"``
+            (the image's :func:`otsu_threshold`), with :func:`grow_instances`; None: no growth.
     """
+    grow_to = check_grow_to(grow_to)
     p = np.asarray(prob, dtype=np.float32)
     if p.ndim != 2:
         raise InputError(f"probability map must be 2-D, got shape {p.shape}")
@@ -96,7 +116,48 @@ def prob_to_instances(prob: np.ndarray, threshold: float | str = 0.5, *, min_dis
                                  min_area=int(min_area), prob=p if surface == "prob" else None)
     if min_peak is not None:
         labels = remove_small_instances(keep_confident(labels, _peaks(p, labels), min_peak), 1)
+    if grow_to is not None:
+        labels = grow_instances(p, labels, grow_to)
     return labels.astype(np.int32, copy=False)
+
+
+def check_grow_to(grow_to: float | str | None) -> float | str | None:
+    """``grow_to`` validated: None, ``"otsu"`` or a probability in (0, 1) (InputError else)."""
+    if grow_to is None or grow_to == "otsu":
+        return grow_to
+    if isinstance(grow_to, str):
+        raise InputError(f"grow_to must be a probability in (0, 1), 'otsu' or None, got "
+                         f"{grow_to!r}")
+    level = float(grow_to)
+    if not 0.0 < level < 1.0:
+        raise InputError(f"grow_to must be a probability in (0, 1), got {grow_to}")
+    return level
+
+
+def grow_instances(prob: np.ndarray, labels: np.ndarray, level: float | str = "otsu"
+                   ) -> np.ndarray:
+    """Particles grown into the pixels above a lower probability level, no new particle made.
+
+    Each particle of ``labels`` is flooded outwards over the inverted probability (a seeded
+    watershed, :func:`skimage.segmentation.watershed`) through the connected pixels with
+    probability > ``level`` (holes filled); neighbours meet where the probability is lowest, and
+    regions above ``level`` that touch no particle stay background, so the particles and their
+    count are those of ``labels``, only their extent changes. ``level``: a probability, or
+    ``"otsu"`` for the image's :func:`otsu_threshold`. A level above the one that made the
+    particles changes nothing. Returns an int32 label map with the ids of ``labels``.
+    """
+    from skimage.segmentation import watershed
+
+    lab = np.asarray(labels)
+    p = np.nan_to_num(np.asarray(prob, dtype=np.float32), nan=0.0)
+    if p.shape != lab.shape:
+        raise InputError(f"probability map {p.shape} and labels {lab.shape} differ in shape")
+    level = check_grow_to(level)
+    if level is None or not lab.any():
+        return lab.astype(np.int32, copy=True)
+    lv = otsu_threshold(p) if level == "otsu" else float(level)
+    region = ndi.binary_fill_holes((p > lv) | (lab > 0))
+    return watershed(-p, markers=lab.astype(np.int32), mask=region).astype(np.int32, copy=False)
 
 
 def _peaks(prob: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -162,20 +223,52 @@ def select_min_peak(probs: Iterable[np.ndarray], references: Iterable[np.ndarray
     best F1 against the manual labels among the values tried (BENCHMARKS.md, runs 6-8). Returns ``{"min_peak": value or None,
     "f1": {str(value): F1}}``.
     """
-    from .metrics import match_instances
-
     grid = list(grid)
-    counts = {str(g): [0, 0, 0] for g in grid}
-    for prob, ref in zip(probs, references):
-        p = np.asarray(prob, dtype=np.float32)
+
+    def variants(p: np.ndarray):
         base = prob_to_instances(p, threshold, fill_holes=fill_holes)  # each value only filters
         peaks = _peaks(p, base)
-        for g in grid:
-            m = match_instances(base if g is None else keep_confident(base, peaks, g), ref)
-            c = counts[str(g)]
+        return {str(g): base if g is None else keep_confident(base, peaks, g) for g in grid}
+
+    f1 = _pooled_f1(probs, references, [str(g) for g in grid], variants)
+    best = max(grid, key=lambda g: (round(f1[str(g)], 12), -(g or 0.0)))
+    return {"min_peak": best, "f1": {k: round(v, 4) for k, v in f1.items()}}
+
+
+def select_growth(probs: Iterable[np.ndarray], references: Iterable[np.ndarray], *,
+                  threshold: float = 0.5, fill_holes: bool = False,
+                  min_peak: float | None = None,
+                  options: Iterable[float | str | None] = GROW_OPTIONS) -> dict:
+    """The ``grow_to`` of :func:`prob_to_instances` (None = no growth) whose particles best
+    match reference label maps (object F1 at IoU 0.5, pooled; ties go to the earlier option,
+    so to no growth), the particles made with ``threshold``, ``fill_holes`` and ``min_peak``.
+    Returns ``{"grow_to": option, "f1": {str(option): F1}}``."""
+    options = [check_grow_to(g) for g in options]
+    if not options:
+        raise InputError("select_growth needs at least one option")
+
+    def variants(p: np.ndarray):
+        base = prob_to_instances(p, threshold, fill_holes=fill_holes, min_peak=min_peak)
+        return {str(g): base if g is None else grow_instances(p, base, g) for g in options}
+
+    f1 = _pooled_f1(probs, references, [str(g) for g in options], variants)
+    best = max(options, key=lambda g: (round(f1[str(g)], 12), -options.index(g)))
+    return {"grow_to": best, "f1": {k: round(v, 4) for k, v in f1.items()}}
+
+
+def _pooled_f1(probs: Iterable[np.ndarray], references: Iterable[np.ndarray], names: list[str],
+               variants) -> dict:
+    """Object F1 (IoU 0.5, matches pooled over images) of each particle map that
+    ``variants(prob) -> {name: labels}`` makes, against the references; ``{name: F1}`` (1.0
+    where neither side has a particle, e.g. no images)."""
+    from .metrics import match_instances
+
+    counts: dict[str, list[int]] = {name: [0, 0, 0] for name in names}
+    for prob, ref in zip(probs, references):
+        for name, labels in variants(np.asarray(prob, dtype=np.float32)).items():
+            m = match_instances(labels, ref)
+            c = counts[name]
             c[0] += len(m.pairs)
             c[1] += len(m.pred_ids)
             c[2] += len(m.true_ids)
-    f1 = {k: (2 * tp / (n_p + n_t) if n_p + n_t else 1.0) for k, (tp, n_p, n_t) in counts.items()}
-    best = max(grid, key=lambda g: (round(f1[str(g)], 12), -(g or 0.0)))
-    return {"min_peak": best, "f1": {k: round(v, 4) for k, v in f1.items()}}
+    return {k: (2 * tp / (n_p + n_t) if n_p + n_t else 1.0) for k, (tp, n_p, n_t) in counts.items()}
