@@ -114,6 +114,23 @@ def _pipeline_min_peak(text: str) -> float | str | None:
     return "auto" if t == "auto" else _min_peak(text)
 
 
+def _grow_to(text: str) -> float | str | None:
+    """argparse type of segment --grow-to: 'model' (the default: the value recorded in the
+    checkpoint), 'none', 'otsu' or a probability in (0, 1)."""
+    t = text.strip().lower()
+    if t in ("none", "model", "otsu"):
+        return None if t == "none" else t
+    return _threshold_number(text)
+
+
+def _pipeline_grow_to(text: str) -> float | str | None:
+    """argparse type of pipeline --grow-to: 'auto', 'none', 'otsu' or a probability in (0, 1)."""
+    t = text.strip().lower()
+    if t == "model":
+        raise argparse.ArgumentTypeError("expected auto, none, otsu or a number in (0, 1)")
+    return "auto" if t == "auto" else _grow_to(text)
+
+
 def _threshold(text: str) -> float | str:
     """argparse type: a probability threshold in (0, 1), 'otsu' or 'calibrated'."""
     t = text.strip().lower()
@@ -426,7 +443,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             image01 = io.normalize(m.image)
             labels, prob = segmentor.segment(image01, threshold=args.threshold,
                                              polarity=args.polarity, scale=args.scale,
-                                             min_peak=args.min_peak)
+                                             min_peak=args.min_peak, grow_to=args.grow_to)
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -438,6 +455,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     core = segmentor.min_peak if args.min_peak == "model" else args.min_peak
     kept = ("every particle kept" if core is None else
             f"particles with core probability > {core:g} kept (--min-peak none keeps every one)")
+    grow = segmentor.grow_to if args.grow_to == "model" else args.grow_to
+    if grow is not None:
+        kept += (f"; grown to each image's Otsu level" if grow == "otsu" else
+                 f"; grown to probability {grow:g}") + " (--grow-to none: not grown)"
     print(f"segmented {len(files)} image(s), {batch.get('count', 0)} particles ({kept}); "
           f"results in {out}")
     return 0
@@ -457,7 +478,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                segmentor_data=args.segmentor_data,
                                particle_scale=args.particle_scale == "on",
                                min_peak=args.min_peak, segmentor_seeds=args.segmentor_seeds,
-                               progress=bar)
+                               grow_to=args.grow_to, progress=bar)
     finally:
         bar.close()
     unsure = summary.get("stages", {}).get("images", {}).get("polarity_unsure") or []
@@ -701,6 +722,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "core: fewer false particles, but fewer particle pixels; see "
                         "BENCHMARKS.md); 'none' = every particle; default: the value recorded "
                         "in the model (the pipeline chooses one), else none")
+    p.add_argument("--grow-to", type=_grow_to, default="model", metavar="G",
+                   help="grow each particle out to probability G ('otsu': each image's Otsu "
+                        "level) without making new ones (larger, truer outlines where the model "
+                        "is under-confident; see BENCHMARKS.md); 'none' = no growth; default: "
+                        "the value recorded in the model (the pipeline chooses), else none")
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
                         "trained at a common particle width, measured per image)")
@@ -732,6 +758,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only particles whose highest probability exceeds P; auto "
                         "(default): the P whose particles best match the coarse masks; none: "
                         "every particle. The value is recorded in the segmentor for `segment`")
+    p.add_argument("--grow-to", type=_pipeline_grow_to, default="auto", metavar="auto|none|otsu|G",
+                   help="grow each particle out to a lower probability without making new ones; "
+                        "auto (default): to each image's Otsu level when that matches the coarse "
+                        "masks better, else not; none: never; otsu or G: always. Recorded in "
+                        "the segmentor for `segment`")
     p.add_argument("--segmentor-seeds", type=_positive_int, default=2, metavar="N",
                    help="train N segmentors (seeds SEED..SEED+N-1) and keep the one whose "
                         "particles best match the coarse masks, in OUT/segmentor/selected "

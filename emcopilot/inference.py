@@ -28,7 +28,7 @@ import torch
 from . import io
 from .device import autocast, channels_last, pick_device, set_cpu_threads
 from .errors import InputError
-from .postprocess import config_threshold, prob_to_instances
+from .postprocess import config_grow_to, config_threshold, prob_to_instances
 
 __all__ = ["Segmentor", "segment_folder", "choose_min_peak", "best_segmentor", "tiled_apply",
            "blend_window",
@@ -269,6 +269,13 @@ class Segmentor:
         return config_threshold(self.config, "min_peak")
 
     @property
+    def grow_to(self) -> float | str | None:
+        """The probability level particles are grown to by default (:func:`prob_to_instances`'s
+        ``grow_to``): the checkpoint config's ``grow_to`` (the pipeline records the one it chose
+        against the coarse masks: ``"otsu"`` or None), else None (no growth)."""
+        return config_grow_to(self.config)
+
+    @property
     def fill_holes(self) -> bool:
         """Whether particles are made with their holes filled (:func:`prob_to_instances`'s
         ``fill_holes``): the checkpoint config's ``fill_holes``, True when absent. Measured on
@@ -335,30 +342,34 @@ class Segmentor:
 
     def instances(self, prob: np.ndarray, threshold: float | str | None = None, *,
                   min_distance: int = 3, min_area: int = 10,
-                  min_peak: float | str | None = "model") -> np.ndarray:
+                  min_peak: float | str | None = "model",
+                  grow_to: float | str | None = "model") -> np.ndarray:
         """Particles (int32 label map) of a probability map: pixels with probability >
         ``threshold`` (None: :attr:`threshold`, normally 0.5; ``"calibrated"``:
         :attr:`calibrated_threshold`; ``"otsu"``: per image), touching particles split by a
         probability watershed, holes filled unless the checkpoint says not to
-        (:attr:`fill_holes`), and with ``min_peak`` (``"model"``: :attr:`min_peak`; None: every
-        particle) only particles whose highest probability exceeds it
-        (:func:`emcopilot.postprocess.prob_to_instances`)."""
+        (:attr:`fill_holes`), with ``min_peak`` (``"model"``: :attr:`min_peak`; None: every
+        particle) only particles whose highest probability exceeds it, and with ``grow_to``
+        (``"model"``: :attr:`grow_to`; None: no growth; ``"otsu"`` or a probability) each
+        particle grown out to that lower level (:func:`emcopilot.postprocess.prob_to_instances`)."""
         labels = prob_to_instances(prob, self.resolve_threshold(threshold),
                                    min_distance=min_distance, min_area=min_area,
                                    fill_holes=self.fill_holes,
-                                   min_peak=self.min_peak if min_peak == "model" else min_peak)
+                                   min_peak=self.min_peak if min_peak == "model" else min_peak,
+                                   grow_to=self.grow_to if grow_to == "model" else grow_to)
         return labels.astype(np.int32, copy=False)
 
     def segment(self, image01: np.ndarray, threshold: float | str | None = None, *,
                 min_distance: int = 3, min_area: int = 10, scale: float | None = None,
                 polarity: str = "auto", scale_labels: np.ndarray | None = None,
-                min_peak: float | str | None = "model") -> tuple[np.ndarray, np.ndarray]:
+                min_peak: float | str | None = "model", grow_to: float | str | None = "model"
+                ) -> tuple[np.ndarray, np.ndarray]:
         """Instance label map (int32, 0 = background) and probability map of one image, both of
         the image's size: :meth:`probability`, then :meth:`instances`."""
         prob = self.probability(image01, polarity=polarity, scale=scale,
                                 scale_labels=scale_labels)
         return self.instances(prob, threshold, min_distance=min_distance, min_area=min_area,
-                              min_peak=min_peak), prob
+                              min_peak=min_peak, grow_to=grow_to), prob
 
 
 def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],
@@ -386,10 +397,20 @@ def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],
     return written
 
 
+class _FloatMaps:
+    """Re-iterable float32 probability maps in [0, 1] from 8-bit ones, one at a time."""
+
+    def __init__(self, maps: list[np.ndarray]) -> None:
+        self.maps = maps
+
+    def __iter__(self):
+        return (m.astype(np.float32) / 255.0 for m in self.maps)
+
+
 def choose_min_peak(segmentor: Segmentor, checkpoint: str | os.PathLike,
                     probs: Iterable[np.ndarray], references: Iterable[np.ndarray], *,
-                    min_peak: float | str | None = "auto", reference: str = "coarse masks"
-                    ) -> dict:
+                    min_peak: float | str | None = "auto", grow_to: float | str | None = "auto",
+                    reference: str = "coarse masks") -> dict:
     """A segmentor's particle core probability, recorded in its checkpoint (where
     :attr:`Segmentor.min_peak`, so ``emcopilot segment`` and the app, reads it), and how well its
     particles match reference label maps, without manual labels.
@@ -399,19 +420,35 @@ def choose_min_peak(segmentor: Segmentor, checkpoint: str | os.PathLike,
     :meth:`Segmentor.instances` makes them (its threshold and ``fill_holes``) and scored by
     :func:`emcopilot.postprocess.select_min_peak` (object F1): with ``min_peak="auto"`` over its
     grid, keeping the best value; with a probability, or None (every particle), at that value.
+    Then, with those particles, the growth level (:attr:`Segmentor.grow_to`) the same way with
+    :func:`emcopilot.postprocess.select_growth`: ``grow_to="auto"`` tries no growth and growth to
+    each image's Otsu level and keeps growth only when it matches the references better; None,
+    ``"otsu"`` or a probability takes that. Both are recorded in the checkpoint.
     ``reference`` names the references in the record. Returns ``{"min_peak", "f1": {str(value):
-    F1}, "score": F1 at the value}``; the score is what compares segmentors
-    (``emcopilot pipeline --segmentor-seeds``, the app's "Segmentors to train").
+    F1}, "grow_to", "grow_f1": {str(option): F1}, "score": F1 at the chosen pair}``; the score
+    is what compares segmentors (``emcopilot pipeline --segmentor-seeds``, the app's "Segmentors
+    to train").
     """
-    from .postprocess import select_min_peak
+    from .postprocess import GROW_OPTIONS, select_growth, select_min_peak
     from .training.checkpoint import update_config
 
+    # kept as 8-bit maps (the pipeline decides from its stored 8-bit maps too): both choices
+    # need them, and a large project's float maps need not all fit in memory
+    maps = [np.round(np.clip(np.nan_to_num(np.asarray(p, dtype=np.float32), nan=0.0), 0, 1)
+                     * 255).astype(np.uint8) for p in probs]
+    probs = _FloatMaps(maps)
+    references = list(references)
     choice = select_min_peak(probs, references, threshold=segmentor.threshold,
                              fill_holes=segmentor.fill_holes,
                              **({} if min_peak == "auto" else {"grid": [min_peak]}))
+    growth = select_growth(probs, references, threshold=segmentor.threshold,
+                           fill_holes=segmentor.fill_holes, min_peak=choice["min_peak"],
+                           options=GROW_OPTIONS if grow_to == "auto" else [grow_to])
     update_config(checkpoint, min_peak=choice["min_peak"], min_peak_f1=choice["f1"],
+                  grow_to=growth["grow_to"], grow_f1=growth["f1"],
                   min_peak_reference=reference)
-    return {**choice, "score": choice["f1"][str(choice["min_peak"])]}
+    return {**choice, "grow_to": growth["grow_to"], "grow_f1": growth["f1"],
+            "score": growth["f1"][str(growth["grow_to"])]}
 
 
 def best_segmentor(scores: dict[int, float]) -> int:

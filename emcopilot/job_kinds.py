@@ -167,11 +167,29 @@ def segmentor_threshold(ckpt: Path | None, key: str = "calibrated_threshold") ->
     probability chosen after training (None when absent or unreadable)."""
     from emcopilot.postprocess import config_threshold
 
+    cfg = _checkpoint_config(ckpt)
+    return config_threshold(cfg, key) if cfg is not None else None
+
+
+def segmentor_grow_to(ckpt: Path | None) -> float | str | None:
+    """The particle growth recorded in a checkpoint's config.json (``"otsu"``, a probability,
+    or None: no growth, also when absent or unreadable)."""
+    from emcopilot.postprocess import config_grow_to
+
+    cfg = _checkpoint_config(ckpt)
+    return config_grow_to(cfg) if cfg is not None else None
+
+
+def _checkpoint_config(ckpt: Path | None) -> dict | None:
+    """A checkpoint's config.json as a dict whose ``config`` section is a dict, or None when
+    absent or unreadable (the pages call this on every render: no torch import)."""
     try:
         cfg = json.loads((Path(ckpt) / "config.json").read_text())
     except (OSError, TypeError, ValueError):
         return None
-    return config_threshold(cfg, key) if isinstance(cfg, dict) else None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("config", {}), dict):
+        return None
+    return cfg
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -275,8 +293,8 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     the paper's self-supervised path), "masks" (the project's own images and masks) or
     "synthetic+masks" (both in one training set); params["particle_scale"] (default True):
     train at a common particle width (:mod:`emcopilot.particle_scale`); params["min_peak"]
-    ("auto", default, or None): choose the particle core probability against the project's
-    masks after training (:func:`_match_masks`); params["seeds"] (default 1): train that
+    ("auto", default, or None): choose the particle core probability and growth against the
+    project's masks after training (:func:`_match_masks`; None: every particle, no growth); params["seeds"] (default 1): train that
     many segmentors and keep the one that best matches the project's masks."""
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
@@ -326,7 +344,7 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     ckpt = None if result.get("cancelled") else segmentor_checkpoint(project)
     if ckpt is not None:
         choice = _match_masks(project, ctx, ckpt, prefer_masks(project), device, min_peak)
-        out.update(min_peak=choice["min_peak"],
+        out.update(min_peak=choice["min_peak"], grow_to=choice["grow_to"],
                    f1_vs_masks={f"seed{kw.get('seed', 0)}": choice["score"]})
     return out
 
@@ -366,6 +384,7 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
     if (winner / "log.jsonl").is_file():
         shutil.copyfile(winner / "log.jsonl", run / "log.jsonl")
     return {"seeds": seeds, "selected_seed": best, "min_peak": choices[best]["min_peak"],
+            "grow_to": choices[best]["grow_to"],
             "f1_vs_masks": {f"seed{s}": c["score"] for s, c in choices.items()}}
 
 
@@ -374,23 +393,27 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
     """A trained segmentor against the project's masks (edited where saved, else coarse):
     :func:`emcopilot.inference.choose_min_peak` on its probability maps of those images, which
     records the particle core probability ("auto": the one that best matches the masks; None:
-    every particle) that the Results page then applies. Without masks nothing is chosen
-    (every particle)."""
+    every particle) and the particle growth (to each image's Otsu level when that matches the
+    masks better) that the Results page then applies. Without masks nothing is chosen (every
+    particle, no growth)."""
     from emcopilot.inference import Segmentor, choose_min_peak
 
     seg = Segmentor.load(ckpt, device=device)
 
-    def probs():  # one map at a time: a large project need not fit in memory
+    def probs():  # one map at a time (kept as 8-bit copies for the two choices)
         for k, (stem, labels) in enumerate(masks.items()):
             ctx.progress(k, len(masks), f"matching the particles with the masks: {stem}")
             yield seg.probability(_image01(project, stem), polarity=_polarity(project, stem),
                                   scale_labels=labels if seg.particle_diameter_px else None)
 
     choice = choose_min_peak(seg, ckpt, probs(), masks.values(),
-                             min_peak=min_peak if masks else None, reference="project masks")
+                             min_peak=min_peak if masks else None,
+                             grow_to="auto" if masks and min_peak is not None else None,
+                             reference="project masks")
     if not masks:
         choice["score"] = None  # nothing to match
-    ctx.progress(len(masks), len(masks), f"particle core probability: {choice['min_peak']}")
+    ctx.progress(len(masks), len(masks), f"particle core probability: {choice['min_peak']}, "
+                 f"growth: {choice['grow_to'] or 'none'}")
     return choice
 
 
@@ -462,6 +485,13 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
             raise InputError(f"min_peak must be 'model', None or a probability in (0, 1), "
                              f"got {min_peak!r}")
         model_info["min_peak"] = seg.min_peak if min_peak == "model" else min_peak
+        # "model": the particle growth recorded in the checkpoint; None: no growth
+        grow_to = params.get("grow_to", "model")
+        if grow_to != "model":
+            from emcopilot.postprocess import check_grow_to
+
+            grow_to = check_grow_to(grow_to)
+        model_info["grow_to"] = seg.grow_to if grow_to == "model" else grow_to
     else:
         from emcopilot.masking import coarse_mask, resolve_method
 
@@ -477,7 +507,7 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
         labels = None
         if model == "segmentor":
             labels, _ = seg.segment(image01, threshold=thr, polarity=_polarity(project, stem),
-                                    min_peak=min_peak,
+                                    min_peak=min_peak, grow_to=grow_to,
                                     scale_labels=(_load_mask(project, stem)
                                                   if seg.particle_diameter_px else None))
         else:

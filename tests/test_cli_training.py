@@ -134,6 +134,31 @@ def test_segment_polarity_and_scale(data, segmentor, tmp_path):
     r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
              str(tmp_path / "f"), "--min-peak", "2", "-q")
     assert r.returncode == 2 and "min-peak" in r.stderr and "Traceback" not in r.stderr
+    # --grow-to reaches the particles: the same particles (ids), never shrunk (how much they
+    # grow is tested on controlled maps in test_postprocess; this small model's map is flat)
+    r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
+             str(tmp_path / "h"), "--grow-to", "otsu", "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "grown to each image's Otsu level" in r.stdout
+    grown = io.read_label_map(tmp_path / "h" / src.name)
+    assert grown.max() == every.max() and np.all(grown[every > 0] == every[every > 0])
+    # a model with growth recorded grows by default, and --grow-to none switches it off
+    from emcopilot.training.checkpoint import update_config
+
+    recorded = tmp_path / "grown_model"
+    shutil.copytree(segmentor / "best_miou", recorded)
+    update_config(recorded, grow_to=0.3)
+    r = _cli(tmp_path, "segment", str(src), "--model", str(recorded), "--out",
+             str(tmp_path / "i"), "--device", "cpu", "-q")
+    assert r.returncode == 0 and "grown to probability 0.3" in r.stdout, r.stdout + r.stderr
+    r = _cli(tmp_path, "segment", str(src), "--model", str(recorded), "--out",
+             str(tmp_path / "j"), "--grow-to", "none", "--device", "cpu", "-q")
+    assert r.returncode == 0 and "grown" not in r.stdout, r.stdout + r.stderr
+    np.testing.assert_array_equal(io.read_label_map(tmp_path / "j" / src.name), every)
+    for bad in ("2", "big"):
+        r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
+                 str(tmp_path / "f"), "--grow-to", bad, "-q")
+        assert r.returncode == 2 and "grow-to" in r.stderr and "Traceback" not in r.stderr
     r = _cli(tmp_path, "pipeline", str(src.parent), "--out", str(tmp_path / "p"),
              "--segmentor-seeds", "0", "-q")
     assert r.returncode == 2 and "segmentor-seeds" in r.stderr and "Traceback" not in r.stderr

@@ -243,11 +243,12 @@ def test_choose_min_peak_against_references_and_the_model_uses_it(segmentor, rea
     Segmentor reads it as its default core probability (segment / the app then drop the fainter
     particles); a given value is scored at that value and recorded as it is."""
     from emcopilot.inference import choose_min_peak
-    from emcopilot.postprocess import MIN_PEAK_GRID, select_min_peak
+    from emcopilot.postprocess import MIN_PEAK_GRID, select_growth, select_min_peak
 
     img, truth = real
     ck = save_checkpoint(tmp_path / "ck", segmentor.model, None, {"image_size": 64}, epoch=1)
     prob = Segmentor.load(ck, device="cpu").probability(img)
+    prob = np.round(prob * 255) / 255  # the choice is made on 8-bit maps, as the pipeline stores
     # a reference that keeps only the confident particles: the choice must drop the rest
     every = segmentor.instances(prob, min_peak=None)
     peaks = [float(prob[every == i].max()) for i in range(1, int(every.max()) + 1)]
@@ -259,7 +260,9 @@ def test_choose_min_peak_against_references_and_the_model_uses_it(segmentor, rea
     assert 0 < reference.max() < every.max()
     choice = choose_min_peak(segmentor, ck, [prob], [reference], reference="test labels")
     expected = select_min_peak([prob], [reference], fill_holes=True)
-    assert choice == {**expected, "score": 1.0}
+    growth = select_growth([prob], [reference], fill_holes=True, min_peak=expected["min_peak"])
+    assert growth["grow_to"] is None  # the reference is the particles as cut: nothing to grow
+    assert choice == {**expected, "grow_to": None, "grow_f1": growth["f1"], "score": 1.0}
     assert choice["min_peak"] is not None and choice["f1"]["None"] < 1.0
     seg = Segmentor.load(ck, device="cpu")
     assert seg.min_peak == choice["min_peak"]
@@ -270,6 +273,32 @@ def test_choose_min_peak_against_references_and_the_model_uses_it(segmentor, rea
     kept = choose_min_peak(segmentor, ck, [prob], [reference], min_peak=None)
     assert kept["min_peak"] is None and kept["score"] == expected["f1"]["None"]
     assert Segmentor.load(ck, device="cpu").min_peak is None
+    # references with the particles grown to the image's Otsu level: growth is chosen,
+    # recorded, and the model's particles are then the grown ones
+    grown_ref = segmentor.instances(prob, min_peak=cut, grow_to="otsu")
+    assert np.count_nonzero(grown_ref) > np.count_nonzero(reference)
+    grown = choose_min_peak(segmentor, ck, [prob], [grown_ref])
+    assert grown["grow_to"] == "otsu" and grown["score"] == grown["grow_f1"]["otsu"]
+    seg = Segmentor.load(ck, device="cpu")
+    assert seg.grow_to == "otsu" and seg.config["config"]["grow_f1"] == grown["grow_f1"]
+    np.testing.assert_array_equal(seg.instances(prob, min_peak=grown["min_peak"]),
+                                  segmentor.instances(prob, min_peak=grown["min_peak"],
+                                                      grow_to="otsu"))
+    assert seg.instances(prob, grow_to=None).max() == seg.instances(prob).max()
+    # growth switched off by the caller
+    assert choose_min_peak(segmentor, ck, [prob], [grown_ref], grow_to=None)["grow_to"] is None
+    assert Segmentor.load(ck, device="cpu").grow_to is None
+
+
+def test_segmentor_grow_to_comes_from_the_checkpoint(segmentor, tmp_path):
+    """``grow_to`` in a checkpoint's config is the segmentor's default particle growth; a value
+    that is not a level is ignored (no growth), never an error at inference."""
+    assert segmentor.grow_to is None
+    for value, expected in (("otsu", "otsu"), (0.3, 0.3), (None, None), ("lots", None),
+                            (7, None)):
+        ck = save_checkpoint(tmp_path / f"ck{expected}{value}", segmentor.model, None,
+                             {"image_size": 64, "grow_to": value}, epoch=1)
+        assert Segmentor.load(ck, device="cpu").grow_to == expected, value
 
 
 def test_segmentor_particles_have_their_holes_filled_unless_the_checkpoint_says_not(segmentor,

@@ -159,7 +159,7 @@ def test_particles_follow_the_stored_maps_and_the_chosen_core_probability(pipeli
     that value give."""
     from emcopilot.evaluate import read_probability_map
     from emcopilot.inference import Segmentor
-    from emcopilot.postprocess import MIN_PEAK_GRID, select_min_peak
+    from emcopilot.postprocess import GROW_OPTIONS, MIN_PEAK_GRID, select_growth, select_min_peak
 
     src, out, _, _ = pipeline_run
     stems = sorted(p.stem for p in src.iterdir())
@@ -168,11 +168,15 @@ def test_particles_follow_the_stored_maps_and_the_chosen_core_probability(pipeli
     probs = [read_probability_map(out / "segmentation" / "prob" / f"{s}.png") for s in stems]
     coarse = [io.read_label_map(out / "coarse_masks" / f"{s}.png") for s in stems]
     assert select_min_peak(probs, coarse, fill_holes=True)["min_peak"] == chosen
+    # the particle growth: chosen the same way with those particles, recorded in both places
+    grown = load_state(out)["stages"]["segment"]["grow_to"]
+    assert grown in GROW_OPTIONS
+    assert select_growth(probs, coarse, fill_holes=True, min_peak=chosen)["grow_to"] == grown
     ckpt = out / "segmentor" / "best_miou"
     if not ckpt.is_dir():
         ckpt = out / "segmentor" / "last"
     seg = Segmentor.load(ckpt, device="cpu")
-    assert seg.min_peak == chosen
+    assert seg.min_peak == chosen and seg.grow_to == grown
     for stem, prob in zip(stems, probs):
         np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
                                       seg.instances(prob))
@@ -183,6 +187,8 @@ def test_bad_min_peak_is_refused(tmp_path, examples_dir):
 
     with pytest.raises(InputError, match="min_peak"):
         run_pipeline(examples_dir / "emps" / "images", tmp_path / "run", min_peak=1.5)
+    with pytest.raises(InputError, match="grow_to"):
+        run_pipeline(examples_dir / "emps" / "images", tmp_path / "run", grow_to="big")
 
 
 @pytest.mark.slow
