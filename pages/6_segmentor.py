@@ -62,13 +62,15 @@ with st.form("train_segmentor"):
              "small network then sees all magnifications alike. Measured better on EMPS "
              "(BENCHMARKS.md).")
     choose_core = st.checkbox(
-        "Drop faint particles: choose a particle core probability against the masks after "
-        "training", value=True,
+        "Drop faint particles: choose a particle core probability (and particle growth) "
+        "against the masks after training", value=True,
         help="After training, the segmentor runs on the project's images and the core "
              "probability whose particles best match their masks (edited or coarse) is "
              "recorded with the model; the Results page then drops particles whose highest "
              "probability stays below it (it can keep them too). On EMPS this improved counts "
-             "and sizes and cost some pixel Dice (BENCHMARKS.md).")
+             "and sizes and cost some pixel Dice (BENCHMARKS.md). With those particles, growing "
+             "each one out to its image's Otsu probability level is switched on when that "
+             "matches the masks better (fuller outlines where the model is under-confident).")
     with st.expander("Advanced"):
         a = st.columns(2)
         samples = a[0].number_input(
@@ -112,5 +114,8 @@ def _curves() -> None:
 _curves()
 ckpt = job_kinds.segmentor_checkpoint(project)
 core = job_kinds.segmentor_threshold(ckpt, "min_peak") if ckpt else None
+grown = job_kinds.segmentor_grow_to(ckpt) if ckpt else None
 st.caption(f"Model to use: {ckpt.name if ckpt else 'none trained yet'}"
-           + (f"; particle core probability {core:.2f}" if core is not None else ""))
+           + (f"; particle core probability {core:.2f}" if core is not None else "")
+           + ("; particles grown to each image's Otsu level" if grown == "otsu" else
+              f"; particles grown to probability {grown:.2f}" if grown is not None else ""))

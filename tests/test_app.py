@@ -254,6 +254,11 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
     recorded = json.loads((ckpt / "config.json").read_text())["config"]
     assert recorded["min_peak_reference"] == "project masks"
     assert set(recorded["min_peak_f1"]) == {str(g) for g in MIN_PEAK_GRID}
+    # and so is the particle growth, chosen with those particles
+    from emcopilot.postprocess import GROW_OPTIONS
+
+    assert res["grow_to"] in GROW_OPTIONS and set(recorded["grow_f1"]) == {"None", "otsu"}
+    assert job_kinds.segmentor_grow_to(ckpt) == res["grow_to"]
     mixed = job_kinds.segmentor_runs(masked) / "training_data"
     names = sorted(p.name for p in (mixed / "masks").glob("*.png"))
     assert names == sorted([f"{s}_syn000.png" for s in own] + [f"real_{s}.png" for s in own])
@@ -388,6 +393,63 @@ def test_results_use_the_recorded_core_probability_unless_told_not_to(store, mas
     assert counts["core"] < counts["every"], (counts, peaks, core)
     with pytest.raises(Exception, match="min_peak"):
         job_kinds.segment_job(masked, {"model": "segmentor", "min_peak": 2}, Ctx())
+
+
+def test_results_grow_particles_as_recorded_unless_told_not_to(store, masked):
+    """A segmentor with recorded growth: the Results page's checkbox is on and says it was
+    chosen; the segment job grows the particles by default (the same particles, larger) and
+    not when the box is cleared; with nothing recorded, checking the box asks for growth."""
+    import numpy as np
+    import torch
+
+    from emcopilot import io as emio
+    from emcopilot import job_kinds
+    from emcopilot.inference import Segmentor
+    from emcopilot.nets import UNetPlusPlus
+    from emcopilot.training import save_checkpoint
+    from emcopilot.training.checkpoint import update_config
+
+    torch.manual_seed(0)
+    ckpt = job_kinds.segmentor_runs(masked) / "best_miou"
+    save_checkpoint(ckpt, UNetPlusPlus(base=4, depth=3), None, {"image_size": 64}, epoch=1)
+    assert job_kinds.segmentor_grow_to(ckpt) is None
+    at = open_page(PAGES[6], masked.id)
+    grow = [c for c in at.checkbox if c.label.startswith("Grow particles")]
+    assert len(grow) == 1 and grow[0].value is False and "chosen" not in grow[0].label
+    grow[0].check().run()
+    button(at, "Segment all images and write the report").click().run()
+    assert jobs_of(store, masked, "segment")[-1]["params"]["grow_to"] == "otsu"
+
+    update_config(ckpt, grow_to=0.2)  # a low level, so that the untrained net's particles grow
+    at = open_page(PAGES[6], masked.id)
+    grow = [c for c in at.checkbox if c.label.startswith("Grow particles")]
+    assert grow[0].value is True and "chosen for this model" in grow[0].label
+    button(at, "Segment all images and write the report").click().run()
+    default = jobs_of(store, masked, "segment")[-1]["params"]
+    assert "grow_to" not in default  # the job's default: the model's value
+    grow[0].uncheck().run()
+    button(at, "Segment all images and write the report").click().run()
+    plain = jobs_of(store, masked, "segment")[-1]["params"]
+    assert plain["grow_to"] is None
+    seg = Segmentor.load(ckpt, device="cpu")
+    results = job_kinds.project_path(masked, "results_dir")
+    pixels = {}
+    for name, params in (("grown", default), ("plain", plain)):
+        job_kinds.segment_job(masked, params, Ctx())
+        model = json.loads((results / "provenance.json").read_text())["model"]
+        assert model["grow_to"] == (0.2 if name == "grown" else None)
+        pixels[name] = 0
+        for r in masked.images():
+            s = r["stem"]
+            prob = seg.probability(job_kinds._image01(masked, s),
+                                   polarity=job_kinds._polarity(masked, s))
+            expect = seg.instances(prob, grow_to=0.2 if name == "grown" else None)
+            got = emio.read_label_map(results / "masks" / f"{s}.png")
+            assert (got > 0).sum() == (expect > 0).sum()
+            pixels[name] += int((got > 0).sum())
+    assert pixels["grown"] >= pixels["plain"]
+    with pytest.raises(Exception, match="grow_to"):
+        job_kinds.segment_job(masked, {"model": "segmentor", "grow_to": "big"}, Ctx())
 
 
 def test_job_panel_follows_the_store(store, project):
