@@ -12,7 +12,8 @@ and which splitting turn a good pixel ranking (AUC) into good objects.
 With ``--coarse DIR`` (the run's ``coarse_masks/``) it also tries a label-free minimum particle
 area per image: a fraction of the median area of that image's coarse-mask particles (priors),
 and the ``min_peak`` that ``emcopilot.postprocess.select_min_peak`` picks against the coarse
-masks (no manual label involved in the choice).
+masks (no manual label involved in the choice), then with those particles growth to each
+image's Otsu level, always and as ``emcopilot.postprocess.select_growth`` chooses it.
 It prints percentiles of the pooled probabilities first (how compressed the maps are).
 
 Choosing settings on the test labels is optimistic; the rows are a diagnosis, the shipped
@@ -32,7 +33,8 @@ import numpy as np
 from bench.common import write_json
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs, read_probability_map
-from emcopilot.postprocess import otsu_threshold, prob_to_instances, select_min_peak
+from emcopilot.postprocess import (otsu_threshold, prob_to_instances, select_growth,
+                                   select_min_peak)
 
 KEYS = ("dice_mean", "obj_precision", "obj_recall", "obj_f1", "obj_f1_mean",
         "count_rel_abs_error_mean", "count_rel_abs_error_median", "median_diameter_rel_error",
@@ -131,6 +133,17 @@ def main(argv: list[str] | None = None) -> int:
                             f"{chosen['min_peak']} (chosen vs coarse)",
                             {"threshold": 0.5, "min_peak": chosen["min_peak"],
                              "fill_holes": fill}))
+        # those particles (holes filled: the pipeline's), grown to each image's Otsu level:
+        # always, and as the pipeline chooses it against the coarse masks
+        mp = chosen["min_peak"]
+        growth = select_growth(list(probs.values()), coarse, fill_holes=True, min_peak=mp)
+        print(f"growth chosen against the coarse masks: {growth['grow_to']} "
+              f"(object F1 vs coarse: {growth['f1']})")
+        base = {"threshold": 0.5, "fill_holes": True, "min_peak": mp}
+        configs.append((f"t0.5 holes filled + min peak {mp} + grown to otsu",
+                        {**base, "grow_to": "otsu"}))
+        configs.append((f"t0.5 holes filled + min peak {mp} + growth {growth['grow_to']} "
+                        f"(chosen vs coarse)", {**base, "grow_to": growth["grow_to"]}))
         # each image's own Otsu level (the segmentor's maps sit low on real images), holes
         # filled; and a core probability that far above it, the margin chosen vs coarse
         otsu = {stem: otsu_threshold(p) for stem, p in probs.items()}
