@@ -14,6 +14,8 @@ area per image: a fraction of the median area of that image's coarse-mask partic
 and the ``min_peak`` that ``emcopilot.postprocess.select_min_peak`` picks against the coarse
 masks (no manual label involved in the choice), then with those particles growth to each
 image's Otsu level, always and as ``emcopilot.postprocess.select_growth`` chooses it.
+Several ``--prob`` folders (a run's ``segmentation/candidates/seed*``) are averaged image by
+image: the ensemble of those segmentors.
 It prints percentiles of the pooled probabilities first (how compressed the maps are).
 
 Choosing settings on the test labels is optimistic; the rows are a diagnosis, the shipped
@@ -102,7 +104,10 @@ def _otsu_margin_vs_coarse(probs: dict, otsu: dict, coarse: list) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prob", required=True, type=Path, help="folder of probability maps")
+    ap.add_argument("--prob", required=True, type=Path, nargs="+",
+                    help="folder of probability maps; with several folders (e.g. a run's "
+                         "segmentation/candidates/seed*), each image's maps are averaged: the "
+                         "ensemble of those segmentors")
     ap.add_argument("--truth", required=True, type=Path, help="folder of instance label maps")
     ap.add_argument("--out", type=Path, default=Path("bench/results/postprocess.json"))
     ap.add_argument("--truth-format", default="instance",
@@ -113,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", type=str, default=None,
                     help='extra config as JSON, e.g. \'{"threshold": 0.35, "h": 3}\'')
     args = ap.parse_args(argv)
-    paths = {p.stem: p for p in sorted(args.prob.iterdir()) if p.suffix in (".png", ".npy")}
-    probs = {stem: read_probability_map(path) for stem, path in paths.items()}  # read once
+    paths = {p.stem: p for p in sorted(args.prob[0].iterdir()) if p.suffix in (".png", ".npy")}
+    probs = {stem: np.mean([read_probability_map(folder / path.name) for folder in args.prob],
+                           axis=0, dtype=np.float32)
+             for stem, path in paths.items()}  # read once
     pooled = np.concatenate([p.ravel() for p in probs.values()])
     pct = {q: round(float(np.percentile(pooled, q)), 3) for q in (1, 10, 50, 60, 90, 99)}
     print(f"pooled probability percentiles: {pct}")
@@ -173,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(row)
         print(f"{name:34s} " + " ".join(f"{(row[k] if row[k] is not None else float('nan')):12.3f}"
                                         for k in KEYS), flush=True)
-    write_json(args.out, {"prob": str(args.prob), "truth": str(args.truth),
+    write_json(args.out, {"prob": [str(d) for d in args.prob], "truth": str(args.truth),
                           "n_images": len(probs), "probability_percentiles": pct,
                           "results": results})
     return 0
