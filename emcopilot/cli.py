@@ -459,6 +459,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if grow is not None:
         kept += (f"; grown to each image's Otsu level" if grow == "otsu" else
                  f"; grown to probability {grow:g}") + " (--grow-to none: not grown)"
+    if segmentor.ensemble_size > 1:
+        kept += f"; the mean of {segmentor.ensemble_size} segmentors' probabilities"
     print(f"segmented {len(files)} image(s), {batch.get('count', 0)} particles ({kept}); "
           f"results in {out}")
     return 0
@@ -478,6 +480,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                segmentor_data=args.segmentor_data,
                                particle_scale=args.particle_scale == "on",
                                min_peak=args.min_peak, segmentor_seeds=args.segmentor_seeds,
+                               ensemble=args.ensemble == "on",
                                grow_to=args.grow_to, progress=bar)
     finally:
         bar.close()
@@ -767,6 +770,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train N segmentors (seeds SEED..SEED+N-1) and keep the one whose "
                         "particles best match the coarse masks, in OUT/segmentor/selected "
                         "(default 2; 1: one segmentor in OUT/segmentor, half the time)")
+    p.add_argument("--ensemble", choices=("on", "off"), default="on",
+                   help="with several segmentor seeds, also try the mean of their probability "
+                        "maps and keep it when it best matches the coarse masks (the kept model "
+                        "then runs every segmentor on each image); off: keep one segmentor")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -134,6 +134,10 @@ class Segmentor:
             ``model``'s weights change afterwards.
         max_tile: largest side (px) run in one piece (rounded down to a multiple of
             ``2**depth``, at least the training crop); larger images are tiled at this size.
+        members: further networks of the same architecture and inputs (an ensemble, e.g.
+            segmentors trained with other seeds): the probability is the mean of every
+            network's (:func:`emcopilot.training.checkpoint.ensemble_checkpoint` writes such a
+            checkpoint, :meth:`load` reads it).
         cpu_bf16: on CPU, run under bf16 autocast (opt-in: ~1.3-1.7x faster where the CPU has
             native bf16, e.g. AVX512-BF16/AMX, much slower where it has not; probabilities move
             by ~1e-3, not yet validated on a fully trained model). Ignored on other devices
@@ -141,7 +145,8 @@ class Segmentor:
     """
 
     def __init__(self, model: torch.nn.Module, config: dict, device: torch.device, *,
-                 fuse: bool = True, max_tile: int = MAX_TILE, cpu_bf16: bool = False) -> None:
+                 fuse: bool = True, max_tile: int = MAX_TILE, cpu_bf16: bool = False,
+                 members: Sequence[torch.nn.Module] = ()) -> None:
         self.model = model.eval()
         self.config = config
         self.device = device
@@ -151,9 +156,12 @@ class Segmentor:
         self.max_tile = max(self.image_size, int(max_tile) // mult * mult, mult)
         self._fmt = (torch.channels_last if _use_channels_last(device)
                      else torch.contiguous_format)
-        self.model.to(device)
-        self.net = fuse_batchnorm(self.model) if fuse else self.model
-        self.net.to(device, memory_format=self._fmt)
+        self.nets = []
+        for m in (self.model, *members):
+            m.eval().to(device)
+            net = fuse_batchnorm(m) if fuse else m
+            self.nets.append(net.to(device, memory_format=self._fmt))
+        self.net = self.nets[0]
         self.cpu_bf16 = bool(cpu_bf16) and device.type == "cpu"
 
     @classmethod
@@ -162,26 +170,37 @@ class Segmentor:
         """Load a segmentor checkpoint (safetensors + config.json only); ``cpu_bf16``: see the
         class docstring."""
         from .nets import UNetPlusPlus
-        from .training.checkpoint import load_model
+        from .training.checkpoint import load_model, read_config
 
         dev = pick_device(device)
         if dev.type == "cpu":
             set_cpu_threads()
-        model, cfg = load_model(ckpt_dir, device=dev)
-        if not isinstance(model, UNetPlusPlus):
-            raise InputError(f"{ckpt_dir}: not a segmentor checkpoint ({type(model).__name__})")
-        return cls(model, cfg, dev, cpu_bf16=cpu_bf16)
+        names = read_config(ckpt_dir).get("config", {}).get("ensemble") or [None]
+        if not (isinstance(names, list) and all(isinstance(n, (str, type(None))) for n in names)):
+            raise InputError(f"{ckpt_dir}: config.json 'ensemble' must list model names")
+        nets = []
+        for name in names:
+            model, cfg = load_model(ckpt_dir, name=name, device=dev)
+            if not isinstance(model, UNetPlusPlus):
+                raise InputError(f"{ckpt_dir}: not a segmentor checkpoint "
+                                 f"({type(model).__name__})")
+            nets.append(model)
+        return cls(nets[0], cfg, dev, cpu_bf16=cpu_bf16, members=nets[1:])
 
     @torch.inference_mode()
     def _logits_to_prob(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.contiguous(memory_format=self._fmt)
-        if self.cpu_bf16:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                y = self.net(x)
-        else:
-            with autocast(self.device):
-                y = self.net(x)
-        return torch.sigmoid(y.float()[:, :1])
+        prob = None
+        for net in self.nets:  # an ensemble: the mean of its networks' probabilities
+            if self.cpu_bf16:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    y = net(x)
+            else:
+                with autocast(self.device):
+                    y = net(x)
+            p = torch.sigmoid(y.float()[:, :1])
+            prob = p if prob is None else prob + p
+        return prob / len(self.nets)
 
     def predict_proba(self, image01: np.ndarray, *, scale: float | None = None,
                       overlap: float = 0.25, batch_size: int | None = None, tiled: bool = True,
@@ -267,6 +286,11 @@ class Segmentor:
         ``min_peak``): the checkpoint config's ``min_peak`` (the pipeline records the one it
         chose against the coarse masks), else None (every particle)."""
         return config_threshold(self.config, "min_peak")
+
+    @property
+    def ensemble_size(self) -> int:
+        """How many networks' probabilities are averaged (1: a single segmentor)."""
+        return len(self.nets)
 
     @property
     def grow_to(self) -> float | str | None:
@@ -451,6 +475,8 @@ def choose_min_peak(segmentor: Segmentor, checkpoint: str | os.PathLike,
             "score": growth["f1"][str(growth["grow_to"])]}
 
 
-def best_segmentor(scores: dict[int, float]) -> int:
-    """The seed with the highest :func:`choose_min_peak` score (ties: the smallest seed)."""
-    return max(scores, key=lambda seed: (scores[seed], -seed))
+def best_segmentor(scores: dict[int | str, float]) -> int | str:
+    """The candidate with the highest :func:`choose_min_peak` score: a seed (int) or a name
+    such as ``"mean"`` (an ensemble); ties go to a single segmentor, the smallest seed."""
+    return max(scores, key=lambda k: (scores[k], isinstance(k, int),
+                                      -k if isinstance(k, int) else 0))

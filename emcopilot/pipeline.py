@@ -68,7 +68,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  generator_options: dict | None = None, segmentor_options: dict | None = None,
                  segmentor_data: str = "synthetic+real", particle_scale: bool = True,
                  min_peak: float | str | None = "auto", segmentor_seeds: int = 2,
-                 grow_to: float | str | None = "auto",
+                 grow_to: float | str | None = "auto", ensemble: bool = True,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -111,7 +111,15 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     accuracy a lot, and on EMPS the agreement with the coarse masks ranked five segmentors
     exactly as the manual labels did, and the one kept beat the classical masker on Dice and
     count error where one of the two draws alone did not (BENCHMARKS.md). Default 2; 1: one
-    segmentor in ``segmentor/`` (half the segmentor stage's time)."""
+    segmentor in ``segmentor/`` (half the segmentor stage's time).
+
+    ``ensemble``: with several segmentors, also score the mean of their probability maps
+    (``segmentation/candidates/mean``; its checkpoint, every segmentor in one folder, in
+    ``segmentor/mean``) and keep it when it matches the coarse masks best (ties: a single
+    segmentor, which runs faster). On EMPS (BENCHMARKS.md, runs 14-15) the rule took the mean
+    on both runs, and it was the better choice by the labels on F1 and Dice both times; the
+    kept model then runs every segmentor on each image (``emcopilot segment`` takes that much
+    longer)."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -305,9 +313,26 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 segmentor, checkpoint(cdir), (stored(x, maps[s]) for x in meta),
                 (io.read_label_map(mask_dir / f"{x}.png") for x in meta), min_peak=min_peak,
                 grow_to=grow_to)
+        ckpts = {s: checkpoint(cdir) for s, cdir in candidates.items()}
+        if len(candidates) > 1 and ensemble:
+            # the segmentors together: each image's mean map, scored the same way
+            from emcopilot.training.checkpoint import ensemble_checkpoint
+
+            first = next(iter(candidates))
+            maps["mean"] = result_dir / "candidates" / "mean"
+            for stem in meta:
+                io.write_image(maps["mean"] / f"{stem}.png",
+                               np.mean([stored(stem, maps[s]) for s in candidates], axis=0))
+            ckpts["mean"] = ensemble_checkpoint([ckpts[s] for s in candidates], seg_dir / "mean")
+            segmentors["mean"] = segmentors[first]  # same threshold and hole filling
+            report(7, len(STAGES), "segment: matching the segmentors' mean with the coarse masks")
+            choices["mean"] = choose_min_peak(
+                segmentors[first], ckpts["mean"], (stored(x, maps["mean"]) for x in meta),
+                (io.read_label_map(mask_dir / f"{x}.png") for x in meta), min_peak=min_peak,
+                grow_to=grow_to)
         best = best_segmentor({s: c["score"] for s, c in choices.items()})
         chosen, grown = choices[best]["min_peak"], choices[best]["grow_to"]
-        ckpt = checkpoint(candidates[best])
+        ckpt = ckpts[best]
         if len(candidates) > 1:  # the kept one: segmentor/selected, its maps in prob/
             selected = seg_dir / "selected"
             if selected.exists():
@@ -326,7 +351,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         summary = write_psd_report(items, result_dir)
         _mark_done(out, state, "segment", count=summary.get("batch", {}).get("count"),
                    min_peak=chosen, grow_to=grown, model=str(ckpt),
-                   f1_vs_coarse={f"seed{s}": c["score"] for s, c in choices.items()})
+                   f1_vs_coarse={(s if s == "mean" else f"seed{s}"): c["score"]
+                                 for s, c in choices.items()})
     report(len(STAGES), len(STAGES), "done")
     summary = json.loads((result_dir / "summary.json").read_text())
     return {"summary": summary.get("batch", summary), "stages": {k: {kk: vv for kk, vv in v.items()

@@ -162,6 +162,19 @@ def test_segment_polarity_and_scale(data, segmentor, tmp_path):
     r = _cli(tmp_path, "pipeline", str(src.parent), "--out", str(tmp_path / "p"),
              "--segmentor-seeds", "0", "-q")
     assert r.returncode == 2 and "segmentor-seeds" in r.stderr and "Traceback" not in r.stderr
+    r = _cli(tmp_path, "pipeline", str(src.parent), "--out", str(tmp_path / "p"),
+             "--ensemble", "maybe", "-q")
+    assert r.returncode == 2 and "ensemble" in r.stderr and "Traceback" not in r.stderr
+    # an ensemble checkpoint (here the same segmentor twice) segments like its members
+    from emcopilot.training.checkpoint import ensemble_checkpoint
+
+    ens = ensemble_checkpoint([segmentor / "best_miou", segmentor / "best_miou"], tmp_path / "ens")
+    r = _cli(tmp_path, "segment", str(src), "--model", str(ens), "--out",
+             str(tmp_path / "ens_out"), "--device", "cpu", "-q")
+    assert r.returncode == 0 and "mean of 2 segmentors" in r.stdout, r.stdout + r.stderr
+    diff = (io.read_micrograph(tmp_path / "ens_out" / "prob" / src.name).image.astype(int)
+            - io.read_micrograph(tmp_path / "g" / "prob" / src.name).image.astype(int))
+    assert np.abs(diff).max() <= 1
     assert not (tmp_path / "p").exists()  # refused before anything was written
 
 

@@ -317,3 +317,42 @@ def test_segmentor_particles_have_their_holes_filled_unless_the_checkpoint_says_
     kept = Segmentor.load(ck, device="cpu").instances(prob)
     assert kept.max() == 1 and kept[32, 32] == 0
     assert np.count_nonzero(filled) - np.count_nonzero(kept) == np.count_nonzero(r < 5)
+
+
+def test_an_ensemble_checkpoint_averages_its_segmentors_probabilities(segmentor, real, tmp_path):
+    """ensemble_checkpoint puts two segmentors in one folder; Segmentor.load runs both and
+    returns the mean of their probabilities; members with other inputs are refused."""
+    from emcopilot.training.checkpoint import ensemble_checkpoint, read_config
+
+    img, _ = real
+    torch.manual_seed(1)
+    other = UNetPlusPlus(base=4, depth=3, attention="cbam")  # untrained: other outputs
+    cfg = {"image_size": 64, "input_polarity": "bright"}
+    a = save_checkpoint(tmp_path / "a", segmentor.model, None, cfg, epoch=1)
+    b = save_checkpoint(tmp_path / "b", other, None, cfg, epoch=1)
+    ens = ensemble_checkpoint([a, b], tmp_path / "mean")
+    names = read_config(ens)["config"]["ensemble"]
+    assert len(names) == 2 and names[1] == "member1"
+    assert not (ens / "optimizer.safetensors").exists()
+    pa = Segmentor.load(a, device="cpu").probability(img)
+    pb = Segmentor.load(b, device="cpu").probability(img)
+    assert np.abs(pa - pb).max() > 0.1  # the members differ
+    both = Segmentor.load(ens, device="cpu")
+    assert both.ensemble_size == 2 and Segmentor.load(a, device="cpu").ensemble_size == 1
+    np.testing.assert_allclose(both.probability(img), (pa + pb) / 2, atol=1e-5)
+    # the threshold and post-processing come from the first member's config
+    assert both.input_polarity == "bright" and both.image_size == 64
+    c = save_checkpoint(tmp_path / "c", other, None, {**cfg, "input_polarity": None}, epoch=1)
+    with pytest.raises(InputError, match="input_polarity"):
+        ensemble_checkpoint([a, c], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(InputError, match="at least two"):
+        ensemble_checkpoint([a], tmp_path / "bad")
+
+
+def test_best_segmentor_prefers_a_single_segmentor_on_a_tie():
+    from emcopilot.inference import best_segmentor
+
+    assert best_segmentor({0: 0.4, 1: 0.5, "mean": 0.5}) == 1
+    assert best_segmentor({0: 0.4, 1: 0.5, "mean": 0.51}) == "mean"
+    assert best_segmentor({2: 0.5, 1: 0.5}) == 1

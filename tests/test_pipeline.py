@@ -195,11 +195,12 @@ def test_bad_min_peak_is_refused(tmp_path, examples_dir):
 def test_several_segmentor_seeds_keep_the_one_that_best_matches_the_coarse_masks(
         pipeline_run, tmp_path):
     """segmentor_seeds=2: two segmentors are trained (seeds 0 and 1), each scored against the
-    coarse masks at its own chosen core probability (no labels); the best one is copied to
-    segmentor/selected and its maps and particles are the run's output."""
+    coarse masks at its own chosen core probability and growth (no labels), and so is the mean
+    of their maps (an ensemble); the best is copied to segmentor/selected and its maps and
+    particles are the run's output."""
     from emcopilot.evaluate import read_probability_map
     from emcopilot.inference import Segmentor
-    from emcopilot.postprocess import select_min_peak
+    from emcopilot.postprocess import select_growth, select_min_peak
 
     src, first, _, _ = pipeline_run
     out = tmp_path / "run"
@@ -215,28 +216,47 @@ def test_several_segmentor_seeds_keep_the_one_that_best_matches_the_coarse_masks
     assert set(state["segmentor"]["result"]) == {"seed0", "seed1"}
     stems = sorted(p.stem for p in src.iterdir())
     coarse = [io.read_label_map(out / "coarse_masks" / f"{s}.png") for s in stems]
+    cand = out / "segmentation" / "candidates"
+    maps = {name: [read_probability_map(cand / name / f"{s}.png") for s in stems]
+            for name in ("seed0", "seed1", "mean")}
+    for m0, m1, mean in zip(maps["seed0"], maps["seed1"], maps["mean"]):
+        np.testing.assert_allclose(mean, (m0 + m1) / 2, atol=0.6 / 255)
     scores = {}
-    for seed in (0, 1):
-        ckpt = out / "segmentor" / f"seed{seed}" / "last"
-        assert json.loads((ckpt / "config.json").read_text())["config"]["seed"] == seed
-        maps = [read_probability_map(out / "segmentation" / "candidates" / f"seed{seed}"
-                                     / f"{s}.png") for s in stems]
-        choice = select_min_peak(maps, coarse, fill_holes=True)
-        scores[f"seed{seed}"] = choice["f1"][str(choice["min_peak"])]
+    for name, m in maps.items():
+        if name != "mean":
+            ckpt = out / "segmentor" / name / "last"
+            assert json.loads((ckpt / "config.json").read_text())["config"]["seed"] == \
+                int(name[4:])
+        core = select_min_peak(m, coarse, fill_holes=True)["min_peak"]
+        growth = select_growth(m, coarse, fill_holes=True, min_peak=core)
+        scores[name] = growth["f1"][str(growth["grow_to"])]
     assert state["segment"]["f1_vs_coarse"] == pytest.approx(scores)
-    winner = max(scores, key=lambda k: (scores[k], k == "seed0"))
+    # ties: a single segmentor, the smallest seed
+    winner = max(scores, key=lambda k: (scores[k], k != "mean", k == "seed0"))
     selected = out / "segmentor" / "selected"
     assert state["segment"]["model"] == str(selected)
     cfg = json.loads((selected / "config.json").read_text())["config"]
-    assert f"seed{cfg['seed']}" == winner
+    assert ("ensemble" in cfg) == (winner == "mean")
+    if winner != "mean":
+        assert f"seed{cfg['seed']}" == winner
     seg = Segmentor.load(selected, device="cpu")
+    assert seg.ensemble_size == (2 if winner == "mean" else 1)
     assert seg.min_peak == state["segment"]["min_peak"]
     for stem in stems:
         got = out / "segmentation" / "prob" / f"{stem}.png"
-        assert got.read_bytes() == (out / "segmentation" / "candidates" / winner
-                                    / f"{stem}.png").read_bytes()
+        assert got.read_bytes() == (cand / winner / f"{stem}.png").read_bytes()
         np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
                                       seg.instances(read_probability_map(got)))
+    # the ensemble's checkpoint runs both segmentors: its map is their maps' mean
+    both = Segmentor.load(out / "segmentor" / "mean", device="cpu")
+    image01 = io.normalize(io.read_micrograph(out / "images" / f"{stems[0]}.png").image)
+    one = [Segmentor.load(out / "segmentor" / f"seed{k}" / "last", device="cpu")
+           for k in (0, 1)]
+    scale_labels = coarse[0] if both.particle_diameter_px else None
+    np.testing.assert_allclose(
+        both.probability(image01, polarity="bright", scale_labels=scale_labels),
+        np.mean([s.probability(image01, polarity="bright", scale_labels=scale_labels)
+                 for s in one], axis=0), atol=1e-5)
 
 
 def test_segmentor_seeds_must_be_a_positive_whole_number(tmp_path, examples_dir):

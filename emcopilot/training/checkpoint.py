@@ -32,7 +32,7 @@ from ..errors import InputError
 from ..nets import ARCHITECTURES, build_model
 
 __all__ = ["save_checkpoint", "load_model", "load_training_state", "read_config",
-           "update_config", "is_checkpoint", "FORMAT"]
+           "update_config", "is_checkpoint", "ensemble_checkpoint", "FORMAT"]
 
 FORMAT = "emcopilot-checkpoint/1"
 PRIMARY_FILE = "model.safetensors"
@@ -222,6 +222,52 @@ def update_config(path: str | os.PathLike, **values: Any) -> dict[str, Any]:
     cfg.setdefault("config", {}).update(_jsonable(dict(values)))
     atomic_write_text(d / "config.json", json.dumps(cfg, indent=2, allow_nan=False))
     return cfg
+
+
+#: the config-section settings that members of an ensemble must share (how images go in)
+ENSEMBLE_SHARED = ("input_polarity", "particle_diameter_px", "image_size", "threshold")
+
+
+def ensemble_checkpoint(members: list[str | os.PathLike], directory: str | os.PathLike) -> Path:
+    """One checkpoint folder whose networks are those of several checkpoints of the same kind
+    (e.g. segmentors trained with different seeds), written atomically; the first member's
+    config.json is the base, each further member's primary weights go in as
+    ``member<k>.safetensors`` and ``config["ensemble"]`` lists the model names whose outputs
+    are averaged (:class:`emcopilot.inference.Segmentor` does). No optimiser state is kept.
+    The members must share their architecture and input settings (InputError else)."""
+    dirs = [_checkpoint_dir(m)[0] for m in members]
+    if len(dirs) < 2:
+        raise InputError("an ensemble needs at least two checkpoints")
+    cfgs = [read_config(d) for d in dirs]
+    base = json.loads(json.dumps(cfgs[0]))
+    first = base["models"][base.get("primary") or next(iter(base["models"]))]
+    names = [base.get("primary") or next(iter(base["models"]))]
+    target = Path(directory)
+    tmp = _atomic_dir(target)
+    try:
+        shutil.copyfile(dirs[0] / first["file"], tmp / first["file"])
+        base["models"] = {names[0]: first}
+        for k, (d, cfg) in enumerate(zip(dirs[1:], cfgs[1:]), start=1):
+            entry = cfg["models"][cfg.get("primary") or next(iter(cfg["models"]))]
+            same = {key: cfg.get("config", {}).get(key) == base.get("config", {}).get(key)
+                    for key in ENSEMBLE_SHARED}
+            if entry["architecture"] != first["architecture"] or not all(same.values()):
+                differ = [key for key, ok in same.items() if not ok] or ["architecture"]
+                raise InputError(f"{d}: cannot join an ensemble with {dirs[0]}: "
+                                 f"{', '.join(differ)} differ")
+            name = f"member{k}"
+            shutil.copyfile(d / entry["file"], tmp / f"{name}.safetensors")
+            base["models"][name] = {**entry, "file": f"{name}.safetensors"}
+            names.append(name)
+        base.setdefault("config", {})["ensemble"] = names
+        base["config"]["ensemble_members"] = [str(d) for d in dirs]
+        base.pop("state", None)
+        (tmp / "config.json").write_text(json.dumps(base, indent=2, allow_nan=False))
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 def _load_into(model: nn.Module, file: Path, device: torch.device | str) -> None:
