@@ -180,6 +180,14 @@ def segmentor_grow_to(ckpt: Path | None) -> float | str | None:
     return config_grow_to(cfg) if cfg is not None else None
 
 
+def segmentor_ensemble_size(ckpt: Path | None) -> int:
+    """How many segmentors a checkpoint averages (its config's ``ensemble``; 1 for a single
+    segmentor, or when absent or unreadable)."""
+    cfg = _checkpoint_config(ckpt)
+    names = (cfg or {}).get("config", {}).get("ensemble")
+    return len(names) if isinstance(names, list) and names else 1
+
+
 def _checkpoint_config(ckpt: Path | None) -> dict | None:
     """A checkpoint's config.json as a dict whose ``config`` section is a dict, or None when
     absent or unreadable (the pages call this on every render: no torch import)."""
@@ -294,8 +302,10 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     "synthetic+masks" (both in one training set); params["particle_scale"] (default True):
     train at a common particle width (:mod:`emcopilot.particle_scale`); params["min_peak"]
     ("auto", default, or None): choose the particle core probability and growth against the
-    project's masks after training (:func:`_match_masks`; None: every particle, no growth); params["seeds"] (default 1): train that
-    many segmentors and keep the one that best matches the project's masks."""
+    project's masks after training (:func:`_match_masks`; None: every particle, no growth);
+    params["seeds"] (default 1): train that many segmentors and keep the one that best matches
+    the project's masks, or with params["ensemble"] (default True) the mean of all of them
+    when that matches better (as ``emcopilot pipeline --ensemble on``)."""
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
 
@@ -338,7 +348,7 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     device = params.get("device", "auto")
     if seeds > 1:
         return _train_segmentor_seeds(project, ctx, img_dir, mask_dir, seeds, min_peak, device,
-                                      train, kw)
+                                      train, kw, ensemble=bool(params.get("ensemble", True)))
     result = train_segmentor(img_dir, mask_dir, run, progress=_progress(ctx), **train, **kw)
     out = _small(result)
     ckpt = None if result.get("cancelled") else segmentor_checkpoint(project)
@@ -350,11 +360,13 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
 
 
 def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path, seeds: int,
-                           min_peak: str | None, device: str, train: dict, kw: dict) -> dict:
+                           min_peak: str | None, device: str, train: dict, kw: dict, *,
+                           ensemble: bool = True) -> dict:
     """Train ``seeds`` segmentors (``candidates/seed<S>/``) and make the one whose particles
     best match the project's masks the project's segmentor (its ``best_miou/``, ``last/`` and
     log copied to the run folder), as ``emcopilot pipeline --segmentor-seeds`` does against
-    its coarse masks."""
+    its coarse masks; with ``ensemble`` their mean (``candidates/mean/``, every segmentor in
+    one checkpoint) competes too and, when kept, becomes the run's ``best_miou/``."""
     from emcopilot.inference import best_segmentor
     from emcopilot.training.segmentor import train_segmentor
 
@@ -364,7 +376,7 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
                          "images: make coarse masks first, or train one segmentor")
     run = segmentor_runs(project)
     first = int(kw.pop("seed", 0))
-    choices: dict[int, dict] = {}
+    choices: dict[int | str, dict] = {}
     for k in range(seeds):
         seed, cdir = first + k, run / "candidates" / f"seed{first + k}"
         result = train_segmentor(
@@ -374,18 +386,31 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
             return {**_small(result), "seed": seed}
         choices[seed] = _match_masks(project, ctx, _checkpoint(cdir, ("best_miou", "last")),
                                      masks, device, min_peak)
+    if ensemble:
+        from emcopilot.training.checkpoint import ensemble_checkpoint
+
+        mean = ensemble_checkpoint([_checkpoint(run / "candidates" / f"seed{s}",
+                                                ("best_miou", "last")) for s in choices],
+                                   run / "candidates" / "mean")
+        ctx.progress(0, 1, "the segmentors' mean")
+        choices["mean"] = _match_masks(project, ctx, mean, masks, device, min_peak)
     best = best_segmentor({s: c["score"] for s, c in choices.items()})
-    winner = run / "candidates" / f"seed{best}"
+    # the kept one's checkpoints (the mean: one, as best_miou) and the curves of the first
+    winner = run / "candidates" / (f"seed{best}" if best != "mean" else f"seed{first}")
     for name in ("best_miou", "last"):
         if (run / name).exists():
             shutil.rmtree(run / name)
-        if (winner / name).is_dir():
+        if best == "mean":
+            if name == "best_miou":
+                shutil.copytree(run / "candidates" / "mean", run / name)
+        elif (winner / name).is_dir():
             shutil.copytree(winner / name, run / name)
     if (winner / "log.jsonl").is_file():
         shutil.copyfile(winner / "log.jsonl", run / "log.jsonl")
     return {"seeds": seeds, "selected_seed": best, "min_peak": choices[best]["min_peak"],
             "grow_to": choices[best]["grow_to"],
-            "f1_vs_masks": {f"seed{s}": c["score"] for s, c in choices.items()}}
+            "f1_vs_masks": {(s if s == "mean" else f"seed{s}"): c["score"]
+                            for s, c in choices.items()}}
 
 
 def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray],

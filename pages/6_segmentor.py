@@ -84,9 +84,11 @@ with st.form("train_segmentor"):
             "Segmentors to train (keep the one that best matches the masks)", [1, 2, 3],
             index=0,
             help="Each is trained from another random start; the one whose particles best "
-                 "match the project's masks is kept. The draw moves accuracy a lot, and on EMPS "
-                 "this choice, made without labels, picked the best of five segmentors "
-                 "(BENCHMARKS.md). Training takes that many times as long.")
+                 "match the project's masks is kept, or the mean of all of them when that "
+                 "matches better (segmenting then runs each of them). The draw moves accuracy a "
+                 "lot, and on EMPS this choice, made without labels, picked the best of five "
+                 "segmentors and took the mean where it helped (BENCHMARKS.md). Training takes "
+                 "that many times as long.")
     go = st.form_submit_button("Train segmentor", type="primary", icon=":material/play_arrow:")
 if go:
     _ui.submit_job(store, project, "train_segmentor",
@@ -115,7 +117,9 @@ _curves()
 ckpt = job_kinds.segmentor_checkpoint(project)
 core = job_kinds.segmentor_threshold(ckpt, "min_peak") if ckpt else None
 grown = job_kinds.segmentor_grow_to(ckpt) if ckpt else None
+members = job_kinds.segmentor_ensemble_size(ckpt) if ckpt else 1
 st.caption(f"Model to use: {ckpt.name if ckpt else 'none trained yet'}"
+           + (f" (the mean of {members} segmentors)" if members > 1 else "")
            + (f"; particle core probability {core:.2f}" if core is not None else "")
            + ("; particles grown to each image's Otsu level" if grown == "otsu" else
               f"; particles grown to probability {grown:.2f}" if grown is not None else ""))

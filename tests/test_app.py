@@ -478,22 +478,64 @@ def test_job_panel_follows_the_store(store, project):
 
 def test_segmentor_job_with_two_seeds_keeps_the_one_that_matches_the_masks(masked):
     """seeds=2: two segmentors are trained, each scored against the project's masks at its own
-    chosen core probability; the better one becomes the project's segmentor."""
+    chosen core probability, and so is their mean (one checkpoint running both); the best
+    becomes the project's segmentor (ties: a single segmentor)."""
     from emcopilot import job_kinds
+    from emcopilot.inference import Segmentor
     from emcopilot.postprocess import MIN_PEAK_GRID
 
     params = {"data": "masks", "epochs": 1, "base": 4, "image_size": 64,
               "samples_per_epoch": 4, "batch_size": 2, "seeds": 2}
     res = job_kinds.train_segmentor_job(masked, params, Ctx())
-    assert res["seeds"] == 2 and set(res["f1_vs_masks"]) == {"seed0", "seed1"}
-    best = max(res["f1_vs_masks"], key=lambda k: (res["f1_vs_masks"][k], k == "seed0"))
-    assert f"seed{res['selected_seed']}" == best and res["min_peak"] in MIN_PEAK_GRID
+    scores = res["f1_vs_masks"]
+    assert res["seeds"] == 2 and set(scores) == {"seed0", "seed1", "mean"}
+    best = max(scores, key=lambda k: (scores[k], k != "mean", k == "seed0"))
+    assert str(res["selected_seed"]) in (best, best[4:]) and res["min_peak"] in MIN_PEAK_GRID
     run = job_kinds.segmentor_runs(masked)
     ckpt = job_kinds.segmentor_checkpoint(masked)
     assert ckpt.parent == run
     config = json.loads((ckpt / "config.json").read_text())["config"]
-    assert config["seed"] == res["selected_seed"] and config["min_peak"] == res["min_peak"]
-    winner = run / "candidates" / best
-    assert (ckpt / "model.safetensors").read_bytes() == (
-        winner / ckpt.name / "model.safetensors").read_bytes()
+    assert config["min_peak"] == res["min_peak"]
+    mean = run / "candidates" / "mean"
+    assert Segmentor.load(mean, device="cpu").ensemble_size == 2
+    if best == "mean":
+        assert ckpt.name == "best_miou" and len(config["ensemble"]) == 2
+        assert (ckpt / "member1.safetensors").read_bytes() == (
+            mean / "member1.safetensors").read_bytes()
+        winner = run / "candidates" / "seed0"
+    else:
+        assert config["seed"] == res["selected_seed"] and "ensemble" not in config
+        winner = run / "candidates" / best
+        assert (ckpt / "model.safetensors").read_bytes() == (
+            winner / ckpt.name / "model.safetensors").read_bytes()
     assert (run / "log.jsonl").read_text() == (winner / "log.jsonl").read_text()
+    # ensemble=False: only the seeds compete
+    res = job_kinds.train_segmentor_job(masked, {**params, "ensemble": False}, Ctx())
+    assert set(res["f1_vs_masks"]) == {"seed0", "seed1"}
+
+
+def test_segmentor_page_names_an_ensemble_model(masked):
+    """A project segmentor that is the mean of several (kept by a multi-seed training): the
+    Segmentor page says so, and the segment job runs it."""
+    import torch
+
+    from emcopilot import job_kinds
+    from emcopilot.nets import UNetPlusPlus
+    from emcopilot.training import save_checkpoint
+    from emcopilot.training.checkpoint import ensemble_checkpoint
+
+    run = job_kinds.segmentor_runs(masked)
+    members = []
+    for k in (0, 1):
+        torch.manual_seed(k)
+        members.append(save_checkpoint(run / "candidates" / f"m{k}", UNetPlusPlus(base=4, depth=3),
+                                       None, {"image_size": 64}, epoch=1))
+    at = open_page(PAGES[5], masked.id)
+    assert not any("mean of" in c.value for c in at.caption)
+    ensemble_checkpoint(members, run / "best_miou")
+    assert job_kinds.segmentor_ensemble_size(run / "best_miou") == 2
+    assert job_kinds.segmentor_ensemble_size(members[0]) == 1
+    at = open_page(PAGES[5], masked.id)
+    assert any("(the mean of 2 segmentors)" in c.value for c in at.caption)
+    res = job_kinds.segment_job(masked, {"model": "segmentor"}, Ctx())
+    assert res["images"] >= 1
