@@ -225,7 +225,8 @@ def update_config(path: str | os.PathLike, **values: Any) -> dict[str, Any]:
 
 
 #: the config-section settings that members of an ensemble must share (how images go in)
-ENSEMBLE_SHARED = ("input_polarity", "particle_diameter_px", "image_size", "threshold")
+ENSEMBLE_SHARED = ("input_polarity", "particle_diameter_px", "scale_preset", "image_size",
+                   "threshold")
 
 
 def ensemble_checkpoint(members: list[str | os.PathLike], directory: str | os.PathLike) -> Path:
