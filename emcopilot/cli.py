@@ -97,38 +97,28 @@ def _positive_int(text: str) -> int:
     return n
 
 
-def _min_peak(text: str) -> float | str | None:
-    """argparse type of --min-peak: a probability in (0, 1), 'none' or 'model' (the default:
-    the value recorded in the checkpoint)."""
-    t = text.strip().lower()
-    if t in ("none", "model"):
-        return None if t == "none" else "model"
-    return _threshold_number(text)
+def _probability_or(*words: str) -> Callable[[str], float | str | None]:
+    """An argparse type: a probability in (0, 1) or one of ``words`` ("none" gives None)."""
+
+    def parse(text: str) -> float | str | None:
+        t = text.strip().lower()
+        if t in words:
+            return None if t == "none" else t
+        try:
+            return _threshold_number(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"expected {', '.join(words)} or a number in "
+                                             f"(0, 1): {exc}") from None
+
+    return parse
 
 
-def _pipeline_min_peak(text: str) -> float | str | None:
-    """argparse type of pipeline --min-peak: 'auto', 'none' or a probability in (0, 1)."""
-    t = text.strip().lower()
-    if t == "model":
-        raise argparse.ArgumentTypeError("expected auto, none or a number in (0, 1)")
-    return "auto" if t == "auto" else _min_peak(text)
-
-
-def _grow_to(text: str) -> float | str | None:
-    """argparse type of segment --grow-to: 'model' (the default: the value recorded in the
-    checkpoint), 'none', 'otsu' or a probability in (0, 1)."""
-    t = text.strip().lower()
-    if t in ("none", "model", "otsu"):
-        return None if t == "none" else t
-    return _threshold_number(text)
-
-
-def _pipeline_grow_to(text: str) -> float | str | None:
-    """argparse type of pipeline --grow-to: 'auto', 'none', 'otsu' or a probability in (0, 1)."""
-    t = text.strip().lower()
-    if t == "model":
-        raise argparse.ArgumentTypeError("expected auto, none, otsu or a number in (0, 1)")
-    return "auto" if t == "auto" else _grow_to(text)
+# --min-peak and --grow-to: "model" (segment's default) is the value recorded in the checkpoint;
+# "auto" (pipeline's default) chooses one against the coarse masks
+_min_peak = _probability_or("model", "none")
+_pipeline_min_peak = _probability_or("auto", "none")
+_grow_to = _probability_or("model", "none", "otsu")
+_pipeline_grow_to = _probability_or("auto", "none", "otsu")
 
 
 def _threshold(text: str) -> float | str:

@@ -161,7 +161,6 @@ class Segmentor:
             m.eval().to(device)
             net = fuse_batchnorm(m) if fuse else m
             self.nets.append(net.to(device, memory_format=self._fmt))
-        self.net = self.nets[0]
         self.cpu_bf16 = bool(cpu_bf16) and device.type == "cpu"
 
     @classmethod
@@ -175,8 +174,11 @@ class Segmentor:
         dev = pick_device(device)
         if dev.type == "cpu":
             set_cpu_threads()
-        names = read_config(ckpt_dir).get("config", {}).get("ensemble") or [None]
-        if not (isinstance(names, list) and all(isinstance(n, (str, type(None))) for n in names)):
+        # an ensemble names its networks; a single segmentor: its primary model (None)
+        names = read_config(ckpt_dir).get("config", {}).get("ensemble")
+        if names is None:
+            names = [None]
+        elif not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
             raise InputError(f"{ckpt_dir}: config.json 'ensemble' must list model names")
         nets = []
         for name in names:

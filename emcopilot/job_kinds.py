@@ -377,6 +377,8 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
     run = segmentor_runs(project)
     first = int(kw.pop("seed", 0))
     choices: dict[int | str, dict] = {}
+    ckpts: dict[int, Path] = {}
+    maps: dict[int, list[np.ndarray]] = {}  # each segmentor's 8-bit maps of the masked images
     for k in range(seeds):
         seed, cdir = first + k, run / "candidates" / f"seed{first + k}"
         result = train_segmentor(
@@ -384,27 +386,28 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
             progress=lambda d, t, m="", k=k: ctx.progress(d, t, f"segmentor {k + 1}/{seeds}: {m}"))
         if result.get("cancelled"):
             return {**_small(result), "seed": seed}
-        choices[seed] = _match_masks(project, ctx, _checkpoint(cdir, ("best_miou", "last")),
-                                     masks, device, min_peak)
-    if ensemble:
+        ckpts[seed] = _checkpoint(cdir, ("best_miou", "last"))
+        choices[seed] = _match_masks(project, ctx, ckpts[seed], masks, device, min_peak,
+                                     keep=maps.setdefault(seed, []))
+    if ensemble:  # the segmentors' mean: their maps averaged (as the pipeline does), no rerun
+        from emcopilot import io
         from emcopilot.training.checkpoint import ensemble_checkpoint
 
-        mean = ensemble_checkpoint([_checkpoint(run / "candidates" / f"seed{s}",
-                                                ("best_miou", "last")) for s in choices],
-                                   run / "candidates" / "mean")
-        ctx.progress(0, 1, "the segmentors' mean")
-        choices["mean"] = _match_masks(project, ctx, mean, masks, device, min_peak)
+        mean = ensemble_checkpoint(list(ckpts.values()), run / "candidates" / "mean")
+        averaged = [io.to_uint8(np.mean(per_image, axis=0) / 255.0)
+                    for per_image in zip(*maps.values())]
+        choices["mean"] = _match_masks(project, ctx, mean, masks, device, min_peak,
+                                       maps=averaged)
     best = best_segmentor({s: c["score"] for s, c in choices.items()})
-    # the kept one's checkpoints (the mean: one, as best_miou) and the curves of the first
+    # the kept one's checkpoints (the mean has one: best_miou) and curves (the mean: the first's)
     winner = run / "candidates" / (f"seed{best}" if best != "mean" else f"seed{first}")
+    kept = {"best_miou": run / "candidates" / "mean"} if best == "mean" else \
+        {name: winner / name for name in ("best_miou", "last")}
     for name in ("best_miou", "last"):
         if (run / name).exists():
             shutil.rmtree(run / name)
-        if best == "mean":
-            if name == "best_miou":
-                shutil.copytree(run / "candidates" / "mean", run / name)
-        elif (winner / name).is_dir():
-            shutil.copytree(winner / name, run / name)
+        if name in kept and kept[name].is_dir():
+            shutil.copytree(kept[name], run / name)
     if (winner / "log.jsonl").is_file():
         shutil.copyfile(winner / "log.jsonl", run / "log.jsonl")
     return {"seeds": seeds, "selected_seed": best, "min_peak": choices[best]["min_peak"],
@@ -414,13 +417,18 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
 
 
 def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray],
-                 device: str, min_peak: str | None = "auto") -> dict:
+                 device: str, min_peak: str | None = "auto", *,
+                 maps: list[np.ndarray] | None = None,
+                 keep: list[np.ndarray] | None = None) -> dict:
     """A trained segmentor against the project's masks (edited where saved, else coarse):
     :func:`emcopilot.inference.choose_min_peak` on its probability maps of those images, which
     records the particle core probability ("auto": the one that best matches the masks; None:
     every particle) and the particle growth (to each image's Otsu level when that matches the
     masks better) that the Results page then applies. Without masks nothing is chosen (every
-    particle, no growth)."""
+    particle, no growth). ``maps``: 8-bit probability maps of the masked images (in the order
+    of ``masks``) to use instead of running the segmentor (e.g. the mean of several
+    segmentors' maps); ``keep``: a list that gets the maps the segmentor made, as 8-bit."""
+    from emcopilot import io
     from emcopilot.inference import Segmentor, choose_min_peak
 
     seg = Segmentor.load(ckpt, device=device)
@@ -428,8 +436,14 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
     def probs():  # one map at a time (kept as 8-bit copies for the two choices)
         for k, (stem, labels) in enumerate(masks.items()):
             ctx.progress(k, len(masks), f"matching the particles with the masks: {stem}")
-            yield seg.probability(_image01(project, stem), polarity=_polarity(project, stem),
-                                  scale_labels=labels if seg.particle_diameter_px else None)
+            if maps is not None:
+                yield maps[k].astype(np.float32) / 255.0
+                continue
+            prob = seg.probability(_image01(project, stem), polarity=_polarity(project, stem),
+                                   scale_labels=labels if seg.particle_diameter_px else None)
+            if keep is not None:
+                keep.append(io.to_uint8(prob))
+            yield prob
 
     choice = choose_min_peak(seg, ckpt, probs(), masks.values(),
                              min_peak=min_peak if masks else None,

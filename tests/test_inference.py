@@ -346,6 +346,10 @@ def test_an_ensemble_checkpoint_averages_its_segmentors_probabilities(segmentor,
     with pytest.raises(InputError, match="input_polarity"):
         ensemble_checkpoint([a, c], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+    wider = save_checkpoint(tmp_path / "w", UNetPlusPlus(base=8, depth=3, attention="cbam"),
+                            None, cfg, epoch=1)
+    with pytest.raises(InputError, match="architecture"):
+        ensemble_checkpoint([a, wider], tmp_path / "bad")
     with pytest.raises(InputError, match="at least two"):
         ensemble_checkpoint([a], tmp_path / "bad")
 

@@ -235,40 +235,46 @@ def ensemble_checkpoint(members: list[str | os.PathLike], directory: str | os.Pa
     config.json is the base, each further member's primary weights go in as
     ``member<k>.safetensors`` and ``config["ensemble"]`` lists the model names whose outputs
     are averaged (:class:`emcopilot.inference.Segmentor` does). No optimiser state is kept.
-    The members must share their architecture and input settings (InputError else)."""
+    The members must share their architecture (with its arguments) and input settings
+    (InputError else)."""
     dirs = [_checkpoint_dir(m)[0] for m in members]
     if len(dirs) < 2:
         raise InputError("an ensemble needs at least two checkpoints")
-    cfgs = [read_config(d) for d in dirs]
-    base = json.loads(json.dumps(cfgs[0]))
-    first = base["models"][base.get("primary") or next(iter(base["models"]))]
-    names = [base.get("primary") or next(iter(base["models"]))]
+    base = read_config(dirs[0])
+    name = _primary_name(base)
+    first = base["models"][name]
+    base["models"], names = {name: first}, [name]
     target = Path(directory)
     tmp = _atomic_dir(target)
     try:
         shutil.copyfile(dirs[0] / first["file"], tmp / first["file"])
-        base["models"] = {names[0]: first}
-        for k, (d, cfg) in enumerate(zip(dirs[1:], cfgs[1:]), start=1):
-            entry = cfg["models"][cfg.get("primary") or next(iter(cfg["models"]))]
-            same = {key: cfg.get("config", {}).get(key) == base.get("config", {}).get(key)
-                    for key in ENSEMBLE_SHARED}
-            if entry["architecture"] != first["architecture"] or not all(same.values()):
-                differ = [key for key, ok in same.items() if not ok] or ["architecture"]
+        for k, d in enumerate(dirs[1:], start=1):
+            cfg = read_config(d)
+            entry = cfg["models"][_primary_name(cfg)]
+            differ = [key for key in ENSEMBLE_SHARED
+                      if cfg.get("config", {}).get(key) != base.get("config", {}).get(key)]
+            if (entry["architecture"], entry.get("kwargs")) != (first["architecture"],
+                                                                 first.get("kwargs")):
+                differ.insert(0, "architecture")
+            if differ:
                 raise InputError(f"{d}: cannot join an ensemble with {dirs[0]}: "
                                  f"{', '.join(differ)} differ")
-            name = f"member{k}"
-            shutil.copyfile(d / entry["file"], tmp / f"{name}.safetensors")
-            base["models"][name] = {**entry, "file": f"{name}.safetensors"}
-            names.append(name)
+            names.append(f"member{k}")
+            shutil.copyfile(d / entry["file"], tmp / f"member{k}.safetensors")
+            base["models"][names[-1]] = {**entry, "file": f"member{k}.safetensors"}
         base.setdefault("config", {})["ensemble"] = names
-        base["config"]["ensemble_members"] = [str(d) for d in dirs]
-        base.pop("state", None)
+        base.pop("state", None)  # no training to resume
         (tmp / "config.json").write_text(json.dumps(base, indent=2, allow_nan=False))
         _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _primary_name(cfg: Mapping[str, Any]) -> str:
+    """The name of a checkpoint's primary model (the one :func:`load_model` returns by default)."""
+    return cfg.get("primary") or next(iter(cfg["models"]))
 
 
 def _load_into(model: nn.Module, file: Path, device: torch.device | str) -> None:
@@ -297,7 +303,7 @@ def load_model(path: str | os.PathLike, name: str | None = None, device: str | t
         name = next((n for n, e in models.items() if e.get("file") == fname), None)
         if name is None:
             raise InputError(f"{path}: file is not listed in {d / 'config.json'}")
-    name = name or cfg.get("primary") or next(iter(models))
+    name = name or _primary_name(cfg)
     if name not in models:
         raise InputError(f"{d}: checkpoint has no model {name!r} (has {', '.join(models)})")
     entry = models[name]
