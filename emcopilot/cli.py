@@ -105,10 +105,11 @@ def _probability_or(*words: str) -> Callable[[str], float | str | None]:
         if t in words:
             return None if t == "none" else t
         try:
-            return _threshold_number(text)
-        except argparse.ArgumentTypeError as exc:
+            float(text)
+        except ValueError:
             raise argparse.ArgumentTypeError(f"expected {', '.join(words)} or a number in "
-                                             f"(0, 1): {exc}") from None
+                                             f"(0, 1), got {text!r}") from None
+        return _threshold_number(text)
 
     return parse
 
