@@ -207,3 +207,64 @@ def test_growth_on_real_particles_with_an_under_confident_rim(examples_dir):
     iou_base = np.mean(match_instances(base, truth).pair_iou)
     iou_grown = np.mean(match_instances(grown, truth).pair_iou)
     assert iou_grown > iou_base
+
+
+def test_add_coarse_particles_adds_only_the_missed_particles_of_typical_size():
+    """A coarse particle the segmentor left (almost) uncovered is added with a new id; one it
+    covers, one it partly covers and a small fragment are not; the segmentor's particles stay."""
+    from emcopilot.postprocess import add_coarse_particles
+
+    seg = _discs(centres=((30, 30),))
+    coarse = _discs(centres=((30, 30), (70, 70), (70, 25)))  # 1 found, 2 and 3 missed
+    coarse[(coarse == 3) & (np.arange(96)[None, :] > 25)] = 0  # 3: a half disc, still typical
+    coarse[5:8, 85:88] = 4  # a 9 px fragment, well under half the median particle area
+    out = add_coarse_particles(seg, coarse)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out[seg > 0], seg[seg > 0])
+    assert set(np.unique(out)) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(out == 2, coarse == 2)  # missed particle: new id after seg's
+    np.testing.assert_array_equal(out == 3, coarse == 3)
+    assert not out[5:8, 85:88].any()
+    # partly covered (more than covered_max) is the segmentor's business: not added
+    seg2 = seg.copy()
+    seg2[(coarse == 2) & (np.arange(96)[:, None] < 66)] = 5
+    out2 = add_coarse_particles(seg2, coarse)
+    assert not np.any((out2 > 0) & (seg2 == 0) & (coarse == 2))
+    assert add_coarse_particles(seg2, coarse, covered_max=0.5).max() == 7
+    # a lower area ratio lets the fragment in; nothing to add leaves the labels as they were
+    assert add_coarse_particles(seg, coarse, min_area_ratio=0.0)[6, 86] > 0
+    np.testing.assert_array_equal(add_coarse_particles(seg, np.zeros_like(seg)), seg)
+    # with the segmentor's map: only where it saw a faint particle (mean at least the image's
+    # Otsu level), not where it saw background
+    prob = np.where(seg > 0, 0.9, 0.05).astype(np.float32)
+    prob[coarse == 2] = 0.5  # under-confident: still a particle to the segmentor
+    out3 = add_coarse_particles(seg, coarse, prob)
+    assert set(np.unique(out3)) == {0, 1, 2}
+    np.testing.assert_array_equal(out3 == 2, coarse == 2)  # 3 sits on background: not added
+    with pytest.raises(InputError, match="probability map"):
+        add_coarse_particles(seg, coarse, prob[:50])
+    with pytest.raises(InputError, match="shape"):
+        add_coarse_particles(seg, coarse[:50])
+    with pytest.raises(InputError, match="covered_max"):
+        add_coarse_particles(seg, coarse, covered_max=1.0)
+
+
+def test_add_coarse_particles_restores_the_particles_of_real_masks(examples_dir):
+    """A real EMPS image's manual particles as the coarse mask and a segmentation that missed
+    every other one: the missed particles of typical size come back exactly, none is doubled."""
+    from emcopilot.postprocess import add_coarse_particles
+
+    stem = sorted(p.stem for p in (examples_dir / "emps" / "segmaps").glob("*.png"))[0]
+    truth = io.read_label_map(examples_dir / "emps" / "segmaps" / f"{stem}.png")
+    ids = [i for i in np.unique(truth) if i]
+    assert len(ids) >= 6
+    seg = np.where(np.isin(truth, ids[::2]), truth, 0).astype(np.int32)
+    out = add_coarse_particles(seg, truth)
+    area = np.bincount(truth.ravel())
+    typical = [i for i in ids[1::2] if area[i] >= 0.5 * np.median(area[ids])]
+    assert typical  # the test means something
+    assert len(np.unique(out)) - 1 == len(ids[::2]) + len(typical)
+    for i in typical:  # each missed particle of typical size is one new particle, whole
+        new = np.unique(out[truth == i])
+        assert len(new) == 1 and new[0] > seg.max()
+        np.testing.assert_array_equal(out == new[0], truth == i)
