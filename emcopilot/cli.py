@@ -122,6 +122,14 @@ _grow_to = _probability_or("model", "none", "otsu")
 _pipeline_grow_to = _probability_or("auto", "none", "otsu")
 
 
+def _on_off_or_model(text: str) -> bool | str:
+    """An argparse type: "model" (the value recorded in the checkpoint), "on" or "off"."""
+    t = text.strip().lower()
+    if t not in ("model", "on", "off"):
+        raise argparse.ArgumentTypeError(f"expected model, on or off, got {text!r}")
+    return t if t == "model" else t == "on"
+
+
 def _threshold(text: str) -> float | str:
     """argparse type: a probability threshold in (0, 1), 'otsu' or 'calibrated'."""
     t = text.strip().lower()
@@ -434,7 +442,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             image01 = io.normalize(m.image)
             labels, prob = segmentor.segment(image01, threshold=args.threshold,
                                              polarity=args.polarity, scale=args.scale,
-                                             min_peak=args.min_peak, grow_to=args.grow_to)
+                                             min_peak=args.min_peak, grow_to=args.grow_to,
+                                             add_coarse=args.add_coarse)
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -452,6 +461,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
                  f"; grown to probability {grow:g}") + " (--grow-to none: not grown)"
     if segmentor.ensemble_size > 1:
         kept += f"; the mean of {segmentor.ensemble_size} segmentors' probabilities"
+    added = segmentor.add_coarse if args.add_coarse == "model" else args.add_coarse
+    if added:
+        kept += ("; plus the classical coarse masker's particles the segmentor missed "
+                 "(--add-coarse off: without)")
     print(f"segmented {len(files)} image(s), {batch.get('count', 0)} particles ({kept}); "
           f"results in {out}")
     return 0
@@ -472,7 +485,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                particle_scale=args.particle_scale == "on",
                                min_peak=args.min_peak, segmentor_seeds=args.segmentor_seeds,
                                ensemble=args.ensemble == "on",
-                               grow_to=args.grow_to, progress=bar)
+                               grow_to=args.grow_to, add_coarse=args.add_coarse == "on",
+                               progress=bar)
     finally:
         bar.close()
     unsure = summary.get("stages", {}).get("images", {}).get("polarity_unsure") or []
@@ -721,6 +735,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "level) without making new ones (larger, truer outlines where the model "
                         "is under-confident; see BENCHMARKS.md); 'none' = no growth; default: "
                         "the value recorded in the model (the pipeline chooses), else none")
+    p.add_argument("--add-coarse", type=_on_off_or_model, default="model", metavar="model|on|off",
+                   help="on: also keep the particles of the classical coarse masker (with the "
+                        "model's preset) that the segmentor missed: those its particles leave "
+                        "at least 90 %% uncovered, at least half the image's median coarse "
+                        "particle area, where its probability averages at least the image's "
+                        "Otsu level (see BENCHMARKS.md); default: as recorded in the model "
+                        "(the pipeline records on), else off")
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
                         "trained at a common particle width, measured per image)")
@@ -765,6 +786,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with several segmentor seeds, also try the mean of their probability "
                         "maps and keep it when it best matches the coarse masks (the kept model "
                         "then runs every segmentor on each image); off: keep one segmentor")
+    p.add_argument("--add-coarse", choices=("on", "off"), default="on",
+                   help="on (default): the final particles also take the coarse masks' "
+                        "particles that the segmentor missed (at least 90 %% uncovered by its "
+                        "particles, at least half the image's median coarse particle area, its "
+                        "probability there at least the image's Otsu level; measured in "
+                        "BENCHMARKS.md); recorded in the segmentor for `segment`")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)

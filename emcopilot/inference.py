@@ -28,7 +28,8 @@ import torch
 from . import io
 from .device import autocast, channels_last, pick_device, set_cpu_threads
 from .errors import InputError
-from .postprocess import config_grow_to, config_threshold, prob_to_instances
+from .postprocess import (add_coarse_particles, config_grow_to, config_threshold,
+                          prob_to_instances)
 
 __all__ = ["Segmentor", "segment_folder", "choose_min_peak", "best_segmentor", "tiled_apply",
            "blend_window",
@@ -302,6 +303,26 @@ class Segmentor:
         return config_grow_to(self.config)
 
     @property
+    def add_coarse(self) -> bool:
+        """Whether :meth:`segment` adds the coarse particles the segmentor missed
+        (:func:`emcopilot.postprocess.add_coarse_particles`) by default: the checkpoint config's
+        ``add_coarse`` (the pipeline records it), False when absent."""
+        return bool(self.config.get("config", {}).get("add_coarse", False))
+
+    def coarse_labels(self, prepared01: np.ndarray) -> np.ndarray:
+        """The classical coarse mask of an image already in the segmentor's conventions
+        (:meth:`prepare`), with the classical preset the segmentor was trained with (the
+        checkpoint's ``scale_preset``; "auto" when absent): the particles
+        :meth:`resolve_scale` measures without labels and :meth:`segment` adds with
+        ``add_coarse``."""
+        from .masking import coarse_mask
+
+        preset = self.config.get("config", {}).get("scale_preset") or "auto"
+        return coarse_mask(np.asarray(prepared01, dtype=np.float32), method="classical",
+                           polarity="bright" if self.input_polarity == "bright" else "auto",
+                           classical_options={"preset": str(preset)})
+
+    @property
     def fill_holes(self) -> bool:
         """Whether particles are made with their holes filled (:func:`prob_to_instances`'s
         ``fill_holes``): the checkpoint config's ``fill_holes``, True when absent. Measured on
@@ -341,20 +362,18 @@ class Segmentor:
         """Resize factor for one image: ``scale`` when given; for a segmentor trained at a common
         particle scale, the factor that brings this image's typical particle to
         :attr:`particle_diameter_px`, measured on ``labels`` (e.g. its coarse mask) or, without
-        them, on the classical masker's particles (:func:`emcopilot.particle_scale.estimate_scale`);
-        None otherwise (the image's own pixel scale)."""
+        them, on the classical masker's particles (:meth:`coarse_labels`, as
+        :func:`emcopilot.particle_scale.estimate_scale` does); None otherwise (the image's own
+        pixel scale)."""
         if scale is not None:
             return float(scale)
         target = self.particle_diameter_px
         if target is None:
             return None
-        from .particle_scale import estimate_scale, normalising_scale
+        from .particle_scale import normalising_scale
 
-        if labels is not None:
-            return normalising_scale(labels, target)
-        preset = self.config.get("config", {}).get("scale_preset") or "auto"
-        return estimate_scale(prepared01, target, preset=str(preset),
-                              polarity="bright" if self.input_polarity == "bright" else "auto")
+        return normalising_scale(self.coarse_labels(prepared01) if labels is None else labels,
+                                 target)
 
     def probability(self, image01: np.ndarray, *, polarity: str = "auto",
                     scale: float | None = None, scale_labels: np.ndarray | None = None
@@ -388,14 +407,24 @@ class Segmentor:
     def segment(self, image01: np.ndarray, threshold: float | str | None = None, *,
                 min_distance: int = 3, min_area: int = 10, scale: float | None = None,
                 polarity: str = "auto", scale_labels: np.ndarray | None = None,
-                min_peak: float | str | None = "model", grow_to: float | str | None = "model"
-                ) -> tuple[np.ndarray, np.ndarray]:
+                min_peak: float | str | None = "model", grow_to: float | str | None = "model",
+                add_coarse: bool | str = "model") -> tuple[np.ndarray, np.ndarray]:
         """Instance label map (int32, 0 = background) and probability map of one image, both of
-        the image's size: :meth:`probability`, then :meth:`instances`."""
-        prob = self.probability(image01, polarity=polarity, scale=scale,
-                                scale_labels=scale_labels)
-        return self.instances(prob, threshold, min_distance=min_distance, min_area=min_area,
-                              min_peak=min_peak, grow_to=grow_to), prob
+        the image's size: :meth:`probability`, then :meth:`instances`; with ``add_coarse``
+        (``"model"``: :attr:`add_coarse`) plus the coarse particles the segmentor missed
+        (:func:`emcopilot.postprocess.add_coarse_particles`), from ``scale_labels`` when given
+        (the image's coarse mask) else from :meth:`coarse_labels`."""
+        add = self.add_coarse if add_coarse == "model" else bool(add_coarse)
+        prepared = self.prepare(image01, polarity)
+        coarse = scale_labels
+        if add and coarse is None:
+            coarse = self.coarse_labels(prepared)  # also measures the scale (no second pass)
+        prob = self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale, coarse))
+        labels = self.instances(prob, threshold, min_distance=min_distance, min_area=min_area,
+                                min_peak=min_peak, grow_to=grow_to)
+        if add:
+            labels = add_coarse_particles(labels, coarse, prob)
+        return labels, prob
 
 
 def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],

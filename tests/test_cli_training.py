@@ -176,6 +176,28 @@ def test_segment_polarity_and_scale(data, segmentor, tmp_path):
             - io.read_micrograph(tmp_path / "g" / "prob" / src.name).image.astype(int))
     assert np.abs(diff).max() <= 1
     assert not (tmp_path / "p").exists()  # refused before anything was written
+    # --add-coarse on: the same particles plus the classical masker's particles they missed;
+    # a model that records it adds them by default, --add-coarse off switches it off
+    r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"), "--out",
+             str(tmp_path / "k"), "--add-coarse", "on", "--device", "cpu", "-q")
+    assert r.returncode == 0 and "particles the segmentor missed" in r.stdout, r.stdout + r.stderr
+    added = io.read_label_map(tmp_path / "k" / src.name)
+    np.testing.assert_array_equal(added[every > 0], every[every > 0])
+    assert added.max() >= every.max()
+    update_config(recorded, add_coarse=True)
+    r = _cli(tmp_path, "segment", str(src), "--model", str(recorded), "--out",
+             str(tmp_path / "l"), "--grow-to", "none", "--device", "cpu", "-q")
+    assert r.returncode == 0 and "missed" in r.stdout, r.stdout + r.stderr
+    np.testing.assert_array_equal(io.read_label_map(tmp_path / "l" / src.name), added)
+    r = _cli(tmp_path, "segment", str(src), "--model", str(recorded), "--out",
+             str(tmp_path / "m"), "--grow-to", "none", "--add-coarse", "off", "--device", "cpu",
+             "-q")
+    assert r.returncode == 0 and "missed" not in r.stdout, r.stdout + r.stderr
+    np.testing.assert_array_equal(io.read_label_map(tmp_path / "m" / src.name), every)
+    for args in (("segment", str(src), "--model", str(recorded), "--add-coarse", "maybe"),
+                 ("pipeline", str(src.parent), "--add-coarse", "model")):
+        r = _cli(tmp_path, *args, "--out", str(tmp_path / "p"), "-q")
+        assert r.returncode == 2 and "add-coarse" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_train_segmentor_at_a_common_particle_width(data, tmp_path):

@@ -360,3 +360,39 @@ def test_best_segmentor_prefers_a_single_segmentor_on_a_tie():
     assert best_segmentor({0: 0.4, 1: 0.5, "mean": 0.5}) == 1
     assert best_segmentor({0: 0.4, 1: 0.5, "mean": 0.51}) == "mean"
     assert best_segmentor({2: 0.5, 1: 0.5}) == 1
+
+
+def test_segment_adds_the_coarse_particles_it_missed(segmentor, real, tmp_path):
+    """add_coarse: the particles also take the coarse particles the segmentor missed, from the
+    labels given (the image's coarse or edited mask) or else the classical masker with the
+    checkpoint's preset; a checkpoint's ``add_coarse`` makes it the default."""
+    from emcopilot.particle_scale import estimate_scale
+    from emcopilot.postprocess import add_coarse_particles
+
+    img, truth = real
+    assert segmentor.add_coarse is False
+    plain, prob = segmentor.segment(img)
+    np.testing.assert_array_equal(segmentor.segment(img, add_coarse=False)[0], plain)
+    # with the image's mask: exactly what add_coarse_particles makes of the plain particles
+    with_mask, prob2 = segmentor.segment(img, add_coarse=True, scale_labels=truth)
+    np.testing.assert_array_equal(prob2, prob)
+    np.testing.assert_array_equal(with_mask, add_coarse_particles(plain, truth, prob))
+    # a segmentor that finds nothing at its threshold: the classical masker's typical particles
+    blind, _ = segmentor.segment(img, threshold=0.999, add_coarse=True)
+    coarse = segmentor.coarse_labels(segmentor.prepare(img))
+    assert coarse.max() >= 5
+    np.testing.assert_array_equal(blind,
+                                  add_coarse_particles(np.zeros_like(coarse), coarse, prob))
+    assert blind.max() >= 3
+    # recorded in the checkpoint: the default; the particle scale is measured on the same mask
+    ck = save_checkpoint(tmp_path / "ck", segmentor.model, None,
+                         {"image_size": 64, "add_coarse": True, "particle_diameter_px": 32,
+                          "scale_preset": "isolated"}, epoch=1)
+    loaded = Segmentor.load(ck, device="cpu")
+    assert loaded.add_coarse is True
+    prep = loaded.prepare(img)
+    assert loaded.resolve_scale(prep) == estimate_scale(prep, 32, preset="isolated")
+    labels, prob3 = loaded.segment(img)
+    np.testing.assert_array_equal(
+        labels, add_coarse_particles(loaded.instances(prob3), loaded.coarse_labels(prep), prob3))
+    assert loaded.segment(img, add_coarse=False)[0].max() <= labels.max()

@@ -34,6 +34,17 @@ def pipeline_run(tmp_path_factory, examples_dir):
     return src, out, result, calls
 
 
+def _copy_run(first, out, *, redo=("segment",)) -> dict:
+    """A copy of a finished run with the records of the stages ``redo`` deleted (the next
+    run_pipeline redoes them); returns the copy's state as written."""
+    shutil.copytree(first, out)
+    state = load_state(out)
+    for stage in redo:
+        del state["stages"][stage]
+    (out / "pipeline.json").write_text(json.dumps(state))
+    return state
+
+
 @pytest.mark.slow
 def test_every_stage_runs_without_labels(pipeline_run):
     src, out, result, calls = pipeline_run
@@ -159,7 +170,8 @@ def test_particles_follow_the_stored_maps_and_the_chosen_core_probability(pipeli
     that value give."""
     from emcopilot.evaluate import read_probability_map
     from emcopilot.inference import Segmentor
-    from emcopilot.postprocess import GROW_OPTIONS, MIN_PEAK_GRID, select_growth, select_min_peak
+    from emcopilot.postprocess import (GROW_OPTIONS, MIN_PEAK_GRID, add_coarse_particles,
+                                       select_growth, select_min_peak)
 
     src, out, _, _ = pipeline_run
     stems = sorted(p.stem for p in src.iterdir())
@@ -177,8 +189,35 @@ def test_particles_follow_the_stored_maps_and_the_chosen_core_probability(pipeli
         ckpt = out / "segmentor" / "last"
     seg = Segmentor.load(ckpt, device="cpu")
     assert seg.min_peak == chosen and seg.grow_to == grown
-    for stem, prob in zip(stems, probs):
-        np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
+    # plus the coarse particles the segmentor missed (add_coarse, default on; recorded too)
+    assert seg.add_coarse is True and load_state(out)["stages"]["segment"]["add_coarse"] is True
+    added = 0
+    for stem, prob, co in zip(stems, probs, coarse):
+        own = seg.instances(prob)
+        got = io.read_label_map(out / "segmentation" / f"{stem}.png")
+        np.testing.assert_array_equal(got, add_coarse_particles(own, co, prob))
+        added += int(got.max()) - int(own.max())
+    assert load_state(out)["stages"]["segment"]["coarse_particles_added"] == added
+
+
+@pytest.mark.slow
+def test_add_coarse_off_keeps_the_segmentors_particles_only(pipeline_run, tmp_path):
+    """The segment stage again with add_coarse=False: the particles are the segmentor's alone,
+    and the checkpoint records off, so `segment` does not add them either."""
+    from emcopilot.evaluate import read_probability_map
+    from emcopilot.inference import Segmentor
+
+    src, first, _, _ = pipeline_run
+    out = tmp_path / "run"
+    _copy_run(first, out)
+    run_pipeline(src, out, **{**TINY, "add_coarse": False})
+    record = load_state(out)["stages"]["segment"]
+    assert record["add_coarse"] is False and record["coarse_particles_added"] == 0
+    seg = Segmentor.load(record["model"], device="cpu")
+    assert seg.add_coarse is False
+    for p in sorted(src.iterdir()):
+        prob = read_probability_map(out / "segmentation" / "prob" / f"{p.stem}.png")
+        np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{p.stem}.png"),
                                       seg.instances(prob))
 
 
@@ -200,15 +239,11 @@ def test_several_segmentor_seeds_keep_the_one_that_best_matches_the_coarse_masks
     particles are the run's output."""
     from emcopilot.evaluate import read_probability_map
     from emcopilot.inference import Segmentor
-    from emcopilot.postprocess import select_growth, select_min_peak
+    from emcopilot.postprocess import add_coarse_particles, select_growth, select_min_peak
 
     src, first, _, _ = pipeline_run
     out = tmp_path / "run"
-    shutil.copytree(first, out)
-    state = load_state(out)
-    for stage in ("segmentor", "segment"):
-        del state["stages"][stage]
-    (out / "pipeline.json").write_text(json.dumps(state))
+    _copy_run(first, out, redo=("segmentor", "segment"))
     shutil.rmtree(out / "segmentor")
     shutil.rmtree(out / "segmentation")
     run_pipeline(src, out, **{**TINY, "segmentor_seeds": 2})
@@ -242,11 +277,13 @@ def test_several_segmentor_seeds_keep_the_one_that_best_matches_the_coarse_masks
     seg = Segmentor.load(selected, device="cpu")
     assert seg.ensemble_size == (2 if winner == "mean" else 1)
     assert seg.min_peak == state["segment"]["min_peak"]
-    for stem in stems:
+    assert seg.add_coarse is True
+    for stem, co in zip(stems, coarse):
         got = out / "segmentation" / "prob" / f"{stem}.png"
         assert got.read_bytes() == (cand / winner / f"{stem}.png").read_bytes()
+        prob = read_probability_map(got)
         np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
-                                      seg.instances(read_probability_map(got)))
+                                      add_coarse_particles(seg.instances(prob), co, prob))
     # the ensemble's checkpoint runs both segmentors: its map is their maps' mean
     both = Segmentor.load(out / "segmentor" / "mean", device="cpu")
     image01 = io.normalize(io.read_micrograph(out / "images" / f"{stems[0]}.png").image)
@@ -297,16 +334,16 @@ def test_a_given_core_probability_is_recorded_for_segment(pipeline_run, tmp_path
 
     src, first, _, _ = pipeline_run
     out = tmp_path / "run"
-    shutil.copytree(first, out)
-    state = load_state(out)
-    del state["stages"]["segment"]
-    (out / "pipeline.json").write_text(json.dumps(state))
+    _copy_run(first, out)
     run_pipeline(src, out, **{**TINY, "min_peak": 0.8})
     record = load_state(out)["stages"]["segment"]
     assert record["min_peak"] == 0.8
     seg = Segmentor.load(record["model"], device="cpu")
     assert seg.min_peak == 0.8
+    from emcopilot.postprocess import add_coarse_particles
+
     for stem in sorted(p.stem for p in src.iterdir()):
         prob = read_probability_map(out / "segmentation" / "prob" / f"{stem}.png")
+        coarse = io.read_label_map(out / "coarse_masks" / f"{stem}.png")
         np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
-                                      seg.instances(prob))
+                                      add_coarse_particles(seg.instances(prob), coarse, prob))
