@@ -180,6 +180,13 @@ def segmentor_grow_to(ckpt: Path | None) -> float | str | None:
     return config_grow_to(cfg) if cfg is not None else None
 
 
+def segmentor_add_coarse(ckpt: Path | None) -> bool:
+    """Whether a checkpoint's config.json records ``add_coarse`` (segmenting also keeps the
+    masks' particles the segmentor missed; False when absent or unreadable)."""
+    cfg = _checkpoint_config(ckpt)
+    return bool((cfg or {}).get("config", {}).get("add_coarse", False))
+
+
 def segmentor_ensemble_size(ckpt: Path | None) -> int:
     """How many segmentors a checkpoint averages (its config's ``ensemble``; 1 for a single
     segmentor, or when absent or unreadable)."""
@@ -305,7 +312,9 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     project's masks after training (:func:`_match_masks`; None: every particle, no growth);
     params["seeds"] (default 1): train that many segmentors and keep the one that best matches
     the project's masks, or with params["ensemble"] (default True) the mean of all of them
-    when that matches better (as ``emcopilot pipeline --ensemble on``)."""
+    when that matches better (as ``emcopilot pipeline --ensemble on``); params["add_coarse"]
+    (default True): record with the model that segmenting also keeps the masks' particles it
+    missed (as ``emcopilot pipeline --add-coarse on``)."""
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
 
@@ -346,14 +355,19 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
                  resume=bool(params.get("resume", True)), should_stop=ctx.should_stop)
     min_peak = params.get("min_peak", "auto")  # "auto": choose it; None: keep every particle
     device = params.get("device", "auto")
+    # recorded with the model: segmenting then adds the masks' particles it missed (as the
+    # pipeline does with its coarse masks; the Results page can switch it off)
+    add_coarse = bool(params.get("add_coarse", True))
     if seeds > 1:
         return _train_segmentor_seeds(project, ctx, img_dir, mask_dir, seeds, min_peak, device,
-                                      train, kw, ensemble=bool(params.get("ensemble", True)))
+                                      train, kw, ensemble=bool(params.get("ensemble", True)),
+                                      add_coarse=add_coarse)
     result = train_segmentor(img_dir, mask_dir, run, progress=_progress(ctx), **train, **kw)
     out = _small(result)
     ckpt = None if result.get("cancelled") else segmentor_checkpoint(project)
     if ckpt is not None:
-        choice = _match_masks(project, ctx, ckpt, prefer_masks(project), device, min_peak)
+        choice = _match_masks(project, ctx, ckpt, prefer_masks(project), device, min_peak,
+                              add_coarse=add_coarse)
         out.update(min_peak=choice["min_peak"], grow_to=choice["grow_to"],
                    f1_vs_masks={f"seed{kw.get('seed', 0)}": choice["score"]})
     return out
@@ -361,7 +375,7 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
 
 def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path, seeds: int,
                            min_peak: str | None, device: str, train: dict, kw: dict, *,
-                           ensemble: bool = True) -> dict:
+                           ensemble: bool = True, add_coarse: bool = True) -> dict:
     """Train ``seeds`` segmentors (``candidates/seed<S>/``) and make the one whose particles
     best match the project's masks the project's segmentor (its ``best_miou/``, ``last/`` and
     log copied to the run folder), as ``emcopilot pipeline --segmentor-seeds`` does against
@@ -388,7 +402,7 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
             return {**_small(result), "seed": seed}
         ckpts[seed] = _checkpoint(cdir, ("best_miou", "last"))
         choices[seed] = _match_masks(project, ctx, ckpts[seed], masks, device, min_peak,
-                                     keep=maps.setdefault(seed, []))
+                                     keep=maps.setdefault(seed, []), add_coarse=add_coarse)
     if ensemble:  # the segmentors' mean: their maps averaged (as the pipeline does), no rerun
         from emcopilot import io
         from emcopilot.training.checkpoint import ensemble_checkpoint
@@ -397,7 +411,7 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
         averaged = [io.to_uint8(np.mean(per_image, axis=0) / 255.0)
                     for per_image in zip(*maps.values())]
         choices["mean"] = _match_masks(project, ctx, mean, masks, device, min_peak,
-                                       maps=averaged)
+                                       maps=averaged, add_coarse=add_coarse)
     best = best_segmentor({s: c["score"] for s, c in choices.items()})
     # the kept one's checkpoints (the mean has one: best_miou) and curves (the mean: the first's)
     winner = run / "candidates" / (f"seed{best}" if best != "mean" else f"seed{first}")
@@ -419,7 +433,7 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
 def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray],
                  device: str, min_peak: str | None = "auto", *,
                  maps: list[np.ndarray] | None = None,
-                 keep: list[np.ndarray] | None = None) -> dict:
+                 keep: list[np.ndarray] | None = None, add_coarse: bool = False) -> dict:
     """A trained segmentor against the project's masks (edited where saved, else coarse):
     :func:`emcopilot.inference.choose_min_peak` on its probability maps of those images, which
     records the particle core probability ("auto": the one that best matches the masks; None:
@@ -427,7 +441,9 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
     masks better) that the Results page then applies. Without masks nothing is chosen (every
     particle, no growth). ``maps``: 8-bit probability maps of the masked images (in the order
     of ``masks``) to use instead of running the segmentor (e.g. the mean of several
-    segmentors' maps); ``keep``: a list that gets the maps the segmentor made, as 8-bit."""
+    segmentors' maps); ``keep``: a list that gets the maps the segmentor made, as 8-bit;
+    ``add_coarse``: record that segmenting adds the masks' particles the segmentor missed
+    (:attr:`emcopilot.inference.Segmentor.add_coarse`; only with masks)."""
     from emcopilot import io
     from emcopilot.inference import Segmentor, choose_min_peak
 
@@ -451,6 +467,9 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
                              reference="project masks")
     if not masks:
         choice["score"] = None  # nothing to match
+    from emcopilot.training.checkpoint import update_config
+
+    update_config(ckpt, add_coarse=bool(add_coarse and masks))
     ctx.progress(len(masks), len(masks), f"particle core probability: {choice['min_peak']}, "
                  f"growth: {choice['grow_to'] or 'none'}")
     return choice
@@ -531,6 +550,12 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
 
             grow_to = check_grow_to(grow_to)
         model_info["grow_to"] = seg.grow_to if grow_to == "model" else grow_to
+        # "model": as recorded in the checkpoint (the pipeline records on); True/False
+        add_coarse = params.get("add_coarse", "model")
+        if add_coarse not in ("model", True, False):
+            raise InputError(f"add_coarse must be 'model', true or false, got {add_coarse!r}")
+        add_coarse = seg.add_coarse if add_coarse == "model" else add_coarse
+        model_info["add_coarse"] = add_coarse
     else:
         from emcopilot.masking import coarse_mask, resolve_method
 
@@ -546,9 +571,12 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
         labels = None
         if model == "segmentor":
             labels, _ = seg.segment(image01, threshold=thr, polarity=_polarity(project, stem),
-                                    min_peak=min_peak, grow_to=grow_to,
+                                    min_peak=min_peak, grow_to=grow_to, add_coarse=add_coarse,
+                                    # the project's mask (coarse or edited): the particle
+                                    # scale, and the particles added with add_coarse
                                     scale_labels=(_load_mask(project, stem)
-                                                  if seg.particle_diameter_px else None))
+                                                  if seg.particle_diameter_px or add_coarse
+                                                  else None))
         else:
             if params.get("use_edited", True):
                 labels = _load_mask(project, stem)

@@ -259,6 +259,8 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
 
     assert res["grow_to"] in GROW_OPTIONS and set(recorded["grow_f1"]) == {"None", "otsu"}
     assert job_kinds.segmentor_grow_to(ckpt) == res["grow_to"]
+    # and that segmenting adds the masks' particles the segmentor missed (params add_coarse)
+    assert job_kinds.segmentor_add_coarse(ckpt) is True
     mixed = job_kinds.segmentor_runs(masked) / "training_data"
     names = sorted(p.name for p in (mixed / "masks").glob("*.png"))
     assert names == sorted([f"{s}_syn000.png" for s in own] + [f"real_{s}.png" for s in own])
@@ -450,6 +452,67 @@ def test_results_grow_particles_as_recorded_unless_told_not_to(store, masked):
     assert pixels["grown"] >= pixels["plain"]
     with pytest.raises(Exception, match="grow_to"):
         job_kinds.segment_job(masked, {"model": "segmentor", "grow_to": "big"}, Ctx())
+
+
+def test_results_add_the_masks_missed_particles_as_recorded(store, masked):
+    """A segmentor that records add_coarse: the Results page's checkbox is on and says so; the
+    segment job then adds the project's mask particles the segmentor missed (exactly
+    postprocess.add_coarse_particles of its own particles), and not when the box is cleared."""
+    import torch
+
+    from emcopilot import io as emio
+    from emcopilot import job_kinds
+    from emcopilot.inference import Segmentor
+    from emcopilot.nets import UNetPlusPlus
+    from emcopilot.postprocess import add_coarse_particles
+    from emcopilot.training import save_checkpoint
+    from emcopilot.training.checkpoint import update_config
+
+    # a network of zeros: probability 0.5 everywhere, so it finds no particle (> 0.5) and every
+    # mask particle of typical size is one it missed (mean 0.5, the Otsu level of a flat map)
+    net = UNetPlusPlus(base=4, depth=3)
+    with torch.no_grad():
+        for w in net.parameters():
+            w.zero_()
+    ckpt = job_kinds.segmentor_runs(masked) / "best_miou"
+    save_checkpoint(ckpt, net, None, {"image_size": 64}, epoch=1)
+    label = "Also keep the masks' particles the segmentor missed"
+    at = open_page(PAGES[6], masked.id)
+    add = [c for c in at.checkbox if c.label.startswith(label)]
+    assert len(add) == 1 and add[0].value is False and "chosen" not in add[0].label
+    update_config(ckpt, add_coarse=True)
+    assert job_kinds.segmentor_add_coarse(ckpt) is True
+    at = open_page(PAGES[6], masked.id)
+    add = [c for c in at.checkbox if c.label.startswith(label)]
+    assert add[0].value is True and "chosen for this model" in add[0].label
+    button(at, "Segment all images and write the report").click().run()
+    default = jobs_of(store, masked, "segment")[-1]["params"]
+    assert "add_coarse" not in default  # the job's default: the model's value
+    add[0].uncheck().run()
+    button(at, "Segment all images and write the report").click().run()
+    plain = jobs_of(store, masked, "segment")[-1]["params"]
+    assert plain["add_coarse"] is False
+    seg = Segmentor.load(ckpt, device="cpu")
+    results = job_kinds.project_path(masked, "results_dir")
+    added = 0
+    for name, params in (("added", default), ("plain", plain)):
+        job_kinds.segment_job(masked, params, Ctx())
+        model = json.loads((results / "provenance.json").read_text())["model"]
+        assert model["add_coarse"] is (name == "added")
+        for r in masked.images():
+            s = r["stem"]
+            prob = seg.probability(job_kinds._image01(masked, s),
+                                   polarity=job_kinds._polarity(masked, s))
+            own = seg.instances(prob)
+            expect = (add_coarse_particles(own, job_kinds._load_mask(masked, s), prob)
+                      if name == "added" else own)
+            got = emio.read_label_map(results / "masks" / f"{s}.png")
+            assert (got > 0).sum() == (expect > 0).sum() and got.max() == expect.max()
+            if name == "added":
+                added += int(got.max()) - int(own.max())
+    assert added > 0  # the test means something
+    with pytest.raises(Exception, match="add_coarse"):
+        job_kinds.segment_job(masked, {"model": "segmentor", "add_coarse": "yes"}, Ctx())
 
 
 def test_job_panel_follows_the_store(store, project):
