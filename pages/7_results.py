@@ -61,8 +61,8 @@ if model == "segmentor":
     add = st.checkbox(
         "Also keep the masks' particles the segmentor missed"
         + (" (chosen for this model)" if recorded else ""), value=recorded,
-        help="Each image's particle mask (edited, else the coarse mask) adds the particles "
-             "that the segmentor left at least 90 % uncovered, that are at least half "
+        help="Each image's particle mask (edited, else the coarse mask; the classical "
+             "masker's particles where it has none) adds the particles that the segmentor left at least 90 % uncovered, that are at least half "
              "that image's median mask particle area and where its probability averages at "
              "least the image's Otsu level. On EMPS this raised object F1 and Dice "
              "over the segmentor's own particles, at the price of more particles counted on "
