@@ -397,6 +397,22 @@ def test_results_use_the_recorded_core_probability_unless_told_not_to(store, mas
         job_kinds.segment_job(masked, {"model": "segmentor", "min_peak": 2}, Ctx())
 
 
+def _recorded_then_cleared(store, project, label: str) -> tuple[dict, dict]:
+    """The Results page for a model that records a setting: its checkbox (label starting
+    with ``label``) is on and says it was chosen. Returns the segment jobs' params submitted as
+    is (the model's value: the setting's key is absent) and with the box cleared."""
+    at = open_page(PAGES[6], project.id)
+    box = [c for c in at.checkbox if c.label.startswith(label)]
+    assert len(box) == 1 and box[0].value is True and "chosen for this model" in box[0].label
+    submitted = []
+    for clear in (False, True):
+        if clear:
+            box[0].uncheck().run()
+        button(at, "Segment all images and write the report").click().run()
+        submitted.append(jobs_of(store, project, "segment")[-1]["params"])
+    return submitted[0], submitted[1]
+
+
 def test_results_grow_particles_as_recorded_unless_told_not_to(store, masked):
     """A segmentor with recorded growth: the Results page's checkbox is on and says it was
     chosen; the segment job grows the particles by default (the same particles, larger) and
@@ -423,16 +439,8 @@ def test_results_grow_particles_as_recorded_unless_told_not_to(store, masked):
     assert jobs_of(store, masked, "segment")[-1]["params"]["grow_to"] == "otsu"
 
     update_config(ckpt, grow_to=0.2)  # a low level, so that the untrained net's particles grow
-    at = open_page(PAGES[6], masked.id)
-    grow = [c for c in at.checkbox if c.label.startswith("Grow particles")]
-    assert grow[0].value is True and "chosen for this model" in grow[0].label
-    button(at, "Segment all images and write the report").click().run()
-    default = jobs_of(store, masked, "segment")[-1]["params"]
-    assert "grow_to" not in default  # the job's default: the model's value
-    grow[0].uncheck().run()
-    button(at, "Segment all images and write the report").click().run()
-    plain = jobs_of(store, masked, "segment")[-1]["params"]
-    assert plain["grow_to"] is None
+    default, plain = _recorded_then_cleared(store, masked, "Grow particles")
+    assert "grow_to" not in default and plain["grow_to"] is None
     seg = Segmentor.load(ckpt, device="cpu")
     results = job_kinds.project_path(masked, "results_dir")
     pixels = {}
@@ -482,16 +490,8 @@ def test_results_add_the_masks_missed_particles_as_recorded(store, masked):
     assert len(add) == 1 and add[0].value is False and "chosen" not in add[0].label
     update_config(ckpt, add_coarse=True)
     assert job_kinds.segmentor_add_coarse(ckpt) is True
-    at = open_page(PAGES[6], masked.id)
-    add = [c for c in at.checkbox if c.label.startswith(label)]
-    assert add[0].value is True and "chosen for this model" in add[0].label
-    button(at, "Segment all images and write the report").click().run()
-    default = jobs_of(store, masked, "segment")[-1]["params"]
-    assert "add_coarse" not in default  # the job's default: the model's value
-    add[0].uncheck().run()
-    button(at, "Segment all images and write the report").click().run()
-    plain = jobs_of(store, masked, "segment")[-1]["params"]
-    assert plain["add_coarse"] is False
+    default, plain = _recorded_then_cleared(store, masked, label)
+    assert "add_coarse" not in default and plain["add_coarse"] is False
     seg = Segmentor.load(ckpt, device="cpu")
     results = job_kinds.project_path(masked, "results_dir")
     added = 0
