@@ -2,8 +2,8 @@
 (``make bench``). Each writes its JSON under bench/results/; BENCHMARKS.md quotes them.
 
 The pipeline accuracy rows (``emcopilot pipeline`` + ``emcopilot evaluate``, then
-``bench.bench_postprocess`` and ``bench.bench_adabn`` on its outputs) take an hour or more on
-2 cores and are run by hand with the commands in BENCHMARKS.md.
+``bench.bench_postprocess``, ``bench.bench_add_coarse`` and ``bench.bench_adabn`` on its
+outputs) take an hour or more on 2 cores and are run by hand with the commands in BENCHMARKS.md.
 """
 
 from __future__ import annotations
