@@ -222,6 +222,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
                        "crop_n_layers": args.crop_n_layers, "max_mask_region_area": args.max_area}
     manifest_path = out / MASKS_MANIFEST
     manifest = {"method": method, "filters": filters, "sam": sam_options,
+                "data_bar": args.data_bar,
                 "classical_preset": args.classical_preset if method == "classical" else None,
                 "images": _read_manifest(out)}
     bar = _progress(args, "coarse masks")
@@ -240,7 +241,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
             pixel = args.pixel_size or m.pixel_size_nm
             labels = coarse_mask(io.normalize(m.image), method=method, polarity=args.polarity,
                                  filters=filters, sam_options=sam_options,
-                                 classical_options={"preset": args.classical_preset})
+                                 classical_options={"preset": args.classical_preset},
+                                 data_bar=args.data_bar == "on")
             io.write_label_map(out / f"{stem}.png", labels)
             manifest["images"][stem] = {"source": str(path), "pixel_size_nm": pixel,
                                         "particles": int(labels.max())}
@@ -443,7 +445,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             labels, prob = segmentor.segment(image01, threshold=args.threshold,
                                              polarity=args.polarity, scale=args.scale,
                                              min_peak=args.min_peak, grow_to=args.grow_to,
-                                             add_coarse=args.add_coarse)
+                                             add_coarse=args.add_coarse,
+                                             data_bar=args.data_bar == "on")
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -486,6 +489,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                min_peak=args.min_peak, segmentor_seeds=args.segmentor_seeds,
                                ensemble=args.ensemble == "on",
                                grow_to=args.grow_to, add_coarse=args.add_coarse == "on",
+                               data_bar=args.data_bar == "on",
                                progress=bar)
     finally:
         bar.close()
@@ -625,6 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=0, help="drop regions smaller than this, px (default 0)")
     p.add_argument("--max-area", type=int, default=None,
                    help="drop regions larger than this, px (SAM: support regions; default none)")
+    p.add_argument("--data-bar", choices=("on", "off"), default="on",
+                   help="on (default): leave out an instrument data bar at the bottom of an image (the strip of text and numbers many microscopes burn in): its characters are not particles, and particles cut by it are dropped like those cut by the border; off: use every row")
     p.add_argument("--classical-preset", choices=("auto", "isolated", "supported"), default="auto",
                    help="classical masker settings: isolated (free particles on a flat background), "
                         "supported (small particles on a textured support, e.g. HAADF of catalysts), "
@@ -742,6 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "particle area, where its probability averages at least the image's "
                         "Otsu level (see BENCHMARKS.md); default: as recorded in the model "
                         "(the pipeline records on), else off")
+    p.add_argument("--data-bar", choices=("on", "off"), default="on",
+                   help="on (default): leave out an instrument data bar at the bottom of an image (the strip of text and numbers many microscopes burn in): its characters are not particles, and particles cut by it are dropped like those cut by the border; off: use every row")
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
                         "trained at a common particle width, measured per image)")
@@ -792,6 +800,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "particles, at least half the image's median coarse particle area, its "
                         "probability there at least the image's Otsu level; measured in "
                         "BENCHMARKS.md); recorded in the segmentor for `segment`")
+    p.add_argument("--data-bar", choices=("on", "off"), default="on",
+                   help="on (default): leave out an instrument data bar at the bottom of an image (the strip of text and numbers many microscopes burn in): its characters are not particles, and particles cut by it are dropped like those cut by the border; off: use every row")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)

@@ -376,14 +376,19 @@ class Segmentor:
                                  target)
 
     def probability(self, image01: np.ndarray, *, polarity: str = "auto",
-                    scale: float | None = None, scale_labels: np.ndarray | None = None
-                    ) -> np.ndarray:
+                    scale: float | None = None, scale_labels: np.ndarray | None = None,
+                    data_bar: bool = True) -> np.ndarray:
         """Particle probability map (the image's size) after bringing the image to the
         segmentor's conventions (:meth:`prepare`: particle polarity; :meth:`resolve_scale`:
-        particle scale, from ``scale``, ``scale_labels`` or an estimate)."""
-        prepared = self.prepare(image01, polarity)
-        return self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale,
+        particle scale, from ``scale``, ``scale_labels`` or an estimate). With ``data_bar``
+        (default) an instrument data bar at the bottom
+        (:func:`emcopilot.data_bar.find_data_bar`) is left out: the map is 0 there."""
+        prepared = self.prepare(image01, polarity)  # polarity from the whole frame
+        height = prepared.shape[0]
+        top, prepared, scale_labels = _above_bar(prepared, scale_labels, data_bar)
+        prob = self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale,
                                                                      scale_labels))
+        return _pad_below(top, height, prob)[0]
 
     def instances(self, prob: np.ndarray, threshold: float | str | None = None, *,
                   min_distance: int = 3, min_area: int = 10,
@@ -408,14 +413,19 @@ class Segmentor:
                 min_distance: int = 3, min_area: int = 10, scale: float | None = None,
                 polarity: str = "auto", scale_labels: np.ndarray | None = None,
                 min_peak: float | str | None = "model", grow_to: float | str | None = "model",
-                add_coarse: bool | str = "model") -> tuple[np.ndarray, np.ndarray]:
+                add_coarse: bool | str = "model", data_bar: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
         """Instance label map (int32, 0 = background) and probability map of one image, both of
         the image's size: :meth:`probability`, then :meth:`instances`; with ``add_coarse``
         (``"model"``: :attr:`add_coarse`) plus the coarse particles the segmentor missed
         (:func:`emcopilot.postprocess.add_coarse_particles`), from ``scale_labels`` when given
-        (the image's coarse mask) else from :meth:`coarse_labels`."""
+        (the image's coarse mask) else from :meth:`coarse_labels`. With ``data_bar`` (default)
+        an instrument data bar at the bottom (:func:`emcopilot.data_bar.find_data_bar`) is
+        left out: no particles there, probability 0."""
         add = self.add_coarse if add_coarse == "model" else bool(add_coarse)
-        prepared = self.prepare(image01, polarity)
+        prepared = self.prepare(image01, polarity)  # polarity from the whole frame
+        height = prepared.shape[0]
+        top, prepared, scale_labels = _above_bar(prepared, scale_labels, data_bar)
         coarse = scale_labels
         if add and coarse is None:
             coarse = self.coarse_labels(prepared)  # also measures the scale (no second pass)
@@ -424,7 +434,24 @@ class Segmentor:
                                 min_peak=min_peak, grow_to=grow_to)
         if add:
             labels = add_coarse_particles(labels, coarse, prob)
-        return labels, prob
+        return _pad_below(top, height, labels, prob)
+
+
+def _above_bar(image01: np.ndarray, labels: np.ndarray | None, data_bar: bool):
+    """``(top, image rows above a data bar, labels' same rows)``; ``top`` None: no bar (or
+    ``data_bar`` off), everything as given."""
+    if not data_bar:
+        return None, image01, labels
+    from .data_bar import on_rows_above_bar
+
+    return on_rows_above_bar(image01, labels)
+
+
+def _pad_below(top: int | None, height: int, *arrays: np.ndarray):
+    """The arrays padded with zeros below row ``top`` back to ``height`` rows."""
+    if top is None:
+        return arrays
+    return tuple(np.pad(a, ((0, height - top), (0, 0))) for a in arrays)
 
 
 def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],

@@ -69,7 +69,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  segmentor_data: str = "synthetic+real", particle_scale: bool = True,
                  min_peak: float | str | None = "auto", segmentor_seeds: int = 2,
                  grow_to: float | str | None = "auto", ensemble: bool = True,
-                 add_coarse: bool = True,
+                 add_coarse: bool = True, data_bar: bool = True,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -132,7 +132,11 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     the segmentor missed") this raised object F1 (+0.01 to +0.07) and Dice (+0.01 to +0.07)
     over the segmentor's own particles on three runs and on the 366 images of the train split,
     and raised the mean relative count error (more particles on images with a few large
-    ones)."""
+    ones).
+
+    ``data_bar``: leave out an instrument data bar at the bottom of an image
+    (:func:`emcopilot.data_bar.find_data_bar`) when detecting polarity, masking and segmenting;
+    the images stage records each bar's first row (``data_bar_row``)."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -178,6 +182,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     #    learn from a set that mixes bright- and dark-particle images which polarity to paint.
     if step(0, "images"):
         from emcopilot.polarity import describe_polarity
+        from emcopilot.data_bar import find_data_bar
 
         meta, unsure = {}, []
         for path in files:
@@ -185,6 +190,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             stem = io.safe_stem(path.name)
             image01 = io.normalize(m.image)
             meta[stem] = {"source": str(path), "pixel_size_nm": pixel_size_nm or m.pixel_size_nm}
+            top = find_data_bar(image01) if data_bar else None
+            meta[stem]["data_bar_row"] = top
             if polarity == "auto":
                 detected = describe_polarity(image01)
                 pol = detected["polarity"]
@@ -197,7 +204,10 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             io.write_image(img_dir / f"{stem}.png", io.bright_particles(image01, pol))
         # images whose detected polarity is unsure: worth a look (`emcopilot info`), and a run
         # with --polarity where a whole set shares one
-        _mark_done(out, state, "images", count=len(meta), polarity_unsure=unsure, images=meta)
+        _mark_done(out, state, "images", count=len(meta), polarity_unsure=unsure,
+                   data_bar=bool(data_bar),
+                   data_bars=sum(v["data_bar_row"] is not None for v in meta.values()),
+                   images=meta)
     meta = done["images"]["images"]
 
     # 2. coarse masks
@@ -212,7 +222,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 continue
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
             io.write_label_map(target, coarse_mask(image01, method=resolved, polarity="bright",
-                                                   classical_options={"preset": classical_preset}))
+                                                   classical_options={"preset": classical_preset},
+                                                   data_bar=data_bar))
         _mark_done(out, state, "masks", method=resolved, classical_preset=classical_preset)
 
     # 3. priors
@@ -321,7 +332,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 # the images are bright-particle copies; the coarse mask measures the scale
                 coarse = (io.read_label_map(mask_dir / f"{stem}.png")
                           if segmentor.particle_diameter_px else None)
-                prob = segmentor.probability(image01, polarity="bright", scale_labels=coarse)
+                prob = segmentor.probability(image01, polarity="bright", scale_labels=coarse,
+                                             data_bar=data_bar)
                 io.write_image(maps[s] / f"{stem}.png", prob)
             report(7, len(STAGES), "segment: matching the particles with the coarse masks")
             choices[s] = choose_min_peak(

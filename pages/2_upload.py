@@ -70,6 +70,10 @@ for i, rec in enumerate(images):
                 st.warning(f"{what}, unsure: check the image and set it", icon=":material/help:")
             else:
                 st.caption(what)
+        bar = _ui.data_bar_row(rec)
+        if bar is not None:
+            st.caption(f"Data bar from row {bar} (of {rec.get('height') or '?'}): left out of "
+                       "masks and segmentation")
         if new_nm != float(nm or 0.0):
             _ui.guarded(project.set_pixel_size, stem, new_nm if new_nm > 0 else None)
         if new_pol != pol:

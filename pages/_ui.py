@@ -231,21 +231,38 @@ def thumbnail(rec: dict, size: int = 256) -> bytes | None:
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
-def _polarity(path: str, mtime: float) -> dict:
+def _image_facts(path: str, mtime: float) -> dict:
+    """The polarity "auto" resolves to and the first row of an instrument data bar (None: no
+    bar), found as masking and segmenting find them."""
+    from emcopilot.data_bar import find_data_bar
     from emcopilot.io import normalize, read_micrograph
     from emcopilot.polarity import describe_polarity
 
-    return describe_polarity(normalize(read_micrograph(path).image))
+    image01 = normalize(read_micrograph(path).image)
+    top = find_data_bar(image01)
+    return {"polarity": describe_polarity(image01), "data_bar_row": top}
+
+
+def _facts(rec: dict) -> dict | None:
+    p = Path(rec["path"])
+    try:
+        return _image_facts(str(p), p.stat().st_mtime)
+    except (EMCopilotError, OSError):
+        return None  # thumbnail() has already said why
 
 
 def detected_polarity(rec: dict) -> dict | None:
     """What "auto" polarity resolves to for an image record (``polarity.describe_polarity``,
     cached by file path and modification time); None when the file cannot be read."""
-    p = Path(rec["path"])
-    try:
-        return _polarity(str(p), p.stat().st_mtime)
-    except (EMCopilotError, OSError):
-        return None  # thumbnail() has already said why
+    facts = _facts(rec)
+    return None if facts is None else facts["polarity"]
+
+
+def data_bar_row(rec: dict) -> int | None:
+    """The first row of the image's instrument data bar (``data_bar.find_data_bar``), or None
+    (no bar, or the file cannot be read)."""
+    facts = _facts(rec)
+    return None if facts is None else facts["data_bar_row"]
 
 
 def magma(image01: np.ndarray) -> np.ndarray:

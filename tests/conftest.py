@@ -41,3 +41,23 @@ def _isolated_data_root(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(root / "hf_home"))
     monkeypatch.delenv("EMCOPILOT_WEIGHTS_DIR", raising=False)
     monkeypatch.delenv("EMCOPILOT_REDIS_URL", raising=False)
+
+
+def with_data_bar(image: "np.ndarray", height: int = 40, level: int = 0) -> "np.ndarray":
+    """``image`` (2-D uint8) with an instrument-style data bar appended below it: ``height``
+    rows at grey ``level`` holding two lines of character-sized blocks of the opposite grey,
+    as SEMs burn in (HV, magnification, a scale bar). Its first row is ``image.shape[0]``."""
+    import numpy as np
+
+    h, w = image.shape
+    bar = np.full((height, w), level, np.uint8)
+    ink = 255 - level
+    rng = np.random.default_rng(7)
+    for top in (height // 5, height // 5 + height // 3):
+        x = 6
+        while x < w - 12:
+            if rng.random() < 0.8:  # a character
+                bar[top:top + height // 4, x:x + int(rng.integers(3, 8))] = ink
+            x += 10
+    bar[-6:-4, w // 2:w // 2 + w // 5] = ink  # a scale bar
+    return np.concatenate([np.asarray(image, np.uint8), bar])

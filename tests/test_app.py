@@ -147,6 +147,30 @@ def test_upload_page_says_what_auto_polarity_is(project):
     assert next(r for r in project.images() if r["stem"] == "flat")["polarity"] == "dark"
 
 
+def test_an_image_with_a_data_bar_is_masked_above_it_and_the_upload_page_says_so(project,
+                                                                                 examples_dir):
+    """The Upload page names the bar's first row for the image that has one (and no other);
+    the coarse-mask job leaves the bar's rows empty."""
+    import numpy as np
+    from PIL import Image
+
+    from emcopilot import io as emio
+    from emcopilot import job_kinds
+    from tests.conftest import with_data_bar
+
+    grey = emio.read_micrograph(examples_dir / "emps" / "images" / "f7fa7d1729.png").image
+    buf = io.BytesIO()
+    Image.fromarray(with_data_bar(np.asarray(grey, np.uint8))).save(buf, format="PNG")
+    project.add_image("barred.png", buf.getvalue())
+    at = open_page(PAGES[1], project.id)
+    assert not at.exception
+    bars = [c.value for c in at.caption if c.value.startswith("Data bar")]
+    assert bars == ["Data bar from row 516 (of 556): left out of masks and segmentation"]
+    job_kinds.coarse_masks_job(project, {"method": "classical"}, Ctx())
+    labels = job_kinds._load_mask(project, "barred")
+    assert labels.shape == (556, 512) and labels[:516].any() and not labels[516:].any()
+
+
 def test_coarse_masks_preview_and_job(store, project):
     at = open_page(PAGES[2], project.id)
     assert "classical" in at.radio[0].options

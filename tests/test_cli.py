@@ -199,3 +199,26 @@ def test_front_half_of_the_pipeline_on_real_images(tmp_path, examples_dir):
     assert batch["count"] == n_particles > 20
     assert batch["d10"] <= batch["d50"] <= batch["d90"]
     Image.open(psd / "psd.png").verify()
+
+
+def test_mask_leaves_out_a_data_bar_unless_told_not_to(tmp_path, examples_dir):
+    """`mask --data-bar on` (default): nothing below the bar's first row; `off`: the bar's
+    white characters on black become particles too. masks.json records the setting."""
+    from emcopilot import io
+    from tests.conftest import with_data_bar
+
+    grey = io.read_micrograph(examples_dir / "emps" / "images" / "f7fa7d1729.png").image
+    src = tmp_path / "barred.png"
+    Image.fromarray(with_data_bar(np.asarray(grey, np.uint8))).save(src)
+    counts = {}
+    for setting in ("on", "off"):
+        out = tmp_path / setting
+        proc = run("mask", src, "--method", "classical", "--classical-preset", "isolated",
+                   "--polarity", "dark", "--edge-margin", "0", "--data-bar", setting,
+                   "--out", out, "-q")
+        assert proc.returncode == 0, proc.stderr
+        labels = io.read_label_map(out / "barred.png")
+        counts[setting] = bool(labels[516:].any())
+        assert labels[:516].any()
+        assert json.loads((out / "masks.json").read_text())["data_bar"] == setting
+    assert counts == {"on": False, "off": True}

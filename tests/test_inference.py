@@ -397,3 +397,22 @@ def test_segment_adds_the_coarse_particles_it_missed(segmentor, real, tmp_path):
         labels, add_coarse_particles(loaded.instances(prob3), loaded.coarse_labels(prep), prob3))
     np.testing.assert_array_equal(loaded.segment(img, add_coarse=False)[0],
                                   loaded.instances(prob3))
+
+
+def test_the_segmentor_leaves_out_an_instrument_data_bar(segmentor, real):
+    """An image with a data bar below it: particles and probabilities of the rows above are
+    those of the image alone, and the bar's rows hold none (``data_bar=False``: the network
+    sees the bar too)."""
+    from tests.conftest import with_data_bar
+
+    img, _ = real
+    h = img.shape[0]
+    barred = io.normalize(with_data_bar(np.round(img * 255).astype(np.uint8), level=0))
+    plain_labels, plain_prob = segmentor.segment(io.normalize(np.round(img * 255)))
+    labels, prob = segmentor.segment(barred)
+    assert labels.shape == prob.shape == barred.shape
+    assert not labels[h:].any() and not prob[h:].any()
+    np.testing.assert_array_equal(labels[:h], plain_labels)
+    np.testing.assert_allclose(prob[:h], plain_prob, atol=1e-6)
+    np.testing.assert_array_equal(segmentor.probability(barred), prob)
+    assert segmentor.probability(barred, data_bar=False)[h:].max() > 0

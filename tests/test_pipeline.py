@@ -13,6 +13,7 @@ import pytest
 from emcopilot import io
 from emcopilot.particle_scale import DEFAULT_DIAMETER_PX, normalising_scale, resize_labels
 from emcopilot.pipeline import STAGES, load_state, run_pipeline
+from tests.conftest import with_data_bar
 
 TINY = dict(
     profile="cpu", classical_preset="isolated", per_mask=2, seed=0, device="cpu",
@@ -22,12 +23,17 @@ TINY = dict(
     segmentor_options={"base": 4, "image_size": 64, "samples_per_epoch": 8, "batch_size": 4},
 )
 
+BAR_STEM, BAR_ROW = "f7fa7d1729", 516
+
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, examples_dir):
     src = tmp_path_factory.mktemp("images")
-    for stem in ("dbbbce5020", "f7fa7d1729", "c363833ad2"):
+    for stem in ("dbbbce5020", "c363833ad2"):
         shutil.copy(examples_dir / "emps" / "images" / f"{stem}.png", src)
+    # one image with an instrument data bar below it (BAR_STEM's first BAR_ROW rows: the image)
+    grey = io.read_micrograph(examples_dir / "emps" / "images" / f"{BAR_STEM}.png").image
+    io.write_image(src / f"{BAR_STEM}.png", with_data_bar(np.asarray(grey, np.uint8)))
     out = tmp_path_factory.mktemp("run")
     calls = []
     result = run_pipeline(src, out, progress=lambda d, t, m="": calls.append((d, t, m)), **TINY)
@@ -77,6 +83,15 @@ def test_every_stage_runs_without_labels(pipeline_run):
         assert abs(rec["polarity_score"]) >= 2
     assert images["images"]["c363833ad2"]["polarity"] == "bright"
     assert images["images"]["dbbbce5020"]["polarity"] == "dark"
+    # the data bar: found, recorded, and neither masked nor segmented
+    assert images["data_bars"] == 1
+    for stem in stems:
+        assert images["images"][stem]["data_bar_row"] == (BAR_ROW if stem == BAR_STEM else None)
+    for folder in ("coarse_masks", "segmentation"):
+        labels = io.read_label_map(out / folder / f"{BAR_STEM}.png")
+        assert labels[:BAR_ROW].any() and not labels[BAR_ROW:].any(), folder
+    assert not io.read_micrograph(out / "segmentation" / "prob" / f"{BAR_STEM}.png").image[
+        BAR_ROW:].any()
 
 
 def test_cli_pipeline_warns_about_unsure_polarity(monkeypatch, tmp_path, capsys):

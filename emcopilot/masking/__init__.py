@@ -53,6 +53,7 @@ def coarse_mask(
     filters: Mapping[str, Any] | None = None,
     sam_options: Mapping[str, Any] | None = None,
     classical_options: Mapping[str, Any] | None = None,
+    data_bar: bool = True,
 ) -> np.ndarray:
     """Coarse particle label map of one micrograph: masker, then ``filter_regions``.
 
@@ -67,6 +68,9 @@ def coarse_mask(
         classical_options: keyword arguments of ``ClassicalMasker``; ``"preset"`` picks one of
             ``classical.PRESETS`` ("isolated": free particles, "supported": catalysts) or
             ``"auto"`` (default: ``classical.choose_preset`` decides per image).
+        data_bar: True (default): when the image has an instrument data bar at the bottom
+            (:func:`emcopilot.data_bar.find_data_bar`), mask only the rows above it (the bar's
+            text is not particles; the edge filter then drops particles cut by the bar).
 
     Returns:
         ``numpy.int32`` label map, 0 = background, 1..N = particles.
@@ -74,7 +78,18 @@ def coarse_mask(
     image01 = np.asarray(image01, np.float32)
     if image01.ndim != 2:
         raise InputError(f"expected a 2-D greyscale image, got shape {image01.shape}")
+    # polarity from the whole frame, as detect_polarity's weights were fitted (BENCHMARKS.md:
+    # measured above a data bar, it got one more EMPS test image wrong)
     polarity = resolve_polarity(image01, polarity)
+    if data_bar:
+        from emcopilot.data_bar import find_data_bar
+
+        top = find_data_bar(image01)
+        if top is not None:
+            labels = coarse_mask(image01[:top], method=method, polarity=polarity,
+                                 filters=filters, sam_options=sam_options,
+                                 classical_options=classical_options, data_bar=False)
+            return np.pad(labels, ((0, image01.shape[0] - top), (0, 0)))
     filt = dict(DEFAULT_FILTERS)
     if filters:
         unknown = set(filters) - set(DEFAULT_FILTERS)
