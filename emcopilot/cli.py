@@ -203,6 +203,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_mask(args: argparse.Namespace) -> int:
     from emcopilot import io
+    from emcopilot.data_bar import find_data_bar
     from emcopilot.masking import coarse_mask, resolve_method
 
     files = io.list_images(args.images)
@@ -239,13 +240,16 @@ def cmd_mask(args: argparse.Namespace) -> int:
                 failed.append(str(exc))
                 continue
             pixel = args.pixel_size or m.pixel_size_nm
-            labels = coarse_mask(io.normalize(m.image), method=method, polarity=args.polarity,
+            image01 = io.normalize(m.image)
+            labels = coarse_mask(image01, method=method, polarity=args.polarity,
                                  filters=filters, sam_options=sam_options,
                                  classical_options={"preset": args.classical_preset},
                                  data_bar=args.data_bar == "on")
             io.write_label_map(out / f"{stem}.png", labels)
             manifest["images"][stem] = {"source": str(path), "pixel_size_nm": pixel,
-                                        "particles": int(labels.max())}
+                                        "particles": int(labels.max()),
+                                        "data_bar_row": (find_data_bar(image01)
+                                                         if args.data_bar == "on" else None)}
             from emcopilot.atomic import atomic_write_text
 
             atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
@@ -429,19 +433,22 @@ def _model_dir(model: str) -> Path:
 def cmd_segment(args: argparse.Namespace) -> int:
     from emcopilot import io
     from emcopilot.analysis import write_psd_report
+    from emcopilot.data_bar import find_data_bar
     from emcopilot.inference import Segmentor
 
     files = io.list_images(args.images)
     out = _out_dir(args.out)
     segmentor = Segmentor.load(_model_dir(args.model), device=args.device)
     bar = _progress(args, "segment")
-    results = []
+    results, barred = [], 0
     try:
         for i, path in enumerate(files):
             bar(i, len(files), path.name)
             m = io.read_micrograph(path)
             stem = io.safe_stem(path.name)
             image01 = io.normalize(m.image)
+            if args.data_bar == "on" and find_data_bar(image01) is not None:
+                barred += 1
             labels, prob = segmentor.segment(image01, threshold=args.threshold,
                                              polarity=args.polarity, scale=args.scale,
                                              min_peak=args.min_peak, grow_to=args.grow_to,
@@ -468,6 +475,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if added:
         kept += ("; plus the classical coarse masker's particles the segmentor missed "
                  "(--add-coarse off: without)")
+    if barred:
+        kept += (f"; the data bar at the bottom of {barred} image(s) left out (--data-bar off: "
+                 "every row)")
     print(f"segmented {len(files)} image(s), {batch.get('count', 0)} particles ({kept}); "
           f"results in {out}")
     return 0

@@ -60,20 +60,25 @@ def find_data_bar(image: np.ndarray, *, search: float = 0.25,
     Returns:
         The row index where the bar starts (rows ``[:row]`` are the micrograph), or None.
     """
-    g = _grey255(image)
-    h, w = g.shape
+    shape = np.shape(image)
+    if len(shape) != 2:
+        raise InputError(f"expected a 2-D greyscale image, got shape {shape}")
+    h, w = shape
     if h < 4 * min_height or w < 16:
         return None
-    lo = max(3, int(h * (1.0 - search)))
+    lo = max(15, int(h * (1.0 - search)))
     hi = h - min_height
     if hi <= lo:
         return None
+    # only the bottom rows are read; g's row i is the image's row start + i
+    start = lo - 15
+    g = _grey255(image[start:])
     # a sharp step over 3 rows (edges are often blurred by resampling): share of columns
     step = (np.abs(g[3:] - g[:-3]) > 2 * TOLERANCE).mean(axis=1)  # step[i]: rows i .. i+3
-    rows = np.arange(lo, hi)
+    rows = np.arange(lo, hi) - start
     strength = np.array([step[r - 3:r + 1].max() for r in rows])
     order = rows[np.argsort(-strength, kind="stable")][:CANDIDATES]
-    for r in sorted(int(x) for x in order if strength[x - lo] >= MIN_STEP):
+    for r in sorted(int(x) for x in order if strength[x - rows[0]] >= MIN_STEP):
         band = g[r + 3:]  # below the edge's blur
         level = int(np.bincount(band.ravel().astype(np.int64), minlength=256).argmax())
         flat = np.abs(band - level) <= TOLERANCE
@@ -86,9 +91,9 @@ def find_data_bar(image: np.ndarray, *, search: float = 0.25,
             continue
         # the topmost edge that passes (bars often hold ruled lines of their own), placed at
         # the sharpest single-row step near it: the bar's first row
-        near = np.arange(max(1, r - 2), min(h, r + 4))
+        near = np.arange(r - 2, min(len(g), r + 4))
         jumps = (np.abs(g[near] - g[near - 1]) > 2 * TOLERANCE).mean(axis=1)
-        return int(near[np.argmax(jumps)])
+        return start + int(near[np.argmax(jumps)])
     return None
 
 

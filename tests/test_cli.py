@@ -220,5 +220,7 @@ def test_mask_leaves_out_a_data_bar_unless_told_not_to(tmp_path, examples_dir):
         labels = io.read_label_map(out / "barred.png")
         counts[setting] = bool(labels[516:].any())
         assert labels[:516].any()
-        assert json.loads((out / "masks.json").read_text())["data_bar"] == setting
+        manifest = json.loads((out / "masks.json").read_text())
+        assert manifest["data_bar"] == setting
+        assert manifest["images"]["barred"]["data_bar_row"] == (516 if setting == "on" else None)
     assert counts == {"on": False, "off": True}

@@ -269,3 +269,28 @@ def test_push_model_without_network_is_one_line(tmp_path):
     assert r.returncode != 0
     line = _one_line_error(r)
     assert "someone/emcopilot-test" in line or "token" in line.lower()
+
+
+def test_segment_leaves_out_a_data_bar_and_says_so(data, segmentor, tmp_path):
+    from PIL import Image
+
+    from tests.conftest import with_data_bar
+
+    grey = io.read_micrograph(data / "images" / f"{STEMS[0]}.png").image
+    src = tmp_path / "barred.png"
+    Image.fromarray(with_data_bar(np.asarray(grey, np.uint8))).save(src)
+    h = grey.shape[0]
+    outs = {}
+    for setting in ("on", "off"):
+        r = _cli(tmp_path, "segment", str(src), "--model", str(segmentor / "best_miou"),
+                 "--out", str(tmp_path / setting), "--data-bar", setting, "--device", "cpu",
+                 "-q")
+        assert r.returncode == 0, r.stderr
+        said = "the data bar at the bottom of 1 image(s) left out" in r.stdout
+        assert said == (setting == "on"), r.stdout
+        outs[setting] = (io.read_label_map(tmp_path / setting / "barred.png"),
+                         io.read_micrograph(tmp_path / setting / "prob" / "barred.png").image)
+    labels, prob = outs["on"]
+    assert labels.shape == (h + 40, grey.shape[1])
+    assert not labels[h:].any() and not prob[h:].any()
+    assert outs["off"][1][h:].any()  # the network saw the bar
