@@ -309,18 +309,19 @@ class Segmentor:
         ``add_coarse`` (the pipeline records it), False when absent."""
         return bool(self.config.get("config", {}).get("add_coarse", False))
 
-    def coarse_labels(self, prepared01: np.ndarray) -> np.ndarray:
+    def coarse_labels(self, prepared01: np.ndarray, *, data_bar: bool = True) -> np.ndarray:
         """The classical coarse mask of an image already in the segmentor's conventions
         (:meth:`prepare`), with the classical preset the segmentor was trained with (the
         checkpoint's ``scale_preset``; "auto" when absent): the particles
         :meth:`resolve_scale` measures without labels and :meth:`segment` adds with
-        ``add_coarse``."""
+        ``add_coarse``. ``data_bar``: as :func:`emcopilot.masking.coarse_mask`'s (the rows of
+        an instrument data bar hold no particles)."""
         from .masking import coarse_mask
 
         preset = self.config.get("config", {}).get("scale_preset") or "auto"
         return coarse_mask(np.asarray(prepared01, dtype=np.float32), method="classical",
                            polarity="bright" if self.input_polarity == "bright" else "auto",
-                           classical_options={"preset": str(preset)})
+                           classical_options={"preset": str(preset)}, data_bar=data_bar)
 
     @property
     def fill_holes(self) -> bool:
@@ -358,7 +359,8 @@ class Segmentor:
         return np.asarray(image01, dtype=np.float32)
 
     def resolve_scale(self, prepared01: np.ndarray, scale: float | None = None,
-                      labels: np.ndarray | None = None) -> float | None:
+                      labels: np.ndarray | None = None, *, data_bar: bool = True
+                      ) -> float | None:
         """Resize factor for one image: ``scale`` when given; for a segmentor trained at a common
         particle scale, the factor that brings this image's typical particle to
         :attr:`particle_diameter_px`, measured on ``labels`` (e.g. its coarse mask) or, without
@@ -372,7 +374,8 @@ class Segmentor:
             return None
         from .particle_scale import normalising_scale
 
-        return normalising_scale(self.coarse_labels(prepared01) if labels is None else labels,
+        return normalising_scale(self.coarse_labels(prepared01, data_bar=data_bar)
+                                 if labels is None else labels,
                                  target)
 
     def probability(self, image01: np.ndarray, *, polarity: str = "auto",
@@ -386,8 +389,10 @@ class Segmentor:
         prepared = self.prepare(image01, polarity)  # polarity from the whole frame
         height = prepared.shape[0]
         top, prepared, scale_labels = _above_bar(prepared, scale_labels, data_bar)
+        # the rows left are the micrograph (bar cut off) or every row on purpose (data_bar off)
         prob = self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale,
-                                                                     scale_labels))
+                                                                     scale_labels,
+                                                                     data_bar=False))
         return _pad_below(top, height, prob)[0]
 
     def instances(self, prob: np.ndarray, threshold: float | str | None = None, *,
@@ -428,8 +433,11 @@ class Segmentor:
         top, prepared, scale_labels = _above_bar(prepared, scale_labels, data_bar)
         coarse = scale_labels
         if add and coarse is None:
-            coarse = self.coarse_labels(prepared)  # also measures the scale (no second pass)
-        prob = self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale, coarse))
+            # also measures the scale (no second pass); the rows left are the micrograph (bar
+            # cut off) or every row on purpose (data_bar off)
+            coarse = self.coarse_labels(prepared, data_bar=False)
+        prob = self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale, coarse,
+                                                                     data_bar=False))
         labels = self.instances(prob, threshold, min_distance=min_distance, min_area=min_area,
                                 min_peak=min_peak, grow_to=grow_to)
         if add:

@@ -416,3 +416,32 @@ def test_the_segmentor_leaves_out_an_instrument_data_bar(segmentor, real):
     np.testing.assert_allclose(prob[:h], plain_prob, atol=1e-6)
     np.testing.assert_array_equal(segmentor.probability(barred), prob)
     assert segmentor.probability(barred, data_bar=False)[h:].max() > 0
+
+
+def test_data_bar_off_measures_the_particle_scale_on_every_row(segmentor, real, tmp_path):
+    """A scale-normalised segmentor: with the bar left out, the scale comes from the rows above
+    it; with ``data_bar=False`` from every row, bar included (as before bars were found)."""
+    from emcopilot.masking import coarse_mask
+    from emcopilot.particle_scale import normalising_scale
+    from tests.conftest import with_data_bar
+
+    img, _ = real
+    h = img.shape[0]
+    ck = save_checkpoint(tmp_path / "ck", segmentor.model, None,
+                         {"image_size": 64, "particle_diameter_px": 32,
+                          "scale_preset": "isolated", "input_polarity": "bright"}, epoch=1)
+    seg = Segmentor.load(ck, device="cpu")
+    barred = io.normalize(with_data_bar(np.round(img * 255).astype(np.uint8), level=255))
+    full = seg.prepare(barred)
+
+    def expected(rows, bar):
+        labels = coarse_mask(full[:rows], method="classical", polarity="bright",
+                             classical_options={"preset": "isolated"}, data_bar=bar)
+        return seg.predict_proba(full[:rows], scale=normalising_scale(labels, 32))
+
+    off = seg.probability(barred, data_bar=False)
+    np.testing.assert_allclose(off, expected(len(full), False), atol=1e-6)
+    on = seg.probability(barred)
+    np.testing.assert_allclose(on[:h], expected(h, False), atol=1e-6)
+    assert not on[h:].any()
+    np.testing.assert_allclose(seg.segment(barred, data_bar=False)[1], off, atol=1e-6)
