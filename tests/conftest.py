@@ -45,19 +45,18 @@ def _isolated_data_root(tmp_path_factory, monkeypatch):
 
 def with_data_bar(image: "np.ndarray", height: int = 40, level: int = 0) -> "np.ndarray":
     """``image`` (2-D uint8) with an instrument-style data bar appended below it: ``height``
-    rows at grey ``level`` holding two lines of character-sized blocks of the opposite grey,
-    as SEMs burn in (HV, magnification, a scale bar). Its first row is ``image.shape[0]``."""
+    rows at grey ``level`` holding two lines of text and a scale bar in the opposite grey, as
+    SEMs burn in. Its first row is ``image.shape[0]``."""
     import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
 
     h, w = image.shape
-    bar = np.full((height, w), level, np.uint8)
-    ink = 255 - level
-    rng = np.random.default_rng(7)
-    for top in (height // 5, height // 5 + height // 3):
-        x = 6
-        while x < w - 12:
-            if rng.random() < 0.8:  # a character
-                bar[top:top + height // 4, x:x + int(rng.integers(3, 8))] = ink
-            x += 10
-    bar[-6:-4, w // 2:w // 2 + w // 5] = ink  # a scale bar
-    return np.concatenate([np.asarray(image, np.uint8), bar])
+    bar = Image.new("L", (w, height), level)
+    draw, ink, font = ImageDraw.Draw(bar), 255 - level, ImageFont.load_default()
+    draw.text((6, 4), "HV 15.00 kV   mag 50 000 x   WD 5.1 mm   det ETD   spot 3.0", fill=ink,
+              font=font)
+    draw.text((6, height // 2), "11/25/2026  10:42:17 AM   HFW 5.97 um", fill=ink, font=font)
+    draw.line((w // 2 + 40, height // 2 + 6, w // 2 + 40 + w // 5, height // 2 + 6), fill=ink,
+              width=2)
+    draw.text((w // 2 + 50 + w // 5, height // 2), "500 nm", fill=ink, font=font)
+    return np.concatenate([np.asarray(image, np.uint8), np.asarray(bar)])
