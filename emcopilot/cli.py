@@ -75,6 +75,12 @@ def _positive(value: str) -> float:
     return v
 
 
+DATA_BAR_HELP = ("on (default): leave out an instrument data bar at the bottom of an image (the "
+                 "strip of text and numbers many microscopes burn in): its characters are not "
+                 "particles, and particles cut by it are dropped like those cut by the border; "
+                 "off: use every row")
+
+
 def _threshold_number(text: str) -> float:
     """argparse type: a probability in (0, 1)."""
     try:
@@ -640,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-area", type=int, default=None,
                    help="drop regions larger than this, px (SAM: support regions; default none)")
     p.add_argument("--data-bar", choices=("on", "off"), default="on",
-                   help="on (default): leave out an instrument data bar at the bottom of an image (the strip of text and numbers many microscopes burn in): its characters are not particles, and particles cut by it are dropped like those cut by the border; off: use every row")
+                   help=DATA_BAR_HELP)
     p.add_argument("--classical-preset", choices=("auto", "isolated", "supported"), default="auto",
                    help="classical masker settings: isolated (free particles on a flat background), "
                         "supported (small particles on a textured support, e.g. HAADF of catalysts), "
@@ -759,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Otsu level (see BENCHMARKS.md); default: as recorded in the model "
                         "(the pipeline records on), else off")
     p.add_argument("--data-bar", choices=("on", "off"), default="on",
-                   help="on (default): leave out an instrument data bar at the bottom of an image (the strip of text and numbers many microscopes burn in): its characters are not particles, and particles cut by it are dropped like those cut by the border; off: use every row")
+                   help=DATA_BAR_HELP)
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
                         "trained at a common particle width, measured per image)")
@@ -811,7 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "probability there at least the image's Otsu level; measured in "
                         "BENCHMARKS.md); recorded in the segmentor for `segment`")
     p.add_argument("--data-bar", choices=("on", "off"), default="on",
-                   help="on (default): leave out an instrument data bar at the bottom of an image (the strip of text and numbers many microscopes burn in): its characters are not particles, and particles cut by it are dropped like those cut by the border; off: use every row")
+                   help=DATA_BAR_HELP)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)
