@@ -75,10 +75,17 @@ def _positive(value: str) -> float:
     return v
 
 
-DATA_BAR_HELP = ("on (default): leave out an instrument data bar at the bottom of an image (the "
-                 "strip of text and numbers many microscopes burn in): its characters are not "
-                 "particles, and particles cut by it are dropped like those cut by the border; "
-                 "off: use every row")
+#: the rule of postprocess.add_coarse_particles, for --add-coarse help ("%%": argparse)
+ADD_COARSE_RULE = ("at least 90 %% uncovered by its particles, at least half the image's median "
+                   "coarse particle area, its probability there at least the image's Otsu level")
+
+
+def _add_data_bar(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-bar", choices=("on", "off"), default="on",
+                   help="on (default): leave out an instrument data bar at the bottom of an image "
+                        "(the strip of text and numbers many microscopes burn in): its characters "
+                        "are not particles, and particles cut by it are dropped like those cut by "
+                        "the border; off: use every row")
 
 
 def _threshold_number(text: str) -> float:
@@ -645,8 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=0, help="drop regions smaller than this, px (default 0)")
     p.add_argument("--max-area", type=int, default=None,
                    help="drop regions larger than this, px (SAM: support regions; default none)")
-    p.add_argument("--data-bar", choices=("on", "off"), default="on",
-                   help=DATA_BAR_HELP)
+    _add_data_bar(p)
     p.add_argument("--classical-preset", choices=("auto", "isolated", "supported"), default="auto",
                    help="classical masker settings: isolated (free particles on a flat background), "
                         "supported (small particles on a textured support, e.g. HAADF of catalysts), "
@@ -759,13 +765,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the value recorded in the model (the pipeline chooses), else none")
     p.add_argument("--add-coarse", type=_on_off_or_model, default="model", metavar="model|on|off",
                    help="on: also keep the particles of the classical coarse masker (with the "
-                        "model's preset) that the segmentor missed: those its particles leave "
-                        "at least 90 %% uncovered, at least half the image's median coarse "
-                        "particle area, where its probability averages at least the image's "
-                        "Otsu level (see BENCHMARKS.md); default: as recorded in the model "
-                        "(the pipeline records on), else off")
-    p.add_argument("--data-bar", choices=("on", "off"), default="on",
-                   help=DATA_BAR_HELP)
+                        f"model's preset) that the segmentor missed ({ADD_COARSE_RULE}; see "
+                        "BENCHMARKS.md); default: as recorded in the model (the pipeline "
+                        "records on), else off")
+    _add_data_bar(p)
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
                         "trained at a common particle width, measured per image)")
@@ -812,12 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "then runs every segmentor on each image); off: keep one segmentor")
     p.add_argument("--add-coarse", choices=("on", "off"), default="on",
                    help="on (default): the final particles also take the coarse masks' "
-                        "particles that the segmentor missed (at least 90 %% uncovered by its "
-                        "particles, at least half the image's median coarse particle area, its "
-                        "probability there at least the image's Otsu level; measured in "
+                        f"particles that the segmentor missed ({ADD_COARSE_RULE}; measured in "
                         "BENCHMARKS.md); recorded in the segmentor for `segment`")
-    p.add_argument("--data-bar", choices=("on", "off"), default="on",
-                   help=DATA_BAR_HELP)
+    _add_data_bar(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)
