@@ -31,7 +31,7 @@ import numpy as np
 
 from emcopilot.errors import InputError
 
-__all__ = ["find_data_bar", "on_rows_above_bar"]
+__all__ = ["find_data_bar", "on_rows_above_bar", "pad_below"]
 
 TOLERANCE = 12      # grey levels (0-255) around the bar's background level
 MIN_FLAT = 0.45     # share of the bar's pixels at its background level
@@ -103,8 +103,16 @@ def find_data_bar(image: np.ndarray, *, search: float = 0.25,
 def on_rows_above_bar(image: np.ndarray, *arrays: np.ndarray | None):
     """``(top, image[:top], *(a[:top] for a in arrays))`` where ``top`` is
     :func:`find_data_bar`'s row, or ``(None, image, *arrays)`` when there is no bar. Arrays that
-    are None stay None. Pad results back with :func:`numpy.pad` ``((0, h - top), (0, 0))``."""
+    are None stay None. :func:`pad_below` brings results back to the image's height."""
     top = find_data_bar(image)
     if top is None:
         return (None, image, *arrays)
     return (top, image[:top], *(None if a is None else a[:top] for a in arrays))
+
+
+def pad_below(top: int | None, height: int, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The arrays (rows above a bar starting at ``top``) padded with zeros back to ``height``
+    rows; as given when ``top`` is None (no bar)."""
+    if top is None:
+        return arrays
+    return tuple(np.pad(a, ((0, height - top), (0, 0))) for a in arrays)

@@ -27,6 +27,7 @@ import torch
 
 from . import io
 from .device import autocast, channels_last, pick_device, set_cpu_threads
+from .data_bar import on_rows_above_bar, pad_below
 from .errors import InputError
 from .postprocess import (add_coarse_particles, config_grow_to, config_threshold,
                           prob_to_instances)
@@ -393,7 +394,7 @@ class Segmentor:
         prob = self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale,
                                                                      scale_labels,
                                                                      data_bar=False))
-        return _pad_below(top, height, prob)[0]
+        return pad_below(top, height, prob)[0]
 
     def instances(self, prob: np.ndarray, threshold: float | str | None = None, *,
                   min_distance: int = 3, min_area: int = 10,
@@ -442,7 +443,7 @@ class Segmentor:
                                 min_peak=min_peak, grow_to=grow_to)
         if add:
             labels = add_coarse_particles(labels, coarse, prob)
-        return _pad_below(top, height, labels, prob)
+        return pad_below(top, height, labels, prob)
 
 
 def _above_bar(image01: np.ndarray, labels: np.ndarray | None, data_bar: bool):
@@ -450,16 +451,7 @@ def _above_bar(image01: np.ndarray, labels: np.ndarray | None, data_bar: bool):
     ``data_bar`` off), everything as given."""
     if not data_bar:
         return None, image01, labels
-    from .data_bar import on_rows_above_bar
-
     return on_rows_above_bar(image01, labels)
-
-
-def _pad_below(top: int | None, height: int, *arrays: np.ndarray):
-    """The arrays padded with zeros below row ``top`` back to ``height`` rows."""
-    if top is None:
-        return arrays
-    return tuple(np.pad(a, ((0, height - top), (0, 0))) for a in arrays)
 
 
 def segment_folder(paths: str | os.PathLike | Iterable[str | os.PathLike],

@@ -82,14 +82,14 @@ def coarse_mask(
     # measured above a data bar, it got one more EMPS test image wrong)
     polarity = resolve_polarity(image01, polarity)
     if data_bar:
-        from emcopilot.data_bar import find_data_bar
+        from emcopilot.data_bar import find_data_bar, pad_below
 
         top = find_data_bar(image01)
         if top is not None:
             labels = coarse_mask(image01[:top], method=method, polarity=polarity,
                                  filters=filters, sam_options=sam_options,
                                  classical_options=classical_options, data_bar=False)
-            return np.pad(labels, ((0, image01.shape[0] - top), (0, 0)))
+            return pad_below(top, image01.shape[0], labels)[0]
     filt = dict(DEFAULT_FILTERS)
     if filters:
         unknown = set(filters) - set(DEFAULT_FILTERS)
