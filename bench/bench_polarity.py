@@ -28,6 +28,7 @@ from scipy.optimize import minimize
 
 from bench.common import Timer, catalyst_items, emps_pairs, machine, write_json
 from emcopilot import io
+from emcopilot.data_bar import find_data_bar
 from emcopilot.evaluate import read_yolo_boxes
 from emcopilot.polarity import WEIGHTS, polarity_cues, tail_margin, weighted_score
 
@@ -66,7 +67,7 @@ def labelled(split: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
             io.read_label_map(seg_path) > 0
 
 
-def measure(split: str) -> list[dict[str, Any]]:
+def measure(split: str, above_data_bar: bool = False) -> list[dict[str, Any]]:
     rows, timer = [], Timer()
     for name, image01, mask in labelled(split):
         if not mask.any() or mask.all():
@@ -75,7 +76,8 @@ def measure(split: str) -> list[dict[str, Any]]:
         if abs(contrast) < MIN_CONTRAST:
             continue
         with timer():
-            cues = polarity_cues(image01)
+            cues = polarity_cues(image01[:find_data_bar(image01)] if above_data_bar
+                                 else image01)
         score = weighted_score(cues)
         rows.append({"image": name, "truth": "bright" if contrast > 0 else "dark",
                      "contrast": contrast, "cues": cues, "score": score,
@@ -125,10 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="JSON results file")
     ap.add_argument("--fit", action="store_true", help="re-derive the weights on EMPS train")
+    ap.add_argument("--above-data-bar", action="store_true",
+                    help="measure the cues on the rows above an instrument data bar (the library "
+                         "measures the whole frame; BENCHMARKS.md compares the two)")
     args = ap.parse_args(argv)
     out: dict[str, Any] = {"machine": machine(), "weights": WEIGHTS, "sets": {}}
     for split in ("emps_train", "emps_test", "catalysts"):
-        rows = measure(split)
+        rows = measure(split, args.above_data_bar)
         n = len(rows)
         new = sum(r["detected"] == r["truth"] for r in rows)
         old = sum(r["histogram_tail_rule"] == r["truth"] for r in rows)
