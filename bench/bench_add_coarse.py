@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the segmentor checkpoint that made them (its particle settings)")
     ap.add_argument("--coarse", type=Path, required=True, help="coarse masks of the same images")
     ap.add_argument("--truth", type=Path, required=True, help="manual label maps")
+    ap.add_argument("--truth-format", default="instance", help="as `emcopilot evaluate`'s")
     ap.add_argument("--out", type=Path, default=Path("bench/results/add_coarse.json"))
     args = ap.parse_args(argv)
 
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                         io.read_label_map(own_dir / f"{stem}.png"),
                         io.read_label_map(args.coarse / f"{stem}.png"), prob,
                         covered_max=covered_max, min_area_ratio=area_ratio))
-            agg = evaluate_dirs(pred, args.truth, prob_dir=None)["aggregate"]
+            agg = evaluate_dirs(pred, args.truth, truth_format=args.truth_format,
+                                prob_dir=None)["aggregate"]
             row = {"rule": name, "covered_max": covered_max, "min_area_ratio": area_ratio,
                    "probability_condition": use_prob, **{k: agg.get(k) for k in KEYS},
                    "seconds": round(time.perf_counter() - t0, 1)}
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True)
     write_json(args.out, {"prob": str(args.prob), "model": str(args.model),
                           "coarse": str(args.coarse), "truth": str(args.truth),
+                          "truth_format": args.truth_format,
                           "n_images": len(stems), "results": results})
     return 0
 
