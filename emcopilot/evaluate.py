@@ -166,7 +166,7 @@ def _diameters_from_areas(areas: np.ndarray) -> np.ndarray:
     return np.sqrt(4.0 * np.asarray(areas, np.float64) / math.pi)
 
 
-def _label_boxes(labels: np.ndarray) -> np.ndarray:
+def label_boxes(labels: np.ndarray) -> np.ndarray:
     """(n, 4) x0, y0, x1, y1 pixel-edge boxes of the instances, in label order."""
     from scipy import ndimage
 
@@ -179,21 +179,26 @@ def _label_boxes(labels: np.ndarray) -> np.ndarray:
                       dtype=np.float64).reshape(-1, 4)
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of x0, y0, x1, y1 boxes (0 where a union is empty)."""
+    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
 def _box_match(pred: np.ndarray, true: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray]:
     """Hungarian one-to-one matching of boxes with IoU >= thr -> (pairs (m, 2), ious (m,))."""
     from scipy.optimize import linear_sum_assignment
 
     if len(pred) == 0 or len(true) == 0:
         return np.zeros((0, 2), np.int64), np.zeros(0)
-    ix0 = np.maximum(pred[:, None, 0], true[None, :, 0])
-    iy0 = np.maximum(pred[:, None, 1], true[None, :, 1])
-    ix1 = np.minimum(pred[:, None, 2], true[None, :, 2])
-    iy1 = np.minimum(pred[:, None, 3], true[None, :, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    ap = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
-    at = (true[:, 2] - true[:, 0]) * (true[:, 3] - true[:, 1])
-    union = ap[:, None] + at[None, :] - inter
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    iou = box_iou(pred, true)
     ok = iou >= thr
     if not ok.any():
         return np.zeros((0, 2), np.int64), np.zeros(0)
@@ -254,7 +259,7 @@ def _evaluate_one(name: str, pred_path: Path, truth_path: Path, truth_format: st
     parts: dict[str, Any] = {}
     if truth_format == "yolo":
         true_boxes = read_yolo_boxes(truth_path, pred.shape)
-        pred_boxes = _label_boxes(pred)
+        pred_boxes = label_boxes(pred)
         pairs, ious = _box_match(pred_boxes, true_boxes, iou_threshold)
         n_pred, n_true, tp = len(pred_boxes), len(true_boxes), len(pairs)
         d_pred, d_true = _box_diameters(pred_boxes), _box_diameters(true_boxes)
