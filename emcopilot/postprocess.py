@@ -26,7 +26,7 @@ from .instances import binary_to_instances, remove_small_instances
 __all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config_threshold",
            "config_grow_to",
            "select_min_peak", "keep_confident", "grow_instances", "select_growth", "check_grow_to",
-           "add_coarse_particles",
+           "add_coarse_particles", "particle_contrast",
            "THRESHOLD_GRID", "MIN_PEAK_GRID", "GROW_OPTIONS"]
 
 #: thresholds ``calibrate_threshold`` tries
@@ -275,21 +275,70 @@ def _pooled_f1(probs: Iterable[np.ndarray], references: Iterable[np.ndarray], na
     return {k: (2 * tp / (n_p + n_t) if n_p + n_t else 1.0) for k, (tp, n_p, n_t) in counts.items()}
 
 
+def particle_contrast(image01: np.ndarray, labels: np.ndarray, *, ring_px: int = 3,
+                      exclude: np.ndarray | None = None) -> np.ndarray:
+    """Per particle of ``labels`` (index = id, index 0 unused): its mean intensity minus that of
+    the ring of background pixels within ``ring_px`` of it (the nearest particle's ring:
+    :func:`skimage.segmentation.expand_labels`), pixels of ``exclude`` (e.g. other particles)
+    left out of the rings; NaN where a particle has no ring. Positive: brighter than its
+    surroundings (bright-particle convention).
+
+    >>> img = np.zeros((9, 9), np.float32); img[3:6, 3:6] = 0.8
+    >>> lab = np.zeros((9, 9), np.int32); lab[3:6, 3:6] = 1
+    >>> round(float(particle_contrast(img, lab)[1]), 2)
+    0.8
+    """
+    from skimage.segmentation import expand_labels
+
+    img = np.asarray(image01, dtype=np.float64)
+    lab = np.asarray(labels).astype(np.int64, copy=False)
+    if img.shape != lab.shape:
+        raise InputError(f"image {img.shape} and labels {lab.shape} differ in shape")
+    n = int(lab.max(initial=0))
+    img = np.nan_to_num(img, nan=0.0)
+    area = np.bincount(lab.ravel(), minlength=n + 1)
+    inside = np.bincount(lab.ravel(), weights=img.ravel(), minlength=n + 1) / np.maximum(area, 1)
+    grown = expand_labels(lab, int(ring_px))
+    ring = (grown > 0) & (lab == 0)
+    if exclude is not None:
+        ring &= ~np.asarray(exclude, bool)
+    ring_n = np.bincount(grown[ring], minlength=n + 1)
+    ring_sum = np.bincount(grown[ring], weights=img[ring], minlength=n + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = inside - ring_sum / ring_n
+    out[ring_n == 0] = np.nan
+    out[0] = np.nan
+    return out
+
+
 def add_coarse_particles(labels: np.ndarray, coarse_labels: np.ndarray,
-                         prob: np.ndarray | None = None, *, covered_max: float = 0.1,
-                         min_area_ratio: float = 0.5) -> np.ndarray:
+                         prob: np.ndarray | None = None, *, image01: np.ndarray | None = None,
+                         covered_max: float = 0.1, min_area_ratio: float = 0.5,
+                         contrast_quantile: float = 0.1, confirmed_min: int = 3
+                         ) -> np.ndarray:
     """``labels`` plus the coarse particles the segmentor missed.
 
     A particle of ``coarse_labels`` (e.g. the classical or SAM coarse mask of the same image) is
-    added when at most ``covered_max`` of its pixels belong to a particle of ``labels``, its
-    area is at least ``min_area_ratio`` times the median area of that image's coarse particles
-    (fragments of textured background are small) and, with the segmentor's probability map
-    ``prob``, its mean probability is at least the image's :func:`otsu_threshold` (the segmentor
-    saw a faint particle there, not background it rejected). It takes its uncovered pixels and a
-    new id after those of ``labels``; particles of ``labels`` are never changed. On EMPS the
-    segmentor trained on synthetic pairs misses whole dense films of particles (its probability
-    there stays under 0.5 but above the background's) that the coarse masker finds
-    (BENCHMARKS.md, "coarse particles the segmentor missed"). Returns an int32 label map.
+    a candidate when at most ``covered_max`` of its pixels belong to a particle of ``labels``
+    and its area is at least ``min_area_ratio`` times the median area of that image's coarse
+    particles (fragments of textured background are small). A candidate is added when one of
+    the given sources says it is a particle (all candidates when neither is given):
+
+    - ``prob``, the segmentor's probability map: its mean there is at least the image's
+      :func:`otsu_threshold` (the segmentor saw a faint particle, not background it rejected);
+    - ``image01`` (bright-particle convention, the image the coarse mask was made of): it
+      stands out from its surroundings (:func:`particle_contrast`, other particles left out of
+      the ring) at least as much as the ``contrast_quantile`` quantile of the coarse particles
+      the segmentor found too (covered at least half); with fewer than ``confirmed_min`` of
+      those the image says nothing.
+
+    It takes its uncovered pixels and a new id after those of ``labels``; particles of
+    ``labels`` are never changed. On EMPS the segmentor trained on synthetic pairs misses whole
+    dense films of particles (its probability there stays under 0.5 but above the
+    background's) that the coarse masker finds (BENCHMARKS.md, "coarse particles the segmentor
+    missed"). The pipeline, ``emcopilot segment`` and the app pass ``prob`` only: the image's
+    say-so raised box F1 and lowered the count error on the S/TEM catalysts but raised the
+    count error on EMPS (BENCHMARKS.md, "Run 19"). Returns an int32 label map.
 
     >>> seg = np.zeros((20, 20), np.int32); seg[2:8, 2:8] = 1
     >>> coarse = np.zeros((20, 20), np.int32); coarse[2:8, 2:8] = 1; coarse[12:18, 12:18] = 2
@@ -323,10 +372,24 @@ def add_coarse_particles(labels: np.ndarray, coarse_labels: np.ndarray,
     add = np.zeros(n + 1, bool)
     add[1:] = (present & (covered[1:] <= covered_max * area[1:])
                & (area[1:] >= min_area_ratio * median))
+    evidence = []  # per coarse particle: does this source say it is a particle? (any will do)
     if prob is not None and add.any():
         p = np.nan_to_num(np.asarray(prob, dtype=np.float32), nan=0.0)
         mean = np.bincount(flat, weights=p.ravel(), minlength=n + 1) / np.maximum(area, 1)
-        add &= mean >= otsu_threshold(p)
+        evidence.append(mean >= otsu_threshold(p))
+    if image01 is not None and add.any():
+        if np.shape(image01) != lab.shape:
+            raise InputError(f"image {np.shape(image01)} and labels {lab.shape} differ in shape")
+        contrast = particle_contrast(image01, co, exclude=lab > 0)
+        confirmed = np.zeros(n + 1, bool)  # coarse particles the segmentor found too
+        confirmed[1:] = present & (covered[1:] >= 0.5 * area[1:])
+        ref = contrast[confirmed]
+        ref = ref[np.isfinite(ref)]
+        if ref.size >= max(int(confirmed_min), 1):
+            level = float(np.quantile(ref, float(contrast_quantile)))
+            evidence.append(np.nan_to_num(contrast, nan=-np.inf) >= level)
+    if evidence:
+        add &= np.logical_or.reduce(evidence)
     if not add.any():
         return out
     new_id = np.zeros(n + 1, np.int64)

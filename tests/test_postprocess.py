@@ -249,6 +249,58 @@ def test_add_coarse_particles_adds_only_the_missed_particles_of_typical_size():
         add_coarse_particles(seg, coarse, covered_max=1.0)
 
 
+def test_particle_contrast_is_inside_minus_its_ring():
+    from emcopilot.postprocess import particle_contrast
+
+    labels = _discs(shape=(64, 64), centres=((16, 16), (45, 45)), r=6)
+    img = np.full((64, 64), 0.2, np.float32)
+    img[labels == 1] = 0.9
+    img[labels == 2] = 0.1  # darker than its surroundings
+    c = particle_contrast(img, labels)
+    assert np.isnan(c[0])
+    assert c[1] == pytest.approx(0.7) and c[2] == pytest.approx(-0.1)
+    # a ring wholly excluded: no contrast
+    assert np.isnan(particle_contrast(img, labels, exclude=labels == 0)[1])
+    with pytest.raises(InputError, match="shape"):
+        particle_contrast(img[:10], labels)
+
+
+def test_add_coarse_particles_with_the_image_adds_what_looks_like_the_agreed_particles():
+    """With the image, a missed coarse particle is also added when it stands out from its
+    surroundings as much as the particles both maskers found (the given quantile of their
+    contrast); a faint blob of background texture is not; with the probability map too, either
+    one's say-so will do. Too few agreed particles: the image says nothing."""
+    from emcopilot.postprocess import add_coarse_particles
+
+    centres = ((15, 15), (15, 48), (15, 81), (48, 15), (48, 48), (81, 81))
+    coarse = _discs(centres=centres, r=7)
+    seg = np.where(coarse <= 3, coarse, 0).astype(np.int32)  # 1-3 found; 4, 5, 6 missed
+    rng = np.random.default_rng(0)
+    img = (0.2 + 0.01 * rng.standard_normal((96, 96))).astype(np.float32)
+    for k, level in ((1, 0.80), (2, 0.85), (3, 0.90), (4, 0.84), (5, 0.30), (6, 0.86)):
+        img[coarse == k] = level  # 5: faint texture the coarse masker picked up
+    out = add_coarse_particles(seg, coarse, image01=img)
+    assert [bool(np.all(out[coarse == k] > 3)) for k in (4, 5, 6)] == [True, False, True]
+    np.testing.assert_array_equal(out[seg > 0], seg[seg > 0])
+    # the lowest agreed contrast (0.6) as the level keeps 4 (0.64); the top one (0.7) drops it
+    assert np.all(add_coarse_particles(seg, coarse, image01=img, contrast_quantile=0.0)[
+        coarse == 4] > 3)
+    assert not np.any(add_coarse_particles(seg, coarse, image01=img, contrast_quantile=1.0)[
+        coarse == 4])
+    # probability or image: 5 comes in on the segmentor's say-so, 4 and 6 on the image's
+    prob = np.where(seg > 0, 0.9, 0.05).astype(np.float32)
+    prob[coarse == 5] = 0.6
+    both = add_coarse_particles(seg, coarse, prob, image01=img)
+    assert all(np.all(both[coarse == k] > 3) for k in (4, 5, 6))
+    only_prob = add_coarse_particles(seg, coarse, prob)
+    assert np.all(only_prob[coarse == 5] > 3) and not only_prob[coarse == 4].any()
+    # fewer agreed particles than confirmed_min: no say from the image (all typical ones added)
+    loose = add_coarse_particles(seg, coarse, image01=img, confirmed_min=4)
+    assert all(np.all(loose[coarse == k] > 3) for k in (4, 5, 6))
+    with pytest.raises(InputError, match="image"):
+        add_coarse_particles(seg, coarse, image01=img[:50])
+
+
 def test_add_coarse_particles_restores_the_particles_of_real_masks(examples_dir):
     """A real EMPS image's manual particles as the coarse mask and a segmentation that missed
     every other one: the missed particles of typical size come back exactly, none is doubled."""
