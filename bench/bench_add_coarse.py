@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             agg = evaluate_dirs(pred, args.truth, truth_format=args.truth_format,
                                 prob_dir=None)["aggregate"]
             row = {"rule": name, "covered_max": covered_max, "min_area_ratio": area_ratio,
-                   "evidence": evidence, "contrast_quantile": quantile if "c" in evidence else None, **{k: agg.get(k) for k in KEYS},
+                   "evidence": evidence,
+                   "contrast_quantile": quantile if "c" in evidence else None,
+                   **{k: agg.get(k) for k in KEYS},
                    "seconds": round(time.perf_counter() - t0, 1)}
             results.append(row)
             print(f"{name:70s} " + " ".join(

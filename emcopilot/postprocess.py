@@ -357,6 +357,8 @@ def add_coarse_particles(labels: np.ndarray, coarse_labels: np.ndarray,
         raise InputError(f"covered_max must be in [0, 1), got {covered_max}")
     if float(min_area_ratio) < 0.0:
         raise InputError(f"min_area_ratio must be >= 0, got {min_area_ratio}")
+    if not 0.0 <= float(contrast_quantile) <= 1.0:
+        raise InputError(f"contrast_quantile must be in [0, 1], got {contrast_quantile}")
     out = lab.astype(np.int32, copy=True)
     co = co.astype(np.int64, copy=False)
     if co.min(initial=0) < 0:

@@ -299,6 +299,8 @@ def test_add_coarse_particles_with_the_image_adds_what_looks_like_the_agreed_par
     assert all(np.all(loose[coarse == k] > 3) for k in (4, 5, 6))
     with pytest.raises(InputError, match="image"):
         add_coarse_particles(seg, coarse, image01=img[:50])
+    with pytest.raises(InputError, match="contrast_quantile"):
+        add_coarse_particles(seg, coarse, image01=img, contrast_quantile=1.5)
 
 
 def test_add_coarse_particles_restores_the_particles_of_real_masks(examples_dir):
