@@ -3,10 +3,17 @@
 For every image with both a coarse mask (``--coarse``, e.g. a pipeline run's ``coarse_masks/``)
 and a manual instance mask (``--truth``), compares the typical particle width measured on the
 coarse mask with the manual labels' median equivalent diameter: the area-weighted median that
-``emcopilot.particle_scale`` uses, and the plain median for reference.
+``emcopilot.particle_scale`` uses, and the plain median for reference. The truth's
+area-weighted median is compared too. With ``--images`` it also scores an estimate that does not
+go through a mask: scale-space blob widths (the scale of the largest scale-normalised
+Laplacian-of-Gaussian response at its spatial peaks, widths 2 sqrt(2) sigma; tried at stop 17
+and not used by the pipeline). ``--truth-format yolo`` reads YOLO boxes (widths sqrt(w h)).
 
     python -m bench.bench_particle_scale --coarse runs/emps/coarse_masks \
         --truth ../shared/data/emps_test/segmaps
+    python -m bench.bench_particle_scale --coarse runs/cat19/coarse_masks \
+        --truth ../shared/data/ardagen_stem_catalysts_yolo/labels --truth-format yolo \
+        --images ../shared/data/ardagen_stem_catalysts_yolo/images
 """
 
 from __future__ import annotations
@@ -27,6 +34,41 @@ def _median_diameter(labels: np.ndarray) -> float | None:
     return float(np.sqrt(4 * np.median(areas) / np.pi)) if areas.size else None
 
 
+def _weighted_median(widths: np.ndarray) -> float | None:
+    d = np.sort(np.asarray(widths, dtype=np.float64))
+    if d.size == 0:
+        return None
+    cum = np.cumsum(d ** 2) / np.sum(d ** 2)
+    return float(d[int(np.searchsorted(cum, 0.5))])
+
+
+def scale_space_widths(image01: np.ndarray, min_sigma: float = 1.0, max_sigma: float = 48.0,
+                       num_sigma: int = 14, rel: float = 0.2) -> np.ndarray:
+    """Blob widths (px) of a bright-particle image by scale selection: at each spatial peak of
+    the largest scale-normalised LoG response (above ``rel`` x its 99.9th percentile), the width
+    2 sqrt(2) sigma of the scale that gave it."""
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+
+    sigmas = np.geomspace(min_sigma, max_sigma, num_sigma)
+    img = np.asarray(image01, dtype=np.float32)
+    stack = np.stack([-(s ** 2) * ndi.gaussian_laplace(img, s) for s in sigmas])
+    best, which = stack.max(0), stack.argmax(0)
+    floor = max(1e-6, rel * float(np.percentile(best, 99.9)))
+    peaks = peak_local_max(best, min_distance=2, threshold_abs=floor, exclude_border=False)
+    return 2 * np.sqrt(2) * sigmas[which[peaks[:, 0], peaks[:, 1]]]
+
+
+def _truth_widths(truth: Path, name: str, shape: tuple[int, int], fmt: str) -> np.ndarray:
+    if fmt == "yolo":
+        from emcopilot.evaluate import read_yolo_boxes
+
+        b = read_yolo_boxes(truth / f"{name}.txt", shape)
+        return np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
+    areas = np.bincount(io.read_label_map(truth / f"{name}.png").ravel())[1:]
+    return np.sqrt(4 * areas[areas > 0] / np.pi)
+
+
 def _agreement(est: list[float | None], true: list[float | None]) -> dict:
     pairs = np.array([(e, t) for e, t in zip(est, true) if e and t], dtype=float)
     ratio = pairs[:, 1] / pairs[:, 0]
@@ -41,21 +83,39 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--coarse", required=True, type=Path)
     ap.add_argument("--truth", required=True, type=Path)
+    ap.add_argument("--truth-format", choices=("instance", "yolo"), default="instance")
+    ap.add_argument("--images", type=Path, default=None,
+                    help="the micrographs, to score the scale-space estimate too")
     ap.add_argument("--out", type=Path, default=Path("bench/results/particle_scale.json"))
     args = ap.parse_args(argv)
-    true, weighted, plain = [], [], []
+    suffix = ".txt" if args.truth_format == "yolo" else ".png"
+    true, true_w, weighted, plain, space = [], [], [], [], []
     for f in sorted(args.coarse.glob("*.png")):
-        if not (args.truth / f.name).is_file():
+        if not (args.truth / (f.stem + suffix)).is_file():
             continue
         coarse = io.read_label_map(f)
-        true.append(_median_diameter(io.read_label_map(args.truth / f.name)))
+        t = _truth_widths(args.truth, f.stem, coarse.shape, args.truth_format)
+        true.append(float(np.median(t)) if t.size else None)
+        true_w.append(_weighted_median(t))
         weighted.append(typical_diameter(coarse))
         plain.append(_median_diameter(coarse))
+        if args.images is not None:
+            found = sorted(args.images.glob(f.stem + ".*"))
+            if found:
+                im = io.normalize(io.read_micrograph(found[0]).image)
+                w = scale_space_widths(io.bright_particles(im, "auto"))
+                space.append(float(np.median(w)) if w.size else None)
+            else:
+                space.append(None)
     widths = np.array([t for t in true if t])
     result = {"true_median_width_px_percentiles_0_50_100":
               [round(float(np.percentile(widths, q)), 1) for q in (0, 50, 100)],
               "area_weighted_median": _agreement(weighted, true),
-              "plain_median": _agreement(plain, true)}
+              "plain_median": _agreement(plain, true),
+              "area_weighted_median_vs_true_area_weighted": _agreement(weighted, true_w)}
+    if space:
+        result["scale_space_median"] = _agreement(space, true)
+        result["scale_space_median_vs_true_area_weighted"] = _agreement(space, true_w)
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
