@@ -5,8 +5,9 @@ coarse masker in an image, that image's particles are taken from the coarse mask
 bench reads the per-image rows (``per_image.csv``) of ``evaluate`` on a run's
 ``segmentation/`` (``--pred-eval``) and on the same run's ``coarse_masks/`` (``--coarse-eval``),
 and prints for each ``r`` the pooled object F1 (one-to-one at IoU 0.5, summed over images as
-``evaluate`` does) and the mean / median absolute relative count error, as ``evaluate`` would
-report them for the mixed folder (pixel Dice and KS are not recomputed).
+``evaluate`` does) and the count agreement (``evaluate.count_agreement``: mean / median
+absolute relative count error, within x2, correlations), as ``evaluate`` would report them for
+the mixed folder (pixel Dice and KS are not recomputed).
 
     python -m bench.bench_fallback --pred-eval runs/eval/cat19 --coarse-eval runs/eval/cat19_coarse
 """
@@ -18,7 +19,7 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
+from emcopilot.evaluate import count_agreement
 
 RATIOS = (0.25, 0.33, 0.5, 0.67, 1.0)
 
@@ -32,19 +33,16 @@ def score(pred: dict, coarse: dict, ratio: float | None) -> dict:
     """Pooled object F1 and count errors when images with n_pred < ratio x n_coarse take the
     coarse row (``ratio`` None: the segmentor everywhere)."""
     names = [n for n in pred if n in coarse]
-    tp = fp = fn = used = 0
-    errors = []
-    for n in names:
-        take = ratio is not None and int(pred[n]["n_pred"]) < ratio * int(coarse[n]["n_pred"])
-        row = coarse[n] if take else pred[n]
-        used += take
-        tp, fp, fn = (tp + int(row["obj_tp"]), fp + int(row["obj_fp"]), fn + int(row["obj_fn"]))
-        if int(row["n_true"]) > 0:
-            errors.append(abs(float(row["relative_count_error"])))
-    return {"ratio": ratio, "images_from_coarse": used, "images": len(names),
-            "obj_f1": round(2 * tp / max(1, 2 * tp + fp + fn), 3),
-            "count_rel_abs_error_mean": round(float(np.mean(errors)), 3),
-            "count_rel_abs_error_median": round(float(np.median(errors)), 3)}
+    chosen = [coarse[n] if ratio is not None
+              and int(pred[n]["n_pred"]) < ratio * int(coarse[n]["n_pred"]) else pred[n]
+              for n in names]
+    col = {k: [int(r[k]) for r in chosen] for k in ("n_pred", "n_true", "obj_tp")}
+    tp, n_pred, n_true = sum(col["obj_tp"]), sum(col["n_pred"]), sum(col["n_true"])
+    counts = count_agreement(col["n_pred"], col["n_true"])
+    return {"ratio": ratio, "images": len(names),
+            "images_from_coarse": sum(r is not pred[n] for n, r in zip(names, chosen)),
+            "obj_f1": round(2 * tp / max(1, n_pred + n_true), 3),
+            **{k: round(v, 3) if isinstance(v, float) else v for k, v in counts.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,26 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 
 from emcopilot import io
-from emcopilot.particle_scale import typical_diameter
+from emcopilot.evaluate import _box_diameters, read_yolo_boxes
+from emcopilot.particle_scale import area_weighted_median, typical_diameter
 
 
 def _median_diameter(labels: np.ndarray) -> float | None:
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
     return float(np.sqrt(4 * np.median(areas) / np.pi)) if areas.size else None
-
-
-def _weighted_median(widths: np.ndarray) -> float | None:
-    d = np.sort(np.asarray(widths, dtype=np.float64))
-    if d.size == 0:
-        return None
-    cum = np.cumsum(d ** 2) / np.sum(d ** 2)
-    return float(d[int(np.searchsorted(cum, 0.5))])
 
 
 def scale_space_widths(image01: np.ndarray, min_sigma: float = 1.0, max_sigma: float = 48.0,
@@ -60,11 +54,8 @@ def scale_space_widths(image01: np.ndarray, min_sigma: float = 1.0, max_sigma: f
 
 
 def _truth_widths(truth: Path, name: str, shape: tuple[int, int], fmt: str) -> np.ndarray:
-    if fmt == "yolo":
-        from emcopilot.evaluate import read_yolo_boxes
-
-        b = read_yolo_boxes(truth / f"{name}.txt", shape)
-        return np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
+    if fmt == "yolo":  # box widths as evaluate measures them
+        return _box_diameters(read_yolo_boxes(truth / f"{name}.txt", shape))
     areas = np.bincount(io.read_label_map(truth / f"{name}.png").ravel())[1:]
     return np.sqrt(4 * areas[areas > 0] / np.pi)
 
@@ -89,21 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results/particle_scale.json"))
     args = ap.parse_args(argv)
     suffix = ".txt" if args.truth_format == "yolo" else ".png"
-    true, true_w, weighted, plain, space = [], [], [], [], []
+    true, true_w, weighted, plain, space, seconds = [], [], [], [], [], []
     for f in sorted(args.coarse.glob("*.png")):
         if not (args.truth / (f.stem + suffix)).is_file():
             continue
         coarse = io.read_label_map(f)
         t = _truth_widths(args.truth, f.stem, coarse.shape, args.truth_format)
-        true.append(float(np.median(t)) if t.size else None)
-        true_w.append(_weighted_median(t))
+        # the width of the median area (as _median_diameter)
+        true.append(float(np.sqrt(np.median(t ** 2))) if t.size else None)
+        true_w.append(area_weighted_median(t))
         weighted.append(typical_diameter(coarse))
         plain.append(_median_diameter(coarse))
         if args.images is not None:
             found = sorted(args.images.glob(f.stem + ".*"))
             if found:
-                im = io.normalize(io.read_micrograph(found[0]).image)
-                w = scale_space_widths(io.bright_particles(im, "auto"))
+                im = io.bright_particles(io.normalize(io.read_micrograph(found[0]).image), "auto")
+                t0 = time.perf_counter()
+                w = scale_space_widths(im)
+                seconds.append(time.perf_counter() - t0)
                 space.append(float(np.median(w)) if w.size else None)
             else:
                 space.append(None)
@@ -116,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if space:
         result["scale_space_median"] = _agreement(space, true)
         result["scale_space_median_vs_true_area_weighted"] = _agreement(space, true_w)
+        result["scale_space_seconds_per_image_median"] = round(float(np.median(seconds)), 2)
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

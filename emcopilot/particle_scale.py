@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["typical_diameter", "normalising_scale", "resize_image", "resize_labels",
+__all__ = ["area_weighted_median", "typical_diameter", "normalising_scale", "resize_image", "resize_labels",
            "estimate_scale", "SCALE_LIMITS", "DEFAULT_DIAMETER_PX", "MAX_ENLARGED_PIXELS"]
 
 #: typical particle width (px) the pipeline's segmentor is trained and run at
@@ -30,6 +30,16 @@ SCALE_LIMITS = (0.125, 4.0)
 MAX_ENLARGED_PIXELS = 2048 * 2048
 
 
+def area_weighted_median(widths: np.ndarray) -> float | None:
+    """The width at which half of the particles' area (width squared) lies in particles at
+    least this wide; None for no width."""
+    d = np.sort(np.asarray(widths, dtype=np.float64).ravel())
+    if d.size == 0:
+        return None
+    cum = np.cumsum(d ** 2) / np.sum(d ** 2)
+    return float(d[int(np.searchsorted(cum, 0.5))])
+
+
 def typical_diameter(labels: np.ndarray, min_area: int = 4) -> float | None:
     """Area-weighted median equivalent diameter (px) of the instances in a label map; None when
     it holds no instance of at least ``min_area`` px."""
@@ -39,12 +49,8 @@ def typical_diameter(labels: np.ndarray, min_area: int = 4) -> float | None:
     if lab.size == 0 or int(lab.max(initial=0)) <= 0:
         return None
     areas = np.bincount(lab.ravel().astype(np.int64, copy=False))[1:]
-    areas = np.sort(areas[areas >= max(1, int(min_area))]).astype(np.float64)
-    if areas.size == 0:
-        return None
-    cum = np.cumsum(areas) / areas.sum()
-    a = areas[int(np.searchsorted(cum, 0.5))]
-    return float(np.sqrt(4.0 * a / np.pi))
+    areas = areas[areas >= max(1, int(min_area))].astype(np.float64)
+    return area_weighted_median(np.sqrt(4.0 * areas / np.pi))
 
 
 def normalising_scale(labels: np.ndarray, target: float = DEFAULT_DIAMETER_PX,

@@ -109,3 +109,12 @@ def test_gather_pairs_at_a_common_particle_width(tmp_path):
     # one source, no prefix, no resizing: used where it is, nothing copied
     assert gather_pairs([(src_i, src_m, "")], tmp_path / "other") == (src_i, src_m)
     assert not (tmp_path / "other").exists()
+
+
+def test_area_weighted_median_follows_the_area_not_the_count():
+    from emcopilot.particle_scale import area_weighted_median
+
+    # three small particles hold 300 of 1,900 px^2: the large one holds most of the area
+    assert area_weighted_median([10, 10, 10, 40]) == 40
+    assert area_weighted_median([10, 10, 10, 10]) == 10
+    assert area_weighted_median([]) is None
