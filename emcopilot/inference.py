@@ -310,6 +310,75 @@ class Segmentor:
         ``add_coarse`` (the pipeline records it), False when absent."""
         return bool(self.config.get("config", {}).get("add_coarse", False))
 
+    @property
+    def support_removal(self) -> str:
+        """Whether :meth:`probability` and :meth:`segment` take a textured support out of an
+        image first (:mod:`emcopilot.support`): the checkpoint config's ``support_removal``
+        ("auto": as the classical preset says, :meth:`resolve_support`; "on"; "off"),
+        recorded by the pipeline and the app; "off" when absent (checkpoints from before
+        it)."""
+        mode = self.config.get("config", {}).get("support_removal", "off")
+        return mode if mode in ("auto", "on", "off") else "off"
+
+    @property
+    def support_radius_widths(self) -> float:
+        """Disc radius of the support removal in typical particle widths: the checkpoint
+        config's ``support_radius_widths``, else
+        :data:`emcopilot.support.SUPPORT_RADIUS_WIDTHS`."""
+        from .support import SUPPORT_RADIUS_WIDTHS
+
+        try:
+            r = float(self.config.get("config", {}).get("support_radius_widths",
+                                                        SUPPORT_RADIUS_WIDTHS))
+        except (TypeError, ValueError):
+            return SUPPORT_RADIUS_WIDTHS
+        return r if r > 0 else SUPPORT_RADIUS_WIDTHS
+
+    def resolve_support(self, prepared01: np.ndarray, support: str | bool = "model") -> bool:
+        """Whether to remove the support from one image already in the segmentor's conventions
+        (:meth:`prepare`, data bar cut off): ``support`` True/False, "on"/"off", "auto" or
+        "model" (:attr:`support_removal`). "auto" follows the classical preset the segmentor
+        was trained with (the checkpoint's ``scale_preset``, the one its coarse masks were made
+        with): "isolated" (free particles) never, "supported" always, "auto" (or none recorded)
+        per image where the masker picks "supported"
+        (:func:`emcopilot.support.shows_support`). Only a segmentor trained at a common
+        particle scale (:attr:`particle_diameter_px`) knows how wide its particles are, so for
+        any other it is False."""
+        from .support import resolve_support_mode, shows_support
+
+        if isinstance(support, bool):
+            mode = "on" if support else "off"
+        else:
+            mode = self.support_removal if support == "model" else resolve_support_mode(support)
+        if mode == "off" or self.particle_diameter_px is None:
+            return False
+        preset = self.config.get("config", {}).get("scale_preset") or "auto"
+        if mode == "on" or preset == "supported":
+            return True
+        if preset == "isolated":
+            return False
+        return shows_support(prepared01, "bright" if self.input_polarity == "bright" else "auto")
+
+    def _predict(self, prepared01: np.ndarray, scale: float | None, support: bool) -> np.ndarray:
+        """:meth:`predict_proba` at ``scale``; with ``support`` the resized image has its support
+        removed first (:func:`emcopilot.support.remove_support`, a disc of
+        :attr:`support_radius_widths` x :attr:`particle_diameter_px`) and the map is resized
+        back to the image's size."""
+        if not support:
+            return self.predict_proba(prepared01, scale=scale)
+        import cv2
+
+        from .particle_scale import resize_image
+        from .support import remove_support
+
+        a = np.asarray(prepared01, dtype=np.float32)
+        small = remove_support(resize_image(a, 1.0 if scale is None else float(scale)),
+                               self.particle_diameter_px, self.support_radius_widths)
+        prob = self.predict_proba(small)
+        if prob.shape != a.shape:
+            prob = cv2.resize(prob, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_LINEAR)
+        return np.clip(prob, 0.0, 1.0).astype(np.float32, copy=False)
+
     def coarse_labels(self, prepared01: np.ndarray, *, data_bar: bool = True) -> np.ndarray:
         """The classical coarse mask of an image already in the segmentor's conventions
         (:meth:`prepare`), with the classical preset the segmentor was trained with (the
@@ -381,19 +450,20 @@ class Segmentor:
 
     def probability(self, image01: np.ndarray, *, polarity: str = "auto",
                     scale: float | None = None, scale_labels: np.ndarray | None = None,
-                    data_bar: bool = True) -> np.ndarray:
+                    data_bar: bool = True, support: str | bool = "model") -> np.ndarray:
         """Particle probability map (the image's size) after bringing the image to the
         segmentor's conventions (:meth:`prepare`: particle polarity; :meth:`resolve_scale`:
         particle scale, from ``scale``, ``scale_labels`` or an estimate). With ``data_bar``
         (default) an instrument data bar at the bottom
-        (:func:`emcopilot.data_bar.find_data_bar`) is left out: the map is 0 there."""
+        (:func:`emcopilot.data_bar.find_data_bar`) is left out: the map is 0 there. ``support``:
+        take a textured support out of the image first (:meth:`resolve_support`)."""
         prepared = self.prepare(image01, polarity)  # polarity from the whole frame
         height = prepared.shape[0]
         top, prepared, scale_labels = _above_bar(prepared, scale_labels, data_bar)
         # the rows left are the micrograph (bar cut off) or every row on purpose (data_bar off)
-        prob = self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale,
-                                                                     scale_labels,
-                                                                     data_bar=False))
+        prob = self._predict(prepared, self.resolve_scale(prepared, scale, scale_labels,
+                                                          data_bar=False),
+                             self.resolve_support(prepared, support))
         return pad_below(top, height, prob)[0]
 
     def instances(self, prob: np.ndarray, threshold: float | str | None = None, *,
@@ -419,15 +489,15 @@ class Segmentor:
                 min_distance: int = 3, min_area: int = 10, scale: float | None = None,
                 polarity: str = "auto", scale_labels: np.ndarray | None = None,
                 min_peak: float | str | None = "model", grow_to: float | str | None = "model",
-                add_coarse: bool | str = "model", data_bar: bool = True
-                ) -> tuple[np.ndarray, np.ndarray]:
+                add_coarse: bool | str = "model", data_bar: bool = True,
+                support: str | bool = "model") -> tuple[np.ndarray, np.ndarray]:
         """Instance label map (int32, 0 = background) and probability map of one image, both of
         the image's size: :meth:`probability`, then :meth:`instances`; with ``add_coarse``
         (``"model"``: :attr:`add_coarse`) plus the coarse particles the segmentor missed
         (:func:`emcopilot.postprocess.add_coarse_particles`), from ``scale_labels`` when given
         (the image's coarse mask) else from :meth:`coarse_labels`. With ``data_bar`` (default)
         an instrument data bar at the bottom (:func:`emcopilot.data_bar.find_data_bar`) is
-        left out: no particles there, probability 0."""
+        left out: no particles there, probability 0. ``support``: as :meth:`probability`'s."""
         add = self.add_coarse if add_coarse == "model" else bool(add_coarse)
         prepared = self.prepare(image01, polarity)  # polarity from the whole frame
         height = prepared.shape[0]
@@ -437,8 +507,9 @@ class Segmentor:
             # also measures the scale (no second pass); the rows left are the micrograph (bar
             # cut off) or every row on purpose (data_bar off)
             coarse = self.coarse_labels(prepared, data_bar=False)
-        prob = self.predict_proba(prepared, scale=self.resolve_scale(prepared, scale, coarse,
-                                                                     data_bar=False))
+        prob = self._predict(prepared, self.resolve_scale(prepared, scale, coarse,
+                                                          data_bar=False),
+                             self.resolve_support(prepared, support))
         labels = self.instances(prob, threshold, min_distance=min_distance, min_area=min_area,
                                 min_peak=min_peak, grow_to=grow_to)
         if add:

@@ -1,0 +1,136 @@
+"""Support removal (emcopilot.support) and its use by the segmentor."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from emcopilot import io
+from emcopilot.errors import InputError
+from emcopilot.inference import Segmentor
+from emcopilot.particle_scale import resize_image
+from emcopilot.support import (SUPPORT_RADIUS_WIDTHS, remove_support, resolve_support_mode,
+                               shows_support)
+from emcopilot.training import save_checkpoint
+from tests.test_inference import real, segmentor  # noqa: F401  (fixtures)
+
+
+def _supported_particles(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A 256 px image: a wide bright support grain (Gaussian, sigma 50 px) under part of the
+    frame, and 8 px particles both on it and on the dark background; and the particle mask."""
+    yy, xx = np.mgrid[:256, :256].astype(np.float32)
+    support = 0.6 * np.exp(-((yy - 128) ** 2 + (xx - 64) ** 2) / (2 * 50.0 ** 2))
+    mask = np.zeros((256, 256), bool)
+    for cy in (24, 64, 104, 144, 184, 224):  # 36 particles, about 2 % of the frame
+        for cx in (24, 64, 104, 144, 184, 224):
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
+    img = support + 0.35 * mask + rng.normal(0, 0.01, mask.shape)
+    img = np.clip(img, 0, None)
+    return (img / img.max()).astype(np.float32), mask
+
+
+def test_remove_support_takes_out_wide_structures_and_keeps_particles():
+    img, mask = _supported_particles(np.random.default_rng(0))
+    yy, xx = np.mgrid[:256, :256]
+    near = np.zeros_like(mask)
+    near[2:-2, 2:-2] = mask[:-4, 2:-2] | mask[4:, 2:-2] | mask[2:-2, :-4] | mask[2:-2, 4:] | mask[2:-2, 2:-2]
+    on_support = ((yy - 128) ** 2 + (xx - 64) ** 2 <= 50 ** 2) & ~near  # the grain, no particle
+    # a plain threshold would take the grain before the free particles
+    assert img[104, 84] > img[64, 224] and img[104, 84] > img[144, 224]
+    out = remove_support(img, particle_width_px=8)
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    # particles on the grain and on the background now look alike, the grain is gone
+    centres_on = [out[144, 64], out[104, 64], out[144, 104]]
+    centres_off = [out[64, 224], out[144, 224], out[224, 184]]
+    assert min(centres_on + centres_off) > 0.6
+    assert abs(np.mean(centres_on) - np.mean(centres_off)) < 0.15
+    assert np.percentile(out[on_support], 90) < 0.25
+    # a disc far wider than the grain keeps it
+    assert np.median(remove_support(img, 8, radius_widths=20)[on_support]) > 0.3
+
+
+def test_remove_support_refuses_bad_input():
+    with pytest.raises(InputError):
+        remove_support(np.zeros((4, 4, 3), np.float32), 8)
+    with pytest.raises(InputError):
+        remove_support(np.zeros((16, 16), np.float32), 0)
+    with pytest.raises(InputError):
+        resolve_support_mode("sometimes")
+    flat = remove_support(np.full((32, 32), np.nan, np.float32), 4)
+    assert np.isfinite(flat).all() and not flat.any()
+
+
+def test_shows_support_separates_the_bundled_catalysts_from_free_particles(examples_dir):
+    for folder, expected in (("catalysts", True), ("emps", False)):
+        for path in sorted((examples_dir / folder / "images").iterdir()):
+            image01 = io.normalize(io.read_micrograph(path).image)
+            assert shows_support(image01) is expected, path.name
+
+
+@pytest.fixture(scope="module")
+def trained_net(segmentor):
+    """test_inference's tiny UNet++ trained for a few steps on one bundled EMPS image (its
+    output depends on its input, unlike a fresh one's)."""
+    return segmentor.model
+
+
+def _checkpoint(tmp_path, net, name: str, **config) -> Segmentor:
+    ck = save_checkpoint(tmp_path / name, net, None, {"image_size": 64, **config}, epoch=1)
+    return Segmentor.load(ck, device="cpu")
+
+
+def test_the_segmentor_removes_the_support_as_its_checkpoint_says(tmp_path, examples_dir,
+                                                                   trained_net):
+    catalyst = io.normalize(io.read_micrograph(examples_dir / "catalysts" / "images"
+                                               / "Ru4.jpg").image)
+    free = io.normalize(io.read_micrograph(examples_dir / "emps" / "images"
+                                           / "c363833ad2.png").image)
+    scaled = dict(particle_diameter_px=32, scale_preset="auto", input_polarity="bright")
+    old = _checkpoint(tmp_path, trained_net, "old", **scaled)  # from before support removal: never
+    assert old.support_removal == "off" and not old.resolve_support(catalyst)
+    auto = _checkpoint(tmp_path, trained_net, "auto", support_removal="auto", **scaled)
+    assert auto.support_removal == "auto"
+    assert auto.resolve_support(auto.prepare(catalyst)) is True
+    assert auto.resolve_support(auto.prepare(free)) is False
+    assert auto.resolve_support(auto.prepare(free), "on") is True
+    assert auto.resolve_support(auto.prepare(catalyst), False) is False
+    with pytest.raises(InputError):
+        auto.resolve_support(catalyst, "sometimes")
+    # "auto" follows the classical preset the segmentor was trained with (its coarse masks')
+    free_preset = _checkpoint(tmp_path, trained_net, "isolated", support_removal="auto",
+                              **{**scaled, "scale_preset": "isolated"})
+    assert free_preset.resolve_support(free_preset.prepare(catalyst)) is False
+    assert free_preset.resolve_support(free_preset.prepare(catalyst), "on") is True
+    on_support = _checkpoint(tmp_path, trained_net, "supported", support_removal="auto",
+                             **{**scaled, "scale_preset": "supported"})
+    assert on_support.resolve_support(on_support.prepare(free)) is True
+    # a segmentor that does not know its particles' width cannot size the disc: never
+    unscaled = _checkpoint(tmp_path, trained_net, "unscaled", support_removal="on")
+    assert unscaled.resolve_support(catalyst) is False
+
+    # with removal: the network sees the top-hat of the image at the particle scale
+    prepared = auto.prepare(catalyst)
+    s = auto.resolve_scale(prepared)
+    small = remove_support(resize_image(prepared, s), 32)
+
+    expected = cv2.resize(auto.predict_proba(small), prepared.shape[::-1],
+                          interpolation=cv2.INTER_LINEAR)
+    prob = auto.probability(catalyst)
+    np.testing.assert_allclose(prob, np.clip(expected, 0, 1), atol=1e-6)
+    plain = auto.probability(catalyst, support="off")
+    np.testing.assert_allclose(plain, auto.predict_proba(prepared, scale=s), atol=1e-6)
+    assert np.abs(prob - plain).max() > 0.01
+    labels, prob2 = auto.segment(catalyst, add_coarse=False)
+    np.testing.assert_allclose(prob2, prob, atol=1e-6)
+    np.testing.assert_array_equal(labels, auto.instances(prob))
+    # the free particles are left as they are
+    np.testing.assert_allclose(auto.probability(free), auto.probability(free, support="off"),
+                               atol=1e-6)
+
+
+def test_the_cli_help_states_the_library_disc():
+    from emcopilot.cli import SUPPORT_RULE
+
+    assert f"radius of {SUPPORT_RADIUS_WIDTHS:g} typical" in SUPPORT_RULE
