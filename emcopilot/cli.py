@@ -78,6 +78,10 @@ def _positive(value: str) -> float:
 #: the rule of postprocess.add_coarse_particles, for --add-coarse help ("%%": argparse)
 ADD_COARSE_RULE = ("at least 90 %% uncovered by its particles, at least half the image's median "
                    "coarse particle area, its probability there at least the image's Otsu level")
+#: the support removal of ``emcopilot.support`` (``SUPPORT_RADIUS_WIDTHS``, written out so that
+#: the CLI starts without numpy; a test keeps the two equal), for the help texts
+SUPPORT_RULE = ("a white top-hat whose disc has a radius of 1.5 typical particle widths, at the "
+                "segmentor's particle scale; see BENCHMARKS.md")
 
 
 def _add_data_bar(p: argparse.ArgumentParser) -> None:
@@ -466,7 +470,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                              polarity=args.polarity, scale=args.scale,
                                              min_peak=args.min_peak, grow_to=args.grow_to,
                                              add_coarse=args.add_coarse,
-                                             data_bar=args.data_bar == "on")
+                                             data_bar=args.data_bar == "on",
+                                             support=args.support_removal)
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -488,6 +493,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if added:
         kept += ("; plus the classical coarse masker's particles the segmentor missed "
                  "(--add-coarse off: without)")
+    support = (segmentor.support_removal if args.support_removal == "model"
+               else args.support_removal)
+    if support != "off" and segmentor.particle_diameter_px is not None:
+        kept += ("; the support removed from " + ("every image" if support == "on" else
+                                                  "images with particles on a support")
+                 + " (--support-removal off: never)")
     if barred:
         kept += (f"; the data bar at the bottom of {barred} image(s) left out (--data-bar off: "
                  "every row)")
@@ -513,6 +524,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                ensemble=args.ensemble == "on",
                                grow_to=args.grow_to, add_coarse=args.add_coarse == "on",
                                data_bar=args.data_bar == "on",
+                               support_removal=args.support_removal,
                                progress=bar)
     finally:
         bar.close()
@@ -768,6 +780,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"model's preset) that the segmentor missed ({ADD_COARSE_RULE}; see "
                         "BENCHMARKS.md); default: as recorded in the model (the pipeline "
                         "records on), else off")
+    p.add_argument("--support-removal", choices=("model", "auto", "on", "off"), default="model",
+                   help=f"take a textured support out of each image before the segmentor sees "
+                        f"it ({SUPPORT_RULE}); auto: as the classical preset the model was "
+                        "trained with says (isolated: none; supported: all; auto: the images "
+                        "where the classical masker picks its supported preset); default: as "
+                        "recorded in the model (the pipeline records auto), else off")
     _add_data_bar(p)
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
@@ -817,6 +835,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on (default): the final particles also take the coarse masks' "
                         f"particles that the segmentor missed ({ADD_COARSE_RULE}; measured in "
                         "BENCHMARKS.md); recorded in the segmentor for `segment`")
+    p.add_argument("--support-removal", choices=("auto", "on", "off"), default="auto",
+                   help=f"take a textured support out of each real image before the segmentor "
+                        f"sees it ({SUPPORT_RULE}); auto (default): as --classical-preset says "
+                        "(isolated: none; supported: every image; auto: the images where the "
+                        "classical masker picks its supported preset); on: every image; off: "
+                        "none. Recorded in the segmentor for `segment`")
     _add_data_bar(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")

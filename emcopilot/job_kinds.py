@@ -187,6 +187,14 @@ def segmentor_add_coarse(ckpt: Path | None) -> bool:
     return bool((cfg or {}).get("config", {}).get("add_coarse", False))
 
 
+def segmentor_support_removal(ckpt: Path | None) -> str:
+    """The support removal a checkpoint's config.json records (``"auto"``, ``"on"`` or
+    ``"off"``; "off" when absent or unreadable)."""
+    cfg = _checkpoint_config(ckpt)
+    mode = (cfg or {}).get("config", {}).get("support_removal", "off")
+    return mode if mode in ("auto", "on", "off") else "off"
+
+
 def segmentor_ensemble_size(ckpt: Path | None) -> int:
     """How many segmentors a checkpoint averages (its config's ``ensemble``; 1 for a single
     segmentor, or when absent or unreadable)."""
@@ -208,6 +216,21 @@ def _checkpoint_config(ckpt: Path | None) -> dict | None:
 
 
 # -- jobs ----------------------------------------------------------------------------------------
+
+#: the coarse-mask job's record of how the project's coarse masks were made
+COARSE_MASKS_RECORD = "masks/coarse_masks.json"
+
+
+def coarse_masks_preset(project: Any) -> str:
+    """The classical preset the project's coarse masks were made with ("auto" when not
+    recorded: masks from before the record, or none yet)."""
+    try:
+        record = project.read_json(COARSE_MASKS_RECORD, {}) or {}
+    except InputError:
+        return "auto"
+    preset = record.get("classical_preset", "auto") if isinstance(record, dict) else "auto"
+    return preset if preset in ("auto", "isolated", "supported") else "auto"
+
 
 @register_job("coarse_masks")
 def coarse_masks_job(project: Any, params: dict, ctx: Any) -> dict:
@@ -233,6 +256,10 @@ def coarse_masks_job(project: Any, params: dict, ctx: Any) -> dict:
         project.save_mask(stem, labels, kind="coarse")
         counts[stem] = int(labels.max())
     ctx.progress(len(stems), len(stems), f"{len(stems)} coarse masks saved")
+    # what made them: a segmentor trained on them records the classical preset (its particle
+    # scale and support removal follow it, as in the pipeline)
+    preset = str((params.get("classical_options") or {}).get("preset", "auto"))
+    project.write_json(COARSE_MASKS_RECORD, {"method": method, "classical_preset": preset})
     return {"method": method, "masks": counts, "particles": int(sum(counts.values()))}
 
 
@@ -314,7 +341,11 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     the project's masks, or with params["ensemble"] (default True) the mean of all of them
     when that matches better (as ``emcopilot pipeline --ensemble on``); params["add_coarse"]
     (default True): record with the model that segmenting also keeps the masks' particles it
-    missed (as ``emcopilot pipeline --add-coarse on``)."""
+    missed (as ``emcopilot pipeline --add-coarse on``); params["support_removal"] ("auto",
+    default, "on" or "off"): record with the model whether it takes a textured support out of
+    an image first (:mod:`emcopilot.support`, as ``emcopilot pipeline --support-removal``),
+    which follows the classical preset the project's coarse masks were made with
+    (:func:`coarse_masks_preset`, recorded as the model's ``scale_preset``)."""
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
 
@@ -327,6 +358,9 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     if params.get("min_peak", "auto") not in ("auto", None):
         raise InputError("min_peak must be 'auto' (choose it against the project's masks after "
                          "training) or None (keep every particle)")
+    from emcopilot.support import resolve_support_mode
+
+    support_removal = resolve_support_mode(params.get("support_removal", "auto"))
     data = params.get("data", "synthetic")
     if data not in ("synthetic", "masks", "synthetic+masks"):
         raise InputError(f"unknown training data {data!r}: synthetic, masks or synthetic+masks")
@@ -351,7 +385,8 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     # every training image has bright particles: the project's pairs are written so, and the
     # generator learnt from them; inference converts each image the same way
     train = dict(augment=bool(params.get("augment", True)), input_polarity="bright",
-                 particle_diameter_px=diameter, device=params.get("device", "auto"),
+                 particle_diameter_px=diameter, scale_preset=coarse_masks_preset(project),
+                 device=params.get("device", "auto"),
                  resume=bool(params.get("resume", True)), should_stop=ctx.should_stop)
     min_peak = params.get("min_peak", "auto")  # "auto": choose it; None: keep every particle
     device = params.get("device", "auto")
@@ -361,13 +396,13 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     if seeds > 1:
         return _train_segmentor_seeds(project, ctx, img_dir, mask_dir, seeds, min_peak, device,
                                       train, kw, ensemble=bool(params.get("ensemble", True)),
-                                      add_coarse=add_coarse)
+                                      add_coarse=add_coarse, support_removal=support_removal)
     result = train_segmentor(img_dir, mask_dir, run, progress=_progress(ctx), **train, **kw)
     out = _small(result)
     ckpt = None if result.get("cancelled") else segmentor_checkpoint(project)
     if ckpt is not None:
         choice = _match_masks(project, ctx, ckpt, prefer_masks(project), device, min_peak,
-                              add_coarse=add_coarse)
+                              add_coarse=add_coarse, support_removal=support_removal)
         out.update(min_peak=choice["min_peak"], grow_to=choice["grow_to"],
                    f1_vs_masks={f"seed{kw.get('seed', 0)}": choice["score"]})
     return out
@@ -375,7 +410,8 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
 
 def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path, seeds: int,
                            min_peak: str | None, device: str, train: dict, kw: dict, *,
-                           ensemble: bool = True, add_coarse: bool = True) -> dict:
+                           ensemble: bool = True, add_coarse: bool = True,
+                           support_removal: str = "auto") -> dict:
     """Train ``seeds`` segmentors (``candidates/seed<S>/``) and make the one whose particles
     best match the project's masks the project's segmentor (its ``best_miou/``, ``last/`` and
     log copied to the run folder), as ``emcopilot pipeline --segmentor-seeds`` does against
@@ -402,7 +438,8 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
             return {**_small(result), "seed": seed}
         ckpts[seed] = _checkpoint(cdir, ("best_miou", "last"))
         choices[seed] = _match_masks(project, ctx, ckpts[seed], masks, device, min_peak,
-                                     keep=maps.setdefault(seed, []), add_coarse=add_coarse)
+                                     keep=maps.setdefault(seed, []), add_coarse=add_coarse,
+                                     support_removal=support_removal)
     if ensemble:  # the segmentors' mean: their maps averaged (as the pipeline does), no rerun
         from emcopilot import io
         from emcopilot.training.checkpoint import ensemble_checkpoint
@@ -411,7 +448,8 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
         averaged = [io.to_uint8(np.mean(per_image, axis=0) / 255.0)
                     for per_image in zip(*maps.values())]
         choices["mean"] = _match_masks(project, ctx, mean, masks, device, min_peak,
-                                       maps=averaged, add_coarse=add_coarse)
+                                       maps=averaged, add_coarse=add_coarse,
+                                       support_removal=support_removal)
     best = best_segmentor({s: c["score"] for s, c in choices.items()})
     # the kept one's checkpoints (the mean has one: best_miou) and curves (the mean: the first's)
     winner = run / "candidates" / (f"seed{best}" if best != "mean" else f"seed{first}")
@@ -433,7 +471,8 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
 def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray],
                  device: str, min_peak: str | None = "auto", *,
                  maps: list[np.ndarray] | None = None,
-                 keep: list[np.ndarray] | None = None, add_coarse: bool = False) -> dict:
+                 keep: list[np.ndarray] | None = None, add_coarse: bool = False,
+                 support_removal: str = "off") -> dict:
     """A trained segmentor against the project's masks (edited where saved, else coarse):
     :func:`emcopilot.inference.choose_min_peak` on its probability maps of those images, which
     records the particle core probability ("auto": the one that best matches the masks; None:
@@ -443,10 +482,14 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
     of ``masks``) to use instead of running the segmentor (e.g. the mean of several
     segmentors' maps); ``keep``: a list that gets the maps the segmentor made, as 8-bit;
     ``add_coarse``: record that segmenting adds the masks' particles the segmentor missed
-    (:attr:`emcopilot.inference.Segmentor.add_coarse`; only with masks)."""
+    (:attr:`emcopilot.inference.Segmentor.add_coarse`; only with masks); ``support_removal``:
+    recorded first, so the maps are made as segmenting will make them
+    (:attr:`emcopilot.inference.Segmentor.support_removal`)."""
     from emcopilot import io
     from emcopilot.inference import Segmentor, choose_min_peak
+    from emcopilot.training.checkpoint import update_config
 
+    update_config(ckpt, support_removal=support_removal)
     seg = Segmentor.load(ckpt, device=device)
 
     def probs():  # one map at a time (kept as 8-bit copies for the two choices)
@@ -467,8 +510,6 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
                              reference="project masks")
     if not masks:
         choice["score"] = None  # nothing to match
-    from emcopilot.training.checkpoint import update_config
-
     update_config(ckpt, add_coarse=bool(add_coarse and masks))
     ctx.progress(len(masks), len(masks), f"particle core probability: {choice['min_peak']}, "
                  f"growth: {choice['grow_to'] or 'none'}")
@@ -507,7 +548,9 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
     """Segment every image and write the PSD report + ZIP into the results folder.
     params["model"]: "segmentor" (the project's trained segmentor) or "coarse" (the coarse
     masker with the same options as the coarse-mask job: quick report with no training).
-    params["use_edited"]: with "coarse", use the saved (edited) masks where they exist."""
+    params["use_edited"]: with "coarse", use the saved (edited) masks where they exist.
+    With "segmentor", params["min_peak"], ["grow_to"], ["add_coarse"] and ["support_removal"]
+    ("auto", "on" or "off") override what the checkpoint records ("model", the default)."""
     from emcopilot.analysis import write_psd_report
     from emcopilot.io import write_label_map
 
@@ -556,6 +599,13 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
             raise InputError(f"add_coarse must be 'model', true or false, got {add_coarse!r}")
         add_coarse = seg.add_coarse if add_coarse == "model" else add_coarse
         model_info["add_coarse"] = add_coarse
+        # "model": as recorded in the checkpoint (the pipeline and training record auto)
+        support = params.get("support_removal", "model")
+        if support != "model":
+            from emcopilot.support import resolve_support_mode
+
+            support = resolve_support_mode(support)
+        model_info["support_removal"] = seg.support_removal if support == "model" else support
     else:
         from emcopilot.masking import coarse_mask, resolve_method
 
@@ -572,6 +622,7 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
         if model == "segmentor":
             labels, _ = seg.segment(image01, threshold=thr, polarity=_polarity(project, stem),
                                     min_peak=min_peak, grow_to=grow_to, add_coarse=add_coarse,
+                                    support=support,
                                     # the project's mask (coarse or edited): the particle
                                     # scale, and the particles added with add_coarse
                                     scale_labels=(_load_mask(project, stem)

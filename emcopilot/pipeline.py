@@ -69,7 +69,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  segmentor_data: str = "synthetic+real", particle_scale: bool = True,
                  min_peak: float | str | None = "auto", segmentor_seeds: int = 2,
                  grow_to: float | str | None = "auto", ensemble: bool = True,
-                 add_coarse: bool = True, data_bar: bool = True,
+                 add_coarse: bool = True, data_bar: bool = True, support_removal: str = "auto",
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -136,7 +136,19 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
 
     ``data_bar``: leave out an instrument data bar at the bottom of an image
     (:func:`emcopilot.data_bar.find_data_bar`) when detecting polarity, masking and segmenting;
-    the images stage records each bar's first row (``data_bar_row``)."""
+    the images stage records each bar's first row (``data_bar_row``).
+
+    ``support_removal``: before the segmentor sees a real image, take a textured support out of
+    it (:mod:`emcopilot.support`: a white top-hat at the particle scale): ``"auto"`` (default)
+    as ``classical_preset`` says (``"isolated"``: never; ``"supported"``: every image;
+    ``"auto"``: the images where the masker picks its "supported" preset), ``"on"`` every
+    image, ``"off"`` none; recorded in the checkpoint, so ``emcopilot segment`` and the app do
+    the same. The synthetic training images have no support (a mask does not say what lies
+    under the particles), so on the catalysts the segmentor took the support's bright grains
+    for particles and missed small particles on them; measured on run 19's catalysts
+    (BENCHMARKS.md, stop 18) "auto" raised box F1 0.29 -> 0.37 and cut the mean count error
+    0.83 -> 0.59. On EMPS the per-image judgement misfires (dense films of free particles look
+    "supported"), which is why "isolated" turns it off."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -156,6 +168,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         grow_to = check_grow_to(grow_to)
     if not (isinstance(segmentor_seeds, int) and segmentor_seeds >= 1):
         raise InputError(f"segmentor_seeds must be a whole number >= 1, got {segmentor_seeds!r}")
+    from emcopilot.support import resolve_support_mode
+
+    support_removal = resolve_support_mode(support_removal)
     if profile not in PER_MASK:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")
     per_mask = per_mask or PER_MASK[profile]
@@ -333,7 +348,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 coarse = (io.read_label_map(mask_dir / f"{stem}.png")
                           if segmentor.particle_diameter_px else None)
                 prob = segmentor.probability(image01, polarity="bright", scale_labels=coarse,
-                                             data_bar=data_bar)
+                                             data_bar=data_bar, support=support_removal)
                 io.write_image(maps[s] / f"{stem}.png", prob)
             report(7, len(STAGES), "segment: matching the particles with the coarse masks")
             choices[s] = choose_min_peak(
@@ -369,7 +384,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             prob_dir.mkdir(parents=True, exist_ok=True)
             for stem in meta:
                 shutil.copyfile(maps[best] / f"{stem}.png", prob_dir / f"{stem}.png")
-        update_config(ckpt, add_coarse=bool(add_coarse))
+        update_config(ckpt, add_coarse=bool(add_coarse), support_removal=support_removal)
         items, added = [], 0
         for stem in meta:
             prob = stored(stem)
@@ -386,6 +401,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         _mark_done(out, state, "segment", count=summary.get("batch", {}).get("count"),
                    min_peak=chosen, grow_to=grown, model=str(ckpt),
                    add_coarse=bool(add_coarse), coarse_particles_added=added,
+                   support_removal=support_removal,
                    f1_vs_coarse={(s if s == "mean" else f"seed{s}"): c["score"]
                                  for s, c in choices.items()})
     report(len(STAGES), len(STAGES), "done")

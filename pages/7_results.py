@@ -69,6 +69,24 @@ if model == "segmentor":
              "images with a few large ones (BENCHMARKS.md).")
     if add != recorded:
         params["add_coarse"] = add
+    support = job_kinds.segmentor_support_removal(ckpt)
+    choices = {"auto": "images that show particles on a support", "on": "every image",
+               "off": "no image"}
+    removal = st.selectbox(
+        "Take a textured support out first, for", list(choices),
+        index=list(choices).index(support),
+        format_func=lambda k: choices[k] + (" (recorded with this model)" if k == support else ""),
+        help="The segmentor learnt from synthetic micrographs, which show particles on a plain "
+             "background, so it can take the bright grains of a support (HAADF-STEM of "
+             "supported catalysts) for particles and miss the small particles on them. A white "
+             "top-hat at the particle scale removes structures wider than the particles first. "
+             "'Images that show particles on a support' follows the classical masker preset the "
+             "model was trained with: none for 'isolated', all for 'supported', and for 'auto' "
+             "the images where the masker picks its 'supported' preset. Free particles on a "
+             "flat background are best left as they are, since the top-hat also cuts down "
+             "large particles (BENCHMARKS.md).")
+    if removal != support:
+        params["support_removal"] = removal
 if st.button("Segment all images and write the report", type="primary",
              icon=":material/play_arrow:"):
     _ui.submit_job(store, project, "segment", params)

@@ -285,6 +285,11 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
     assert job_kinds.segmentor_grow_to(ckpt) == res["grow_to"]
     # and that segmenting adds the masks' particles the segmentor missed (params add_coarse)
     assert job_kinds.segmentor_add_coarse(ckpt) is True
+    # and the support removal (default auto), which follows the preset the project's coarse
+    # masks were made with (the coarse-mask job records it; the masked fixture: classical,
+    # preset auto)
+    assert recorded["support_removal"] == "auto"
+    assert job_kinds.coarse_masks_preset(masked) == "auto" and recorded["scale_preset"] == "auto"
     mixed = job_kinds.segmentor_runs(masked) / "training_data"
     names = sorted(p.name for p in (mixed / "masks").glob("*.png"))
     assert names == sorted([f"{s}_syn000.png" for s in own] + [f"real_{s}.png" for s in own])
@@ -537,6 +542,60 @@ def test_results_add_the_masks_missed_particles_as_recorded(store, masked):
     assert added > 0  # the test means something
     with pytest.raises(Exception, match="add_coarse"):
         job_kinds.segment_job(masked, {"model": "segmentor", "add_coarse": "yes"}, Ctx())
+
+
+def test_the_coarse_mask_job_records_its_preset(project):
+    from emcopilot import job_kinds
+
+    assert job_kinds.coarse_masks_preset(project) == "auto"  # nothing recorded yet
+    job_kinds.coarse_masks_job(project, {"method": "classical",
+                                         "classical_options": {"preset": "isolated"},
+                                         "stems": [project.images()[0]["stem"]]}, Ctx())
+    assert job_kinds.coarse_masks_preset(project) == "isolated"
+    record = project.read_json(job_kinds.COARSE_MASKS_RECORD)
+    assert record == {"method": "classical", "classical_preset": "isolated"}
+    (project.path / job_kinds.COARSE_MASKS_RECORD).write_text("{not json")
+    assert job_kinds.coarse_masks_preset(project) == "auto"
+
+
+def test_results_remove_the_support_as_recorded_or_as_chosen(store, masked):
+    """The Results page's support-removal choice starts at what the model records (off for a
+    model without a record, auto for one the pipeline or training made); another choice goes
+    into the segment job's params, and the job runs the segmentor with it and says so in the
+    report's provenance."""
+    import torch
+
+    from emcopilot import job_kinds
+    from emcopilot.nets import UNetPlusPlus
+    from emcopilot.training import save_checkpoint
+    from emcopilot.training.checkpoint import update_config
+
+    torch.manual_seed(0)
+    ckpt = job_kinds.segmentor_runs(masked) / "best_miou"
+    save_checkpoint(ckpt, UNetPlusPlus(base=4, depth=3), None,
+                    {"image_size": 64, "particle_diameter_px": 32}, epoch=1)
+    label = "Take a textured support out first, for"
+    at = open_page(PAGES[6], masked.id)
+    box = [b for b in at.selectbox if b.label == label]
+    assert len(box) == 1 and box[0].value == "off"
+    update_config(ckpt, support_removal="auto")
+    assert job_kinds.segmentor_support_removal(ckpt) == "auto"
+    at = open_page(PAGES[6], masked.id)
+    box = [b for b in at.selectbox if b.label == label]
+    assert box[0].value == "auto"
+    button(at, "Segment all images and write the report").click().run()
+    assert "support_removal" not in jobs_of(store, masked, "segment")[-1]["params"]
+    box[0].set_value("on").run()
+    button(at, "Segment all images and write the report").click().run()
+    params = jobs_of(store, masked, "segment")[-1]["params"]
+    assert params["support_removal"] == "on"
+    results = job_kinds.project_path(masked, "results_dir")
+    for given, used in (({}, "auto"), (params, "on")):
+        job_kinds.segment_job(masked, {"model": "segmentor", **given}, Ctx())
+        model = json.loads((results / "provenance.json").read_text())["model"]
+        assert model["support_removal"] == used
+    with pytest.raises(Exception, match="support removal"):
+        job_kinds.segment_job(masked, {"model": "segmentor", "support_removal": "yes"}, Ctx())
 
 
 def test_job_panel_follows_the_store(store, project):

@@ -206,6 +206,9 @@ def test_particles_follow_the_stored_maps_and_the_chosen_core_probability(pipeli
     assert seg.min_peak == chosen and seg.grow_to == grown
     # plus the coarse particles the segmentor missed (add_coarse, default on; recorded too)
     assert seg.add_coarse is True and load_state(out)["stages"]["segment"]["add_coarse"] is True
+    # the support removal (default auto), recorded in both places too
+    assert seg.support_removal == "auto"
+    assert load_state(out)["stages"]["segment"]["support_removal"] == "auto"
     added = 0
     for stem, prob, co in zip(stems, probs, coarse):
         own = seg.instances(prob)
