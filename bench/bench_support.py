@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if width is not None:
             seg.config.setdefault("config", {})["support_radius_widths"] = width
         if args.preset:
-            seg.config.setdefault("config", {})["scale_preset"] = args.preset
+            seg.config.setdefault("config", {})["support_preset"] = args.preset
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             removed = segment_run(run, seg, mode, Path(tmp), data_bar)

@@ -339,8 +339,9 @@ class Segmentor:
         (:meth:`prepare`, data bar cut off): ``support`` True/False, "on"/"off", "auto" or
         "model" (:attr:`support_removal`). "auto" follows the classical preset the segmentor
         was trained with (the checkpoint's ``scale_preset``, the one its coarse masks were made
-        with): "isolated" (free particles) never, "supported" always, "auto" (or none recorded)
-        per image where the masker picks "supported"
+        with, unless a ``support_preset`` is recorded to decide this alone): "isolated" (free
+        particles) never, "supported" always, "auto" (or none recorded) per image where the
+        masker picks "supported"
         (:func:`emcopilot.support.shows_support`). Only a segmentor trained at a common
         particle scale (:attr:`particle_diameter_px`) knows how wide its particles are, so for
         any other it is False."""
@@ -352,7 +353,8 @@ class Segmentor:
             mode = self.support_removal if support == "model" else resolve_support_mode(support)
         if mode == "off" or self.particle_diameter_px is None:
             return False
-        preset = self.config.get("config", {}).get("scale_preset") or "auto"
+        cfg = self.config.get("config", {})
+        preset = cfg.get("support_preset") or cfg.get("scale_preset") or "auto"
         if mode == "on" or preset == "supported":
             return True
         if preset == "isolated":

@@ -103,6 +103,10 @@ def test_the_segmentor_removes_the_support_as_its_checkpoint_says(tmp_path, exam
                               **{**scaled, "scale_preset": "isolated"})
     assert free_preset.resolve_support(free_preset.prepare(catalyst)) is False
     assert free_preset.resolve_support(free_preset.prepare(catalyst), "on") is True
+    judged = _checkpoint(tmp_path, trained_net, "judged", support_removal="auto",
+                         support_preset="auto", **{**scaled, "scale_preset": "isolated"})
+    assert judged.resolve_support(judged.prepare(catalyst)) is True  # support_preset decides
+    assert judged.resolve_support(judged.prepare(free)) is False
     on_support = _checkpoint(tmp_path, trained_net, "supported", support_removal="auto",
                              **{**scaled, "scale_preset": "supported"})
     assert on_support.resolve_support(on_support.prepare(free)) is True
