@@ -495,10 +495,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
                  "(--add-coarse off: without)")
     support = (segmentor.support_removal if args.support_removal == "model"
                else args.support_removal)
-    if support != "off" and segmentor.particle_diameter_px is not None:
-        kept += ("; the support removed from " + ("every image" if support == "on" else
-                                                  "images with particles on a support")
-                 + " (--support-removal off: never)")
+    preset = segmentor.support_preset
+    if (support == "on" or (support == "auto" and preset != "isolated")) \
+            and segmentor.particle_diameter_px is not None:
+        kept += ("; the support removed from " + (
+            "every image" if support == "on" or preset == "supported" else
+            "the images where the classical masker sees particles on a support")
+            + " (--support-removal off: never)")
     if barred:
         kept += (f"; the data bar at the bottom of {barred} image(s) left out (--data-bar off: "
                  "every row)")

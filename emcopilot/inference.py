@@ -334,6 +334,14 @@ class Segmentor:
             return SUPPORT_RADIUS_WIDTHS
         return r if r > 0 else SUPPORT_RADIUS_WIDTHS
 
+    @property
+    def support_preset(self) -> str:
+        """The classical preset the "auto" support removal follows: the checkpoint config's
+        ``support_preset``, else its ``scale_preset``, else "auto"."""
+        cfg = self.config.get("config", {})
+        preset = cfg.get("support_preset") or cfg.get("scale_preset") or "auto"
+        return preset if preset in ("auto", "isolated", "supported") else "auto"
+
     def resolve_support(self, prepared01: np.ndarray, support: str | bool = "model") -> bool:
         """Whether to remove the support from one image already in the segmentor's conventions
         (:meth:`prepare`, data bar cut off): ``support`` True/False, "on"/"off", "auto" or
@@ -353,8 +361,7 @@ class Segmentor:
             mode = self.support_removal if support == "model" else resolve_support_mode(support)
         if mode == "off" or self.particle_diameter_px is None:
             return False
-        cfg = self.config.get("config", {})
-        preset = cfg.get("support_preset") or cfg.get("scale_preset") or "auto"
+        preset = self.support_preset
         if mode == "on" or preset == "supported":
             return True
         if preset == "isolated":

@@ -195,6 +195,14 @@ def segmentor_support_removal(ckpt: Path | None) -> str:
     return mode if mode in ("auto", "on", "off") else "off"
 
 
+def segmentor_support_preset(ckpt: Path | None) -> str:
+    """The classical preset a checkpoint's "auto" support removal follows
+    (:attr:`emcopilot.inference.Segmentor.support_preset`; "auto" when unreadable)."""
+    c = (_checkpoint_config(ckpt) or {}).get("config", {})
+    preset = c.get("support_preset") or c.get("scale_preset") or "auto"
+    return preset if preset in ("auto", "isolated", "supported") else "auto"
+
+
 def segmentor_ensemble_size(ckpt: Path | None) -> int:
     """How many segmentors a checkpoint averages (its config's ``ensemble``; 1 for a single
     segmentor, or when absent or unreadable)."""

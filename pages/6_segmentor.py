@@ -120,6 +120,9 @@ grown = job_kinds.segmentor_grow_to(ckpt) if ckpt else None
 members = job_kinds.segmentor_ensemble_size(ckpt) if ckpt else 1
 adds = job_kinds.segmentor_add_coarse(ckpt) if ckpt else False
 support = job_kinds.segmentor_support_removal(ckpt) if ckpt else "off"
+if support == "auto":  # what "auto" means for this model's classical preset
+    support = {"isolated": "off", "supported": "on"}.get(
+        job_kinds.segmentor_support_preset(ckpt), "auto")
 st.caption(f"Model to use: {ckpt.name if ckpt else 'none trained yet'}"
            + (f" (the mean of {members} segmentors)" if members > 1 else "")
            + (f"; particle core probability {core:.2f}" if core is not None else "")

@@ -101,11 +101,18 @@ def test_the_segmentor_removes_the_support_as_its_checkpoint_says(tmp_path, exam
     # "auto" follows the classical preset the segmentor was trained with (its coarse masks')
     free_preset = _checkpoint(tmp_path, trained_net, "isolated", support_removal="auto",
                               **{**scaled, "scale_preset": "isolated"})
+    assert free_preset.support_preset == "isolated" and auto.support_preset == "auto"
     assert free_preset.resolve_support(free_preset.prepare(catalyst)) is False
     assert free_preset.resolve_support(free_preset.prepare(catalyst), "on") is True
     judged = _checkpoint(tmp_path, trained_net, "judged", support_removal="auto",
                          support_preset="auto", **{**scaled, "scale_preset": "isolated"})
     assert judged.resolve_support(judged.prepare(catalyst)) is True  # support_preset decides
+    assert judged.support_preset == "auto"
+    from emcopilot import job_kinds
+
+    assert job_kinds.segmentor_support_preset(tmp_path / "judged") == "auto"
+    assert job_kinds.segmentor_support_preset(tmp_path / "isolated") == "isolated"
+    assert job_kinds.segmentor_support_removal(tmp_path / "old") == "off"
     assert judged.resolve_support(judged.prepare(free)) is False
     on_support = _checkpoint(tmp_path, trained_net, "supported", support_removal="auto",
                              **{**scaled, "scale_preset": "supported"})
@@ -138,3 +145,30 @@ def test_the_cli_help_states_the_library_disc():
     from emcopilot.cli import SUPPORT_RULE
 
     assert f"radius of {SUPPORT_RADIUS_WIDTHS:g} typical" in SUPPORT_RULE
+
+
+def test_segment_cli_removes_the_support_and_says_so(tmp_path, examples_dir, trained_net,
+                                                     capsys):
+    from emcopilot.cli import main
+
+    image = examples_dir / "catalysts" / "images" / "Ru4.jpg"
+    scaled = dict(particle_diameter_px=32, input_polarity="bright", support_removal="auto")
+    for preset, said in (("auto", "where the classical masker sees particles on a support"),
+                         ("supported", "removed from every image"), ("isolated", None)):
+        out = tmp_path / f"out_{preset}"
+        _checkpoint(tmp_path, trained_net, preset, scale_preset=preset, **scaled)
+        assert main(["segment", str(image), "--model", str(tmp_path / preset), "--out",
+                     str(out), "--device", "cpu", "-q"]) == 0
+        printed = capsys.readouterr().out
+        assert (said is None and "support removed" not in printed) or said in printed, printed
+    # off: the message goes, and the particles are the plain segmentor's
+    assert main(["segment", str(image), "--model", str(tmp_path / "auto"), "--out",
+                 str(tmp_path / "off"), "--support-removal", "off", "--device", "cpu",
+                 "-q"]) == 0
+    assert "support removed" not in capsys.readouterr().out
+    assert (io.read_micrograph(tmp_path / "off" / "prob" / "Ru4.png").image
+            != io.read_micrograph(tmp_path / "out_auto" / "prob" / "Ru4.png").image).any()
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", str(image), "--model", str(tmp_path / "auto"), "--out",
+              str(tmp_path / "bad"), "--support-removal", "sometimes"])
+    assert exc.value.code == 2
