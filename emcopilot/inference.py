@@ -337,10 +337,11 @@ class Segmentor:
     @property
     def support_preset(self) -> str:
         """The classical preset the "auto" support removal follows: the checkpoint config's
-        ``support_preset``, else its ``scale_preset``, else "auto"."""
-        cfg = self.config.get("config", {})
-        preset = cfg.get("support_preset") or cfg.get("scale_preset") or "auto"
-        return preset if preset in ("auto", "isolated", "supported") else "auto"
+        ``support_preset``, else its ``scale_preset``, else "auto"
+        (:func:`emcopilot.support.preset_followed`)."""
+        from .support import preset_followed
+
+        return preset_followed(self.config.get("config", {}))
 
     def resolve_support(self, prepared01: np.ndarray, support: str | bool = "model") -> bool:
         """Whether to remove the support from one image already in the segmentor's conventions

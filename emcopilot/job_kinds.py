@@ -198,9 +198,9 @@ def segmentor_support_removal(ckpt: Path | None) -> str:
 def segmentor_support_preset(ckpt: Path | None) -> str:
     """The classical preset a checkpoint's "auto" support removal follows
     (:attr:`emcopilot.inference.Segmentor.support_preset`; "auto" when unreadable)."""
-    c = (_checkpoint_config(ckpt) or {}).get("config", {})
-    preset = c.get("support_preset") or c.get("scale_preset") or "auto"
-    return preset if preset in ("auto", "isolated", "supported") else "auto"
+    from emcopilot.support import preset_followed
+
+    return preset_followed((_checkpoint_config(ckpt) or {}).get("config", {}))
 
 
 def segmentor_ensemble_size(ckpt: Path | None) -> int:

@@ -29,7 +29,7 @@ from . import io
 from .errors import InputError
 
 __all__ = ["SUPPORT_MODES", "SUPPORT_RADIUS_WIDTHS", "remove_support", "shows_support",
-           "resolve_support_mode"]
+           "preset_followed", "resolve_support_mode"]
 
 #: "auto": as the classical preset says (per image with preset "auto"); "on": every image;
 #: "off": none.
@@ -64,6 +64,14 @@ def shows_support(image01: np.ndarray, polarity: str = "auto") -> bool:
     from .masking.classical import choose_preset
 
     return choose_preset(np.asarray(image01, dtype=np.float32), polarity)[0] == "supported"
+
+
+def preset_followed(config: dict) -> str:
+    """The classical preset that "auto" support removal follows for a checkpoint's ``config``
+    section: its ``support_preset``, else its ``scale_preset`` (the preset its coarse masks
+    were made with), else "auto"."""
+    preset = config.get("support_preset") or config.get("scale_preset") or "auto"
+    return preset if preset in ("auto", "isolated", "supported") else "auto"
 
 
 def resolve_support_mode(mode: str) -> str:
