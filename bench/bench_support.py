@@ -59,9 +59,10 @@ def segment_run(run: Path, seg: Segmentor, mode: str, out: Path, data_bar: bool)
         coarse = io.read_label_map(run / "coarse_masks" / f"{stem}.png")
         prepared = seg.prepare(image01, "bright")
         cut = on_rows_above_bar(prepared, None)[1] if data_bar else prepared
-        removed += seg.resolve_support(cut, mode)
+        decided = seg.resolve_support(cut, mode)  # once: the masker's judgement is not free
+        removed += decided
         prob = seg.probability(image01, polarity="bright", scale_labels=coarse,
-                               data_bar=data_bar, support=mode)
+                               data_bar=data_bar, support=decided)
         prob = io.to_uint8(prob).astype("float32") / 255.0  # as the pipeline stores it
         labels = seg.instances(prob)
         if seg.add_coarse:

@@ -493,13 +493,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if added:
         kept += ("; plus the classical coarse masker's particles the segmentor missed "
                  "(--add-coarse off: without)")
-    support = (segmentor.support_removal if args.support_removal == "model"
-               else args.support_removal)
-    preset = segmentor.support_preset
-    if (support == "on" or (support == "auto" and preset != "isolated")) \
-            and segmentor.particle_diameter_px is not None:
+    reach = segmentor.support_scope(args.support_removal)
+    if reach != "none":
         kept += ("; the support removed from " + (
-            "every image" if support == "on" or preset == "supported" else
+            "every image" if reach == "all" else
             "the images where the classical masker sees particles on a support")
             + " (--support-removal off: never)")
     if barred:

@@ -317,8 +317,9 @@ class Segmentor:
         ("auto": as the classical preset says, :meth:`resolve_support`; "on"; "off"),
         recorded by the pipeline and the app; "off" when absent (checkpoints from before
         it)."""
-        mode = self.config.get("config", {}).get("support_removal", "off")
-        return mode if mode in ("auto", "on", "off") else "off"
+        from .support import recorded_mode
+
+        return recorded_mode(self.config.get("config", {}))
 
     @property
     def support_radius_widths(self) -> float:
@@ -354,20 +355,26 @@ class Segmentor:
         (:func:`emcopilot.support.shows_support`). Only a segmentor trained at a common
         particle scale (:attr:`particle_diameter_px`) knows how wide its particles are, so for
         any other it is False."""
-        from .support import resolve_support_mode, shows_support
+        from .support import shows_support
+
+        reach = self.support_scope(support)
+        if reach != "per image":
+            return reach == "all"
+        return shows_support(prepared01, "bright" if self.input_polarity == "bright" else "auto")
+
+    def support_scope(self, support: str | bool = "model") -> str:
+        """Which images ``support`` (as :meth:`resolve_support` takes it) reaches for this
+        segmentor: "none", "all" or "per image" (:func:`emcopilot.support.scope`); "none" for a
+        segmentor that does not know its particles' width."""
+        from .support import resolve_support_mode, scope
 
         if isinstance(support, bool):
             mode = "on" if support else "off"
         else:
             mode = self.support_removal if support == "model" else resolve_support_mode(support)
-        if mode == "off" or self.particle_diameter_px is None:
-            return False
-        preset = self.support_preset
-        if mode == "on" or preset == "supported":
-            return True
-        if preset == "isolated":
-            return False
-        return shows_support(prepared01, "bright" if self.input_polarity == "bright" else "auto")
+        if self.particle_diameter_px is None:
+            return "none"
+        return scope(mode, self.support_preset)
 
     def _predict(self, prepared01: np.ndarray, scale: float | None, support: bool) -> np.ndarray:
         """:meth:`predict_proba` at ``scale``; with ``support`` the resized image has its support

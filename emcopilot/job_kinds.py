@@ -190,17 +190,20 @@ def segmentor_add_coarse(ckpt: Path | None) -> bool:
 def segmentor_support_removal(ckpt: Path | None) -> str:
     """The support removal a checkpoint's config.json records (``"auto"``, ``"on"`` or
     ``"off"``; "off" when absent or unreadable)."""
-    cfg = _checkpoint_config(ckpt)
-    mode = (cfg or {}).get("config", {}).get("support_removal", "off")
-    return mode if mode in ("auto", "on", "off") else "off"
+    from emcopilot.support import recorded_mode
+
+    return recorded_mode((_checkpoint_config(ckpt) or {}).get("config", {}))
 
 
-def segmentor_support_preset(ckpt: Path | None) -> str:
-    """The classical preset a checkpoint's "auto" support removal follows
-    (:attr:`emcopilot.inference.Segmentor.support_preset`; "auto" when unreadable)."""
-    from emcopilot.support import preset_followed
+def segmentor_support_scope(ckpt: Path | None) -> str:
+    """Which images a checkpoint's recorded support removal reaches: "none", "all" or "per
+    image" (:meth:`emcopilot.inference.Segmentor.support_scope`, read without torch)."""
+    from emcopilot.support import preset_followed, recorded_mode, scope
 
-    return preset_followed((_checkpoint_config(ckpt) or {}).get("config", {}))
+    cfg = (_checkpoint_config(ckpt) or {}).get("config", {})
+    if not cfg.get("particle_diameter_px"):
+        return "none"
+    return scope(recorded_mode(cfg), preset_followed(cfg))
 
 
 def segmentor_ensemble_size(ckpt: Path | None) -> int:

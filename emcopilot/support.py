@@ -29,7 +29,7 @@ from . import io
 from .errors import InputError
 
 __all__ = ["SUPPORT_MODES", "SUPPORT_RADIUS_WIDTHS", "remove_support", "shows_support",
-           "preset_followed", "resolve_support_mode"]
+           "preset_followed", "recorded_mode", "scope", "resolve_support_mode"]
 
 #: "auto": as the classical preset says (per image with preset "auto"); "on": every image;
 #: "off": none.
@@ -72,6 +72,24 @@ def preset_followed(config: dict) -> str:
     were made with), else "auto"."""
     preset = config.get("support_preset") or config.get("scale_preset") or "auto"
     return preset if preset in ("auto", "isolated", "supported") else "auto"
+
+
+def recorded_mode(config: dict) -> str:
+    """The support removal a checkpoint's ``config`` section records; "off" when absent (models
+    from before it) or not one of :data:`SUPPORT_MODES`."""
+    mode = config.get("support_removal", "off")
+    return mode if mode in SUPPORT_MODES else "off"
+
+
+def scope(mode: str, preset: str) -> str:
+    """Which images a support removal ``mode`` ("auto", "on", "off") reaches for a model whose
+    "auto" follows the classical ``preset`` (:func:`preset_followed`): "none", "all", or
+    "per image" (the masker's judgement, :func:`shows_support`)."""
+    if mode == "off":
+        return "none"
+    if mode == "on" or preset == "supported":
+        return "all"
+    return "none" if preset == "isolated" else "per image"
 
 
 def resolve_support_mode(mode: str) -> str:

@@ -119,16 +119,13 @@ core = job_kinds.segmentor_threshold(ckpt, "min_peak") if ckpt else None
 grown = job_kinds.segmentor_grow_to(ckpt) if ckpt else None
 members = job_kinds.segmentor_ensemble_size(ckpt) if ckpt else 1
 adds = job_kinds.segmentor_add_coarse(ckpt) if ckpt else False
-support = job_kinds.segmentor_support_removal(ckpt) if ckpt else "off"
-if support == "auto":  # what "auto" means for this model's classical preset
-    support = {"isolated": "off", "supported": "on"}.get(
-        job_kinds.segmentor_support_preset(ckpt), "auto")
+reach = job_kinds.segmentor_support_scope(ckpt) if ckpt else "none"
 st.caption(f"Model to use: {ckpt.name if ckpt else 'none trained yet'}"
            + (f" (the mean of {members} segmentors)" if members > 1 else "")
            + (f"; particle core probability {core:.2f}" if core is not None else "")
            + ("; particles grown to each image's Otsu level" if grown == "otsu" else
               f"; particles grown to probability {grown:.2f}" if grown is not None else "")
            + ("; plus the masks' particles it misses" if adds else "")
-           + ("; a textured support removed first where an image shows one" if support == "auto"
-              else "; a textured support removed first from every image" if support == "on"
-              else ""))
+           + ("; a textured support removed first where an image shows one"
+              if reach == "per image" else
+              "; a textured support removed first from every image" if reach == "all" else ""))

@@ -62,6 +62,20 @@ def test_remove_support_refuses_bad_input():
     assert np.isfinite(flat).all() and not flat.any()
 
 
+def test_scope_of_each_mode_and_preset():
+    from emcopilot.support import preset_followed, recorded_mode, scope
+
+    assert [scope("off", p) for p in ("auto", "isolated", "supported")] == ["none"] * 3
+    assert [scope("on", p) for p in ("auto", "isolated", "supported")] == ["all"] * 3
+    assert [scope("auto", p) for p in ("auto", "isolated", "supported")] == \
+        ["per image", "none", "all"]
+    assert preset_followed({"scale_preset": "isolated"}) == "isolated"
+    assert preset_followed({"scale_preset": "isolated", "support_preset": "auto"}) == "auto"
+    assert preset_followed({"scale_preset": "odd"}) == "auto" and preset_followed({}) == "auto"
+    assert recorded_mode({}) == "off" and recorded_mode({"support_removal": "sometimes"}) == "off"
+    assert recorded_mode({"support_removal": "on"}) == "on"
+
+
 def test_shows_support_separates_the_bundled_catalysts_from_free_particles(examples_dir):
     for folder, expected in (("catalysts", True), ("emps", False)):
         for path in sorted((examples_dir / folder / "images").iterdir()):
@@ -110,8 +124,12 @@ def test_the_segmentor_removes_the_support_as_its_checkpoint_says(tmp_path, exam
     assert judged.support_preset == "auto"
     from emcopilot import job_kinds
 
-    assert job_kinds.segmentor_support_preset(tmp_path / "judged") == "auto"
-    assert job_kinds.segmentor_support_preset(tmp_path / "isolated") == "isolated"
+    # the pages read the same scope without torch
+    for name, seg in (("judged", judged), ("isolated", free_preset), ("old", old),
+                      ("auto", auto)):
+        assert job_kinds.segmentor_support_scope(tmp_path / name) == seg.support_scope(), name
+    assert [judged.support_scope(), free_preset.support_scope(), old.support_scope()] == \
+        ["per image", "none", "none"]
     assert job_kinds.segmentor_support_removal(tmp_path / "old") == "off"
     assert judged.resolve_support(judged.prepare(free)) is False
     on_support = _checkpoint(tmp_path, trained_net, "supported", support_removal="auto",
@@ -119,6 +137,8 @@ def test_the_segmentor_removes_the_support_as_its_checkpoint_says(tmp_path, exam
     assert on_support.resolve_support(on_support.prepare(free)) is True
     # a segmentor that does not know its particles' width cannot size the disc: never
     unscaled = _checkpoint(tmp_path, trained_net, "unscaled", support_removal="on")
+    assert unscaled.support_scope() == "none"
+    assert job_kinds.segmentor_support_scope(tmp_path / "unscaled") == "none"
     assert unscaled.resolve_support(catalyst) is False
 
     # with removal: the network sees the top-hat of the image at the particle scale
