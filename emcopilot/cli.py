@@ -525,6 +525,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                grow_to=args.grow_to, add_coarse=args.add_coarse == "on",
                                data_bar=args.data_bar == "on",
                                support_removal=args.support_removal,
+                               support_in_training=args.support_in_training == "on",
                                progress=bar)
     finally:
         bar.close()
@@ -841,6 +842,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(isolated: none; supported: every image; auto: the images where the "
                         "classical masker picks its supported preset); on: every image; off: "
                         "none. Recorded in the segmentor for `segment`")
+    p.add_argument("--support-in-training", choices=("on", "off"), default="off",
+                   help="on: the generator (and the segmentor's real pairs) learn from the "
+                        "images --support-removal reaches with their support taken out, as the "
+                        "segmentor will see them; off (default, measured better on the "
+                        "catalysts): from the images as they are")
     _add_data_bar(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")

@@ -70,6 +70,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  min_peak: float | str | None = "auto", segmentor_seeds: int = 2,
                  grow_to: float | str | None = "auto", ensemble: bool = True,
                  add_coarse: bool = True, data_bar: bool = True, support_removal: str = "auto",
+                 support_in_training: bool = False,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -143,12 +144,20 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     as ``classical_preset`` says (``"isolated"``: never; ``"supported"``: every image;
     ``"auto"``: the images where the masker picks its "supported" preset), ``"on"`` every
     image, ``"off"`` none; recorded in the checkpoint, so ``emcopilot segment`` and the app do
-    the same. The synthetic training images have no support (a mask does not say what lies
-    under the particles), so on the catalysts the segmentor took the support's bright grains
-    for particles and missed small particles on them; measured on run 19's catalysts
+    the same. A mask does not say what lies under the particles, so the generator paints the
+    support wherever it likes, and on the catalysts the segmentor took the support's bright
+    grains for particles and missed small particles on them; measured on run 19's catalysts
     (BENCHMARKS.md, stop 18) "auto" raised box F1 0.29 -> 0.37 and cut the mean count error
     0.83 -> 0.59. On EMPS the per-image judgement misfires (dense films of free particles look
-    "supported"), which is why "isolated" turns it off."""
+    "supported"), which is why "isolated" turns it off.
+
+    ``support_in_training`` (default False): also give the generator (and, with
+    ``segmentor_data`` "synthetic+real", the segmentor) the images support removal reaches
+    with their support taken out (:func:`emcopilot.support.write_support_removed`, into
+    ``images_support_removed/``), so the synthetic micrographs look like what the segmentor
+    will see. Measured on the catalysts (BENCHMARKS.md, stop 19: one whole run each way) it
+    lost box F1 (0.37 -> 0.30) and KS while the count errors moved either way, so it is off by
+    default: the generator learns from the images as they are."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -261,16 +270,28 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                                    progress=within(3, "synth"))
         _mark_done(out, state, "synth", per_mask=per_mask)
 
-    # 5. generator (resumes from its last checkpoint by itself)
+    # 5. generator (resumes from its last checkpoint by itself), on the real images as the
+    #    segmentor will see them: with the support taken out where support removal reaches
     if step(4, "generator"):
+        from emcopilot.support import scope, write_support_removed
         from emcopilot.training.generator import train_generator
 
-        result = train_generator(img_dir, mask_dir, gen_dir, profile=profile, epochs=generator_epochs,
+        reach = scope(support_removal, classical_preset) if support_in_training else "none"
+        train_dir, removed = img_dir, []
+        if reach != "none":
+            train_dir = out / "images_support_removed"
+            removed = write_support_removed(
+                img_dir, mask_dir, train_dir, reach,
+                data_bar_rows={k: v.get("data_bar_row") for k, v in meta.items()},
+                progress=within(4, "support removal"))
+        result = train_generator(train_dir, mask_dir, gen_dir, profile=profile, epochs=generator_epochs,
                                  seed=seed, device=device, resume=True, should_stop=should_stop,
                                  progress=within(4, "generator epoch"), **generator_options)
         if stopped():
             return {"stopped": "generator", "stages": done}
-        _mark_done(out, state, "generator", result=result)
+        _mark_done(out, state, "generator", result=result, training_images=train_dir.name,
+                   support_removed=removed)
+    train_dir = out / done["generator"].get("training_images", img_dir.name)
 
     # 6. synthetic images
     if step(5, "generate"):
@@ -290,7 +311,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         diameter = DEFAULT_DIAMETER_PX if particle_scale else None
         sources = [(synth_dir / "images", synth_dir / "masks", "")]
         if segmentor_data == "synthetic+real":
-            sources.append((img_dir, mask_dir, "real_"))
+            sources.append((train_dir, mask_dir, "real_"))
         data_images, data_masks = gather_pairs(sources, out / "segmentor_data",
                                                particle_diameter_px=diameter,
                                                progress=within(6, "segmentor data"))

@@ -2,13 +2,15 @@
 real image before the segmentor sees it.
 
 The pipeline's segmentor learns from synthetic micrographs that the pix2pix generator draws from
-particle masks. A mask says nothing about the support the particles sit on, so the synthetic
-images show particles on a plain background; on a HAADF-STEM image of a supported catalyst the
-segmentor then takes the bright support grains for particles and misses the small particles on
-them (BENCHMARKS.md, "Stop 18"). A white top-hat with a disc a little wider than the particles
-(``radius_widths`` typical particle widths) keeps structures narrower than the disc (particles)
-and removes wider ones (support grains, thickness and illumination gradients), which brings
-such an image to the domain the segmentor was trained in.
+particle masks. A mask says nothing about the support the particles sit on: on the catalysts
+the generator paints a cloudy, support-like background with halos round the particles wherever
+it likes (run 19), and on the real HAADF-STEM images the segmentor then took bright support
+grains for particles and missed small particles on them (BENCHMARKS.md, "Stop 18"). A white
+top-hat with a disc a little wider than the particles (``radius_widths`` typical particle
+widths) keeps structures narrower than the disc (particles) and removes wider ones (support
+grains, thickness and illumination gradients) before the segmentor sees the image. Giving the
+generator the support-removed images too (:func:`write_support_removed`, the pipeline's
+``support_in_training``) was measured worse on the catalysts (BENCHMARKS.md, "Stop 19").
 
 Which images get it follows the classical preset the run's coarse masks were made with
 (:meth:`emcopilot.inference.Segmentor.resolve_support`): "isolated" says the particles are free
@@ -28,8 +30,9 @@ import numpy as np
 from . import io
 from .errors import InputError
 
-__all__ = ["SUPPORT_MODES", "SUPPORT_RADIUS_WIDTHS", "remove_support", "shows_support",
-           "preset_followed", "recorded_mode", "scope", "resolve_support_mode"]
+__all__ = ["SUPPORT_MODES", "SUPPORT_RADIUS_WIDTHS", "remove_support", "remove_support_at_mask_scale",
+           "write_support_removed", "shows_support", "preset_followed", "recorded_mode", "scope",
+           "resolve_support_mode"]
 
 #: "auto": as the classical preset says (per image with preset "auto"); "on": every image;
 #: "off": none.
@@ -56,6 +59,66 @@ def remove_support(image01: np.ndarray, particle_width_px: float,
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
     return io.normalize(cv2.morphologyEx(a, cv2.MORPH_TOPHAT, disc))
+
+
+def remove_support_at_mask_scale(image01: np.ndarray, labels: np.ndarray | None,
+                                 radius_widths: float = SUPPORT_RADIUS_WIDTHS,
+                                 target: float | None = None) -> np.ndarray:
+    """:func:`remove_support` on an image at its own pixel scale, with the particle width the
+    segmentor's support removal works at for it: a segmentor trained at a common particle width
+    ``target`` (default :data:`emcopilot.particle_scale.DEFAULT_DIAMETER_PX`) resizes the image by
+    :func:`emcopilot.particle_scale.normalising_scale` of ``labels`` (its coarse mask) and
+    removes the support at ``target`` px, so here the width is ``target`` / that factor. Used to
+    give the generator the real images as the segmentor will see them."""
+    from .particle_scale import DEFAULT_DIAMETER_PX, normalising_scale
+
+    target = DEFAULT_DIAMETER_PX if target is None else float(target)
+    a = np.asarray(image01, dtype=np.float32)
+    lab = np.zeros(a.shape, np.int32) if labels is None else np.asarray(labels)
+    return remove_support(a, target / normalising_scale(lab, target), radius_widths)
+
+
+def write_support_removed(images_dir, masks_dir, dest, reach: str, *,
+                          data_bar_rows: dict[str, int | None] | None = None,
+                          radius_widths: float = SUPPORT_RADIUS_WIDTHS,
+                          progress=None) -> list[str]:
+    """Write a copy of every bright-particle PNG of ``images_dir`` to ``dest`` (rebuilt), with
+    the support taken out (:func:`remove_support_at_mask_scale`, the width measured on the
+    coarse mask of the same stem in ``masks_dir``) where ``reach`` (:func:`scope`) says: "all",
+    "per image" (:func:`shows_support`) or "none" (plain copies). Rows from an instrument data
+    bar on (``data_bar_rows[stem]``, the first bar row) are copied unchanged and left out of
+    the judgement, as the segmentor leaves them out. Returns the stems whose support was
+    removed."""
+    import shutil
+    from pathlib import Path
+
+    if reach not in ("none", "all", "per image"):
+        raise InputError(f"reach must be 'none', 'all' or 'per image', got {reach!r}")
+    images_dir, masks_dir, dest = Path(images_dir), Path(masks_dir), Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    files = sorted(images_dir.glob("*.png"))
+    removed = []
+    for k, f in enumerate(files):
+        if progress:
+            progress(k, len(files), f.stem)
+        raw = io.read_micrograph(f).image
+        top = (data_bar_rows or {}).get(f.stem)
+        top = raw.shape[0] if top is None else int(top)
+        above = io.normalize(raw)[:top]  # as the pipeline's segment stage reads it
+        if reach == "none" or top < 2 or not (reach == "all" or shows_support(above, "bright")):
+            shutil.copyfile(f, dest / f.name)
+            continue
+        mask = masks_dir / f.name
+        labels = io.read_label_map(mask)[:top] if mask.exists() else None
+        out = io.to_uint8(io.normalize(raw))  # the bar's rows as the pipeline reads them
+        out[:top] = io.to_uint8(remove_support_at_mask_scale(above, labels, radius_widths))
+        io.write_image(dest / f.name, out)
+        removed.append(f.stem)
+    if progress:
+        progress(len(files), len(files), "")
+    return removed
 
 
 def shows_support(image01: np.ndarray, polarity: str = "auto") -> bool:

@@ -102,13 +102,18 @@ def test_cli_pipeline_warns_about_unsure_polarity(monkeypatch, tmp_path, capsys)
 
     result = {"summary": {"count": 3}, "stages": {"images": {"count": 2,
                                                              "polarity_unsure": ["noise"]}}}
-    monkeypatch.setattr(emcopilot.pipeline, "run_pipeline", lambda *a, **k: result)
+    seen = []
+    monkeypatch.setattr(emcopilot.pipeline, "run_pipeline",
+                        lambda *a, **k: seen.append(k) or result)
     (tmp_path / "in").mkdir()
     assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q"]) == 0
+    assert seen[-1]["support_removal"] == "auto" and seen[-1]["support_in_training"] is False
     err = capsys.readouterr().err
     assert "polarity detected for 1 image(s) is unsure: noise" in err and "--polarity" in err
     result["stages"]["images"]["polarity_unsure"] = []
-    assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q"]) == 0
+    assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q",
+                     "--support-in-training", "on"]) == 0
+    assert seen[-1]["support_in_training"] is True
     assert "unsure" not in capsys.readouterr().err
 
 
@@ -237,6 +242,62 @@ def test_add_coarse_off_keeps_the_segmentors_particles_only(pipeline_run, tmp_pa
         prob = read_probability_map(out / "segmentation" / "prob" / f"{p.stem}.png")
         np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{p.stem}.png"),
                                       seg.instances(prob))
+
+
+@pytest.mark.slow
+def test_the_generator_learns_from_the_images_as_the_segmentor_will_see_them(pipeline_run,
+                                                                           tmp_path):
+    """support_in_training with support removal reaching every image (preset "supported"): the
+    generator and the segmentor's real pairs take the images with their support removed
+    (images_support_removed/); preset "isolated" (the fixture) or support_in_training off (the
+    default): the images as they are."""
+    from emcopilot.particle_scale import resize_image
+    from emcopilot.support import remove_support_at_mask_scale
+
+    src, first, _, _ = pipeline_run
+    stems = sorted(p.stem for p in src.iterdir())
+    record = load_state(first)["stages"]["generator"]
+    assert record["training_images"] == "images" and record["support_removed"] == []
+    assert not (first / "images_support_removed").exists()
+    redo = ("generator", "generate", "segmentor", "segment")
+    out = tmp_path / "run"
+    _copy_run(first, out, redo=redo)
+    for d in ("generator", "segmentor"):
+        shutil.rmtree(out / d)
+    run_pipeline(src, out, **{**TINY, "classical_preset": "supported",
+                              "support_in_training": True})
+    record = load_state(out)["stages"]["generator"]
+    assert record["training_images"] == "images_support_removed"
+    assert record["support_removed"] == stems
+    cfg = json.loads((out / "generator" / "last" / "config.json").read_text())["config"]
+    assert cfg["data"]["images_dir"].endswith("images_support_removed")
+    # the real pair the segmentor learns from is the support-removed image, resized
+    stem = BAR_STEM  # the data bar's rows are left as they were
+    top = load_state(out)["stages"]["images"]["images"][stem]["data_bar_row"]
+    assert top == BAR_ROW
+    image01 = io.normalize(io.read_micrograph(out / "images" / f"{stem}.png").image)
+    coarse = io.read_label_map(out / "coarse_masks" / f"{stem}.png")
+    rows = image01.shape[0] if top is None else top
+    removed = io.to_uint8(image01)
+    removed[:rows] = io.to_uint8(remove_support_at_mask_scale(image01[:rows], coarse[:rows]))
+    np.testing.assert_array_equal(
+        io.read_micrograph(out / "images_support_removed" / f"{stem}.png").image, removed)
+    scale = normalising_scale(coarse)
+    recorded = json.loads((out / "segmentor_data" / "scales.json").read_text())[f"real_{stem}"]
+    assert recorded == pytest.approx(scale, abs=1e-4)
+    expected = io.to_uint8(resize_image(io.normalize(removed), scale))
+    got = io.read_micrograph(out / "segmentor_data" / "images" / f"real_{stem}.png").image
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    # off (default): the generator learns from the images as they are, whatever the preset
+    out2 = tmp_path / "run2"
+    _copy_run(first, out2, redo=redo)
+    for d in ("generator", "segmentor"):
+        shutil.rmtree(out2 / d)
+    run_pipeline(src, out2, **{**TINY, "classical_preset": "supported"})
+    record = load_state(out2)["stages"]["generator"]
+    assert record["training_images"] == "images" and record["support_removed"] == []
+    cfg = json.loads((out2 / "generator" / "last" / "config.json").read_text())["config"]
+    assert cfg["data"]["images_dir"].endswith("/images")
 
 
 def test_bad_min_peak_is_refused(tmp_path, examples_dir):

@@ -10,8 +10,9 @@ from emcopilot import io
 from emcopilot.errors import InputError
 from emcopilot.inference import Segmentor
 from emcopilot.particle_scale import resize_image
-from emcopilot.support import (SUPPORT_RADIUS_WIDTHS, remove_support, resolve_support_mode,
-                               shows_support)
+from emcopilot.support import (SUPPORT_RADIUS_WIDTHS, remove_support,
+                               remove_support_at_mask_scale, resolve_support_mode, shows_support,
+                               write_support_removed)
 from emcopilot.training import save_checkpoint
 from tests.test_inference import real, segmentor  # noqa: F401  (fixtures)
 
@@ -60,6 +61,63 @@ def test_remove_support_refuses_bad_input():
         resolve_support_mode("sometimes")
     flat = remove_support(np.full((32, 32), np.nan, np.float32), 4)
     assert np.isfinite(flat).all() and not flat.any()
+
+
+def test_support_removed_at_the_width_the_segmentor_uses():
+    from emcopilot.particle_scale import DEFAULT_DIAMETER_PX, normalising_scale
+
+    img, mask = _supported_particles(np.random.default_rng(1))
+    labels = cv2.connectedComponents(mask.astype(np.uint8))[1]
+    width = DEFAULT_DIAMETER_PX / normalising_scale(labels)
+    assert width == pytest.approx(8.0)  # the 8 px discs, enlarged 4 x (the largest factor)
+    out = remove_support_at_mask_scale(img, labels)
+    np.testing.assert_array_equal(out, remove_support(img, width))
+    assert not np.array_equal(out, remove_support(img, DEFAULT_DIAMETER_PX))
+    # no particle in the mask (or none given): the segmentor keeps the image's scale
+    for none in (None, np.zeros_like(labels)):
+        np.testing.assert_array_equal(remove_support_at_mask_scale(img, none),
+                                      remove_support(img, DEFAULT_DIAMETER_PX))
+
+
+def test_write_support_removed_reaches_the_images_its_scope_says(tmp_path, examples_dir):
+    from emcopilot.masking import coarse_mask
+    from tests.conftest import with_data_bar
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    picks = {"Ru4": examples_dir / "catalysts" / "images" / "Ru4.jpg",
+             "c363833ad2": examples_dir / "emps" / "images" / "c363833ad2.png"}
+    bar_rows = {}
+    for stem, path in picks.items():
+        grey = io.bright_particles(io.normalize(io.read_micrograph(path).image), "auto")
+        if stem == "Ru4":  # an instrument data bar under the catalyst
+            bar_rows[stem] = grey.shape[0]
+            grey = with_data_bar(io.to_uint8(grey)).astype(np.float32) / 255
+        io.write_image(images / f"{stem}.png", grey)
+        io.write_label_map(masks / f"{stem}.png",
+                           coarse_mask(grey, method="classical", polarity="bright"))
+    dest = tmp_path / "removed"
+    stale = dest / "stale.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"left from before")
+    calls = []
+    assert write_support_removed(images, masks, dest, "per image", data_bar_rows=bar_rows,
+                                 progress=lambda *a: calls.append(a)) == ["Ru4"]
+    assert not stale.exists() and calls[-1][:2] == (2, 2)
+    # the free particles are copied as they are, byte for byte
+    assert (dest / "c363833ad2.png").read_bytes() == (images / "c363833ad2.png").read_bytes()
+    before = io.normalize(io.read_micrograph(images / "Ru4.png").image)
+    after = io.read_micrograph(dest / "Ru4.png").image
+    top = bar_rows["Ru4"]
+    np.testing.assert_array_equal(after[top:], io.to_uint8(before[top:]))  # the bar as it was
+    expected = remove_support_at_mask_scale(before[:top],
+                                            io.read_label_map(masks / "Ru4.png")[:top])
+    np.testing.assert_array_equal(after[:top], io.to_uint8(expected))
+    assert write_support_removed(images, masks, dest, "all", data_bar_rows=bar_rows) == \
+        ["Ru4", "c363833ad2"]
+    assert write_support_removed(images, masks, dest, "none") == []
+    assert sorted(p.name for p in dest.iterdir()) == ["Ru4.png", "c363833ad2.png"]
+    with pytest.raises(InputError):
+        write_support_removed(images, masks, dest, "some")
 
 
 def test_scope_of_each_mode_and_preset():
