@@ -535,6 +535,15 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
               f"{', '.join(unsure[:10])}{' ...' if len(unsure) > 10 else ''}. Check them "
               f"(`emcopilot info FILE`); if one polarity holds for the whole set, run again with "
               f"--polarity bright or dark into a new --out folder.", file=sys.stderr)
+    empty = summary.get("stages", {}).get("masks", {}).get("no_particles") or []
+    if empty:
+        print(f"warning: the coarse masker found no particle in {len(empty)} image(s): "
+              f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}. No particle width "
+              f"could be measured on them (they were segmented at their own pixel scale), and "
+              f"the generator, and the segmentor's real pairs, took them as images without "
+              f"particles. If they hold particles, run again into a new --out "
+              f"folder with another --classical-preset or --method sam, or without them.",
+              file=sys.stderr)
     _print_json(summary)
     return 0
 

@@ -248,7 +248,11 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             io.write_label_map(target, coarse_mask(image01, method=resolved, polarity="bright",
                                                    classical_options={"preset": classical_preset},
                                                    data_bar=data_bar))
-        _mark_done(out, state, "masks", method=resolved, classical_preset=classical_preset)
+        # images where the masker found nothing: no particle width to bring to the trained one,
+        # and a pair that says "no particle here" to the generator and the segmentor
+        empty = [stem for stem in meta if not io.read_label_map(mask_dir / f"{stem}.png").any()]
+        _mark_done(out, state, "masks", method=resolved, classical_preset=classical_preset,
+                   no_particles=empty)
 
     # 3. priors
     if step(2, "priors"):

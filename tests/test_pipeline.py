@@ -110,11 +110,30 @@ def test_cli_pipeline_warns_about_unsure_polarity(monkeypatch, tmp_path, capsys)
     assert seen[-1]["support_removal"] == "auto" and seen[-1]["support_in_training"] is False
     err = capsys.readouterr().err
     assert "polarity detected for 1 image(s) is unsure: noise" in err and "--polarity" in err
+    assert "no particle" not in err
     result["stages"]["images"]["polarity_unsure"] = []
+    result["stages"]["masks"] = {"no_particles": ["blank", "PtC2"]}
     assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q",
                      "--support-in-training", "on"]) == 0
     assert seen[-1]["support_in_training"] is True
-    assert "unsure" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unsure" not in err
+    assert "found no particle in 2 image(s): blank, PtC2" in err and "--classical-preset" in err
+
+
+@pytest.mark.slow
+def test_images_without_coarse_particles_are_recorded(pipeline_run, tmp_path):
+    """The masks stage records the images whose coarse mask holds no particle (the CLI warns
+    about them): none in the fixture, the one emptied here when the stage is redone."""
+    src, first, _, _ = pipeline_run
+    assert load_state(first)["stages"]["masks"]["no_particles"] == []
+    out = tmp_path / "run"
+    _copy_run(first, out, redo=("masks",))
+    blank = out / "coarse_masks" / "c363833ad2.png"
+    io.write_label_map(blank, np.zeros_like(io.read_label_map(blank)))
+    result = run_pipeline(src, out, **TINY)
+    assert load_state(out)["stages"]["masks"]["no_particles"] == ["c363833ad2"]
+    assert result["stages"]["masks"]["no_particles"] == ["c363833ad2"]
 
 
 @pytest.mark.slow
