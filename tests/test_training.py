@@ -196,6 +196,30 @@ def test_segmentor_with_augmentation_and_deep_supervision(emps, tmp_path):
     assert model.deep_supervision and cfg["config"]["training"]["augment"] is True
 
 
+def test_loader_workers_follow_device_and_env(monkeypatch):
+    from emcopilot.device import loader_options, loader_workers
+
+    monkeypatch.delenv("EMCOPILOT_LOADER_WORKERS", raising=False)
+    assert loader_workers(torch.device("cpu")) == 0
+    assert loader_options(torch.device("cpu")) == {"num_workers": 0, "pin_memory": False}
+    assert 0 <= loader_workers(torch.device("cuda")) <= 8
+    monkeypatch.setenv("EMCOPILOT_LOADER_WORKERS", "3")
+    assert loader_workers(torch.device("cpu")) == 3
+    assert loader_options(torch.device("cpu"))["num_workers"] == 3
+
+
+def test_segmentor_weights_do_not_depend_on_loader_workers(emps, tmp_path, monkeypatch):
+    """Worker processes (the GPU default) draw the same augmented crops as the main process."""
+    weights = []
+    for workers in ("0", "2"):
+        monkeypatch.setenv("EMCOPILOT_LOADER_WORKERS", workers)
+        out = tmp_path / f"w{workers}"
+        train_segmentor(*emps, out, epochs=1, augment=True, **TINY_SEG)
+        model, _ = load_model(out / "last")
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+
 def test_generator_trains_resumes_and_generates(emps, tmp_path):
     out = tmp_path / "gen"
     r = train_generator(*emps, out, epochs=1, **TINY_GEN)

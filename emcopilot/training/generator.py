@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import io
-from ..device import autocast, channels_last, grad_scaler, pick_device, set_cpu_threads
+from ..device import (autocast, channels_last, grad_scaler, loader_options, pick_device,
+                      set_cpu_threads)
 from ..errors import InputError
 from ..nets import PatchDiscriminator, UNetGenerator
 from .checkpoint import load_model, load_training_state, save_checkpoint
@@ -174,7 +175,7 @@ def train_generator(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
 
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_ds, batch_size=int(cfg["batch_size"]), shuffle=True, generator=g,
-                        drop_last=False, num_workers=0, pin_memory=dev.type == "cuda")
+                        drop_last=False, **loader_options(dev))
     G.train()
     D.train()
     for epoch in range(start_epoch, total):

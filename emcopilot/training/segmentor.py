@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..device import autocast, channels_last, grad_scaler, pick_device, set_cpu_threads
+from ..device import (autocast, channels_last, grad_scaler, loader_options, pick_device,
+                      set_cpu_threads)
 from ..errors import InputError
 from ..nets import UNetPlusPlus
 from ..postprocess import calibrate_threshold
@@ -172,8 +173,7 @@ def train_segmentor(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
 
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_ds, batch_size=int(cfg["batch_size"]), shuffle=True, generator=g,
-                        drop_last=len(train_ds) > int(cfg["batch_size"]), num_workers=0,
-                        pin_memory=dev.type == "cuda")
+                        drop_last=len(train_ds) > int(cfg["batch_size"]), **loader_options(dev))
     model.train()
     for epoch in range(start_epoch, total):
         t0 = time.perf_counter()
