@@ -54,11 +54,14 @@ def segmentor(data):
     out = data / "seg"
     r = _cli(data, "train-segmentor", "--images", str(data / "images"), "--masks",
              str(data / "masks"), "--out", str(out), "--epochs", "1", "--image-size", "64",
-             "--batch-size", "4", "--samples-per-epoch", "8", "--device", "cpu", "-q")
+             "--batch-size", "4", "--samples-per-epoch", "8", "--base", "12", "--device", "cpu",
+             "-q")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["epoch"] == 1 and "best_miou" in result["checkpoints"]
     assert (out / "best_miou" / "config.json").is_file()
+    config = json.loads((out / "best_miou" / "config.json").read_text())
+    assert config["config"]["training"]["base"] == 12  # --base overrides the profile's 8
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
     return out
 
@@ -294,3 +297,11 @@ def test_segment_leaves_out_a_data_bar_and_says_so(data, segmentor, tmp_path):
     assert labels.shape == (h + 40, grey.shape[1])
     assert not labels[h:].any() and not prob[h:].any()
     assert outs["off"][1][h:].any()  # the network saw the bar
+
+
+def test_train_segmentor_rejects_a_bad_width(data, tmp_path):
+    for bad, why in (("0", "between 2 and 256"), ("ab", "not a whole number")):
+        r = _cli(data, "train-segmentor", "--images", str(data / "images"), "--masks",
+                 str(data / "masks"), "--out", str(tmp_path / "seg"), "--base", bad)
+        assert r.returncode == 2 and why in r.stderr, r.stderr
+        assert not (tmp_path / "seg").exists()
