@@ -171,7 +171,7 @@ def summarise(folder: Path) -> dict:
     return summary
 
 
-def time_widths(widths: list[int], threads: int, repeat: int) -> dict:
+def time_widths(widths: list[int], threads: int, repeat: int, json_out: Path | None = None) -> dict:
     """Median CPU seconds per 512 px image of a depth-4 CBAM-UNet++ at each width, interleaved."""
     import torch
 
@@ -219,6 +219,11 @@ def time_widths(widths: list[int], threads: int, repeat: int) -> dict:
     for b, t in steps.items():
         out[str(b)]["train_step_median_s"] = round(statistics.median(t), 3)
     print(json.dumps({"threads": threads, "cpu_seconds_per_512px": out}))
+    if json_out is not None:
+        from bench.common import machine, peak_rss_mib, write_json
+
+        write_json(json_out, {"machine": machine(), "threads": threads, "repeat": repeat,
+                              "widths": out, "peak_rss_mib": peak_rss_mib()})
     return out
 
 
@@ -239,9 +244,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=5, help="timed rounds of the 512 px crops")
     ap.add_argument("--time-widths", metavar="N,N,...", help="CPU timing only, see above")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for --time-widths")
+    ap.add_argument("--json", type=Path, default=None, help="--time-widths: also write a JSON file")
     args = ap.parse_args(argv)
     if args.time_widths:
-        time_widths([int(x) for x in args.time_widths.split(",")], args.threads, args.repeat)
+        time_widths([int(x) for x in args.time_widths.split(",")], args.threads, args.repeat,
+                    args.json)
         return
     if args.summarise:
         summarise(args.summarise)

@@ -17,6 +17,8 @@ BENCHMARKS = [
     ["bench.bench_polarity"],
     ["bench.bench_inference", "--profiles", "cpu", "--repeat", "7"],
     ["bench.bench_nets"],
+    ["bench.bench_gpu_segmentor", "--time-widths", "8,12,16,24,32", "--repeat", "5",
+     "--json", "bench/results/widths.json"],
     ["bench.bench_sam", "--skip-grid32"],
 ]
 
