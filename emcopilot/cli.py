@@ -529,6 +529,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                pixel_size_nm=args.pixel_size, per_mask=args.per_mask, seed=args.seed,
                                device=args.device, generator_epochs=args.generator_epochs,
                                segmentor_epochs=args.segmentor_epochs,
+                               segmentor_options=({"base": args.segmentor_base}
+                                                  if args.segmentor_base else None),
                                segmentor_data=args.segmentor_data,
                                particle_scale=args.particle_scale == "on",
                                min_peak=args.min_peak, segmentor_seeds=args.segmentor_seeds,
@@ -831,6 +833,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-mask", type=int, default=None, help="synthetic masks per source (default: profile's)")
     p.add_argument("--generator-epochs", type=int, help="override the profile's generator epochs")
     p.add_argument("--segmentor-epochs", type=int, help="override the profile's segmentor epochs")
+    p.add_argument("--segmentor-base", type=_width, default=None, metavar="N",
+                   help="the segmentor's width (default: the profile's, cpu 8, paper 32); with "
+                        "--profile paper on a GPU, 16 keeps CPU segmentation under a second per "
+                        "512 px image (see `train-segmentor --base`)")
     p.add_argument("--segmentor-data", choices=("synthetic+real", "synthetic"), default="synthetic+real",
                    help="what the segmentor trains on: the generated pairs plus the real images "
                         "with their coarse masks as noisy labels (default; measured better, see "

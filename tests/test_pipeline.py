@@ -108,14 +108,16 @@ def test_cli_pipeline_warns_about_unsure_polarity(monkeypatch, tmp_path, capsys)
     (tmp_path / "in").mkdir()
     assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q"]) == 0
     assert seen[-1]["support_removal"] == "auto" and seen[-1]["support_in_training"] is False
+    assert seen[-1]["segmentor_options"] is None
     err = capsys.readouterr().err
     assert "polarity detected for 1 image(s) is unsure: noise" in err and "--polarity" in err
     assert "no particle" not in err
     result["stages"]["images"]["polarity_unsure"] = []
     result["stages"]["masks"] = {"no_particles": ["blank", "PtC2"]}
     assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q",
-                     "--support-in-training", "on"]) == 0
+                     "--support-in-training", "on", "--segmentor-base", "16"]) == 0
     assert seen[-1]["support_in_training"] is True
+    assert seen[-1]["segmentor_options"] == {"base": 16}
     err = capsys.readouterr().err
     assert "unsure" not in err
     assert "found no particle in 2 image(s): blank, PtC2" in err and "--classical-preset" in err
