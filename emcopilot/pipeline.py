@@ -239,18 +239,22 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         from emcopilot.masking import coarse_mask, resolve_method
 
         resolved = resolve_method(method)
+        # images where the masker found nothing: no particle width to bring to the trained one,
+        # and a pair that says "no particle here" to the generator and the segmentor
+        empty = []
         for k, stem in enumerate(meta):
             report(1, len(STAGES), f"masks {k}/{len(meta)}")
             target = mask_dir / f"{stem}.png"
-            if target.exists():
-                continue
-            image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
-            io.write_label_map(target, coarse_mask(image01, method=resolved, polarity="bright",
-                                                   classical_options={"preset": classical_preset},
-                                                   data_bar=data_bar))
-        # images where the masker found nothing: no particle width to bring to the trained one,
-        # and a pair that says "no particle here" to the generator and the segmentor
-        empty = [stem for stem in meta if not io.read_label_map(mask_dir / f"{stem}.png").any()]
+            if target.exists():  # made by an interrupted earlier run
+                labels = io.read_label_map(target)
+            else:
+                image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
+                labels = coarse_mask(image01, method=resolved, polarity="bright",
+                                     classical_options={"preset": classical_preset},
+                                     data_bar=data_bar)
+                io.write_label_map(target, labels)
+            if not labels.any():
+                empty.append(stem)
         _mark_done(out, state, "masks", method=resolved, classical_preset=classical_preset,
                    no_particles=empty)
 

@@ -202,7 +202,9 @@ def test_loader_workers_follow_device_and_env(monkeypatch):
     monkeypatch.delenv("EMCOPILOT_LOADER_WORKERS", raising=False)
     assert loader_workers(torch.device("cpu")) == 0
     assert loader_options(torch.device("cpu")) == {"num_workers": 0, "pin_memory": False}
-    assert 0 <= loader_workers(torch.device("cuda")) <= 8
+    import os
+
+    assert loader_workers(torch.device("cuda")) == max(0, min(8, len(os.sched_getaffinity(0)) - 1))
     monkeypatch.setenv("EMCOPILOT_LOADER_WORKERS", "3")
     assert loader_workers(torch.device("cpu")) == 3
     assert loader_options(torch.device("cpu"))["num_workers"] == 3
