@@ -12,6 +12,11 @@ Variants (``--variant``):
   paper-baseN  the same recipe at width N = 12, 16, 24
   cpu          the cpu profile as shipped: base 8, 256 px crops, batch 4, lr 1e-3, 12 x 300
 
+The data, as the GPU run used it (8-bit grey copies, small enough for a machine that takes
+64 MiB of files; the first ``--train-limit`` train images by name):
+
+    python -m bench.bench_gpu_segmentor --prepare-data D --train-limit 250
+
 Run one variant per process (they can share a GPU), then summarise:
 
     python -m bench.bench_gpu_segmentor --variant paper --out OUT \\
@@ -23,9 +28,9 @@ The CPU side of the trade (no training, random weights: the speed does not depen
 
     python -m bench.bench_gpu_segmentor --time-widths 8,12,16,32 [--threads 2]
 
-times the whole-image probability map of the three bundled 512 px EMPS crops at each width on
-the CPU, as `bench_inference` does for the two profiles, and one cpu-profile training step
-(batch 4 x 256 px, forward, backward and Adam) at each width.
+times the probability map of a bundled 512 px EMPS crop and one cpu-profile training step
+(batch 4 x 256 px, forward, backward and Adam) at each width on the CPU, with
+`bench_nets.bench_segmentor` (which times the two profiles the same way).
 
 ``--deadline-s`` stops training cleanly after that many seconds (the best checkpoint so far is
 scored, and the result says the run was cut short). ``--epochs`` and ``--limit`` shrink a run
@@ -37,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -68,33 +72,55 @@ def _time_inference(model_dir: Path, images: list[Path], repeat: int) -> dict:
     import numpy as np
     import torch
 
+    from bench.common import Timer
     from emcopilot import io
     from emcopilot.inference import Segmentor
 
     seg = Segmentor.load(model_dir)
-    crops = []
-    for p in images:
-        a = io.normalize(io.read_micrograph(p).image)
-        if min(a.shape) >= 512:
-            crops.append(np.ascontiguousarray(a[:512, :512]))
+    crops = [np.ascontiguousarray(a[:512, :512]) for a in
+             (io.normalize(io.read_micrograph(p).image) for p in images) if min(a.shape) >= 512]
     if not crops:
         return {"error": "no test image is 512 px on both sides"}
-    sync = torch.cuda.synchronize if seg.device.type == "cuda" else (lambda: None)
+    cuda = seg.device.type == "cuda"
+
+    def run(crop: np.ndarray) -> None:
+        seg.predict_proba(crop, tiled=False)
+        if cuda:
+            torch.cuda.synchronize()
+
     for c in crops[:2]:
-        seg.predict_proba(c, tiled=False)  # warm-up (cuDNN algorithm choice, allocator)
-    times = []
+        run(c)  # warm-up: cuDNN's algorithm choice, the allocator
+    timer = Timer()
     for _ in range(repeat):
         for c in crops:
-            sync()
-            t0 = time.perf_counter()
-            seg.predict_proba(c, tiled=False)
-            sync()
-            times.append(time.perf_counter() - t0)
-    out = {"device": str(seg.device), "images": len(crops), "calls": len(times),
-           "median_s": statistics.median(times), "min_s": min(times)}
-    if seg.device.type == "cuda":
+            with timer():
+                run(c)
+    out = {"device": str(seg.device), "images": len(crops), "calls": len(timer.times),
+           "median_s": timer.median, "min_s": min(timer.times)}
+    if cuda:
         out["gpu"] = torch.cuda.get_device_name(seg.device)
     return out
+
+
+def prepare_data(dest: Path, train_limit: int) -> None:
+    """8-bit grey copies of the EMPS train (first ``train_limit`` by name; 0 = all) and test
+    images in ``dest/emps_{train,test}/images``, with their label maps copied unchanged."""
+    import shutil
+
+    from bench.common import require_dir, shared_data_dir
+    from emcopilot import io
+
+    for split, limit in (("emps_train", train_limit), ("emps_test", 0)):
+        src = require_dir(shared_data_dir() / split, f"EMPS {split}")
+        names = sorted(p.name for p in (src / "images").glob("*.png"))
+        names = names[:limit] if limit else names
+        for sub in ("images", "segmaps"):
+            (dest / split / sub).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            io.write_image(dest / split / "images" / name,
+                           io.normalize(io.read_micrograph(src / "images" / name).image))
+            shutil.copyfile(src / "segmaps" / name, dest / split / "segmaps" / name)
+        print(f"{split}: {len(names)} images -> {dest / split}")
 
 
 def run_variant(args: argparse.Namespace) -> dict:
@@ -172,52 +198,22 @@ def summarise(folder: Path) -> dict:
 
 
 def time_widths(widths: list[int], threads: int, repeat: int, json_out: Path | None = None) -> dict:
-    """Median CPU seconds per 512 px image of a depth-4 CBAM-UNet++ at each width, interleaved."""
+    """CPU seconds per 512 px image and per cpu-profile training step (batch 4 x 256 px) of a
+    depth-4 CBAM-UNet++ at each width: `bench_nets.bench_segmentor` with the width overridden,
+    on one bundled 512 px EMPS crop."""
     import torch
 
-    from bench.bench_inference import _images, _randomise_bn
+    from bench.bench_inference import _images
+    from bench.bench_nets import bench_segmentor
     from emcopilot.device import set_cpu_threads
-    from emcopilot.inference import Segmentor
-    from emcopilot.nets import UNetPlusPlus
 
     set_cpu_threads(threads)
-    crops = [img for _, img, _ in _images()]
-    segs = {}
+    crop = _images()[0][1]
+    out = {}
     for b in widths:
-        net = UNetPlusPlus(1, 1, base=b, depth=4, attention="cbam")
-        _randomise_bn(net)
-        net.eval()
-        segs[b] = Segmentor(net, {"config": {"image_size": 256}}, torch.device("cpu"))
-        segs[b].predict_proba(crops[0], tiled=False)  # warm-up
-    times: dict[int, list[float]] = {b: [] for b in widths}
-    for _ in range(repeat):
-        for b, seg in segs.items():
-            for c in crops:
-                t0 = time.perf_counter()
-                seg.predict_proba(c, tiled=False)
-                times[b].append(time.perf_counter() - t0)
-    out = {str(b): {"median_s": round(statistics.median(t), 3), "calls": len(t)}
-           for b, t in times.items()}
-    # one cpu-profile training step (batch 4 x 256 px, forward + backward + Adam) per width
-    from emcopilot.training.losses import segmentation_loss
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(4, 1, 256, 256, generator=g)
-    y = (torch.rand(4, 1, 256, 256, generator=g) > 0.7).float()
-    steps: dict[int, list[float]] = {b: [] for b in widths}
-    nets = {b: UNetPlusPlus(1, 1, base=b, depth=4, attention="cbam").train() for b in widths}
-    opts = {b: torch.optim.Adam(n.parameters(), lr=1e-3) for b, n in nets.items()}
-    for r in range(max(2, repeat // 2) + 1):
-        for b, net in nets.items():
-            t0 = time.perf_counter()
-            loss = segmentation_loss(net(x), y, 0.25, 2.0)
-            opts[b].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[b].step()
-            if r:  # the first round is a warm-up
-                steps[b].append(time.perf_counter() - t0)
-    for b, t in steps.items():
-        out[str(b)]["train_step_median_s"] = round(statistics.median(t), 3)
+        r = bench_segmentor("cpu", crop, torch.device("cpu"), repeat, max_batch=4, base=b)
+        out[str(b)] = {"median_s": round(r["inference_s_per_512px_image"], 3),
+                       "train_step_median_s": round(r["train_step_s"], 3)}
     print(json.dumps({"threads": threads, "cpu_seconds_per_512px": out}))
     if json_out is not None:
         from bench.common import machine, peak_rss_mib, write_json
@@ -245,7 +241,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--time-widths", metavar="N,N,...", help="CPU timing only, see above")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for --time-widths")
     ap.add_argument("--json", type=Path, default=None, help="--time-widths: also write a JSON file")
+    ap.add_argument("--prepare-data", type=Path, metavar="D", help="write the data, see above")
+    ap.add_argument("--train-limit", type=int, default=250,
+                    help="--prepare-data: the first N train images by name (0 = all 366)")
     args = ap.parse_args(argv)
+    if args.prepare_data:
+        prepare_data(args.prepare_data, args.train_limit)
+        return
     if args.time_widths:
         time_widths([int(x) for x in args.time_widths.split(",")], args.threads, args.repeat,
                     args.json)

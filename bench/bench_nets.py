@@ -43,8 +43,10 @@ def _params(m: torch.nn.Module) -> int:
 
 
 def bench_segmentor(profile: str, image01: np.ndarray, dev: torch.device, repeat: int,
-                    max_batch: int) -> dict:
-    cfg = resolve_profile(profile, "segmentor")
+                    max_batch: int, **overrides) -> dict:
+    """Inference on ``image01`` and one training step at the profile's batch and crop size;
+    ``overrides`` change the profile's segmentor settings (e.g. ``base=16``)."""
+    cfg = resolve_profile(profile, "segmentor", **overrides)
     net = UNetPlusPlus(1, 1, base=cfg["base"], depth=cfg["depth"], attention=cfg["attention"])
     seg = Segmentor(net, {"config": {"image_size": cfg["image_size"]}}, dev)
 

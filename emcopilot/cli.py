@@ -769,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", type=_width, default=None, metavar="N",
                    help="filters of the net's first level (default: the profile's, cpu 8, paper 32); "
                         "--profile paper --base 16 on a GPU gives a model that segments a 512 px "
-                        "image in ~0.7 s on 2 CPU cores (BENCHMARKS.md)")
+                        "image in ~0.5 s on 2 CPU cores (BENCHMARKS.md)")
     p.add_argument("--particle-width", type=_positive, default=None, metavar="PX",
                    help="resize every pair so that its typical particle (from its mask) is PX wide "
                         "(the pipeline uses 32); `segment` then resizes each image the same way")

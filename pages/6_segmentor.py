@@ -82,7 +82,7 @@ with st.form("train_segmentor"):
                               help="Filters of the first level (doubled per level); the "
                                    "paper uses 32, the cpu profile 8. On a GPU, the paper "
                                    "profile at 16 scored level with 32 on EMPS and segments a "
-                                   "512 px image in ~0.6 s on 2 CPU cores, against ~1.9 s at "
+                                   "512 px image in ~0.5 s on 2 CPU cores, against ~1.6 s at "
                                    "32; 8 scored 0.14 Dice lower (BENCHMARKS.md).")
         seeds = st.selectbox(
             "Segmentors to train (keep the one that best matches the masks)", [1, 2, 3],

@@ -41,3 +41,19 @@ def test_width_timing_writes_json(tmp_path):
     w = json.loads(out.read_text())["widths"]
     assert set(w) == {"2", "4"}
     assert all(v["median_s"] > 0 and v["train_step_median_s"] > 0 for v in w.values())
+
+
+@pytest.mark.slow
+def test_prepare_data_writes_grey_copies_and_the_label_maps(shared_data, tmp_path):
+    from emcopilot import io
+
+    main(["--prepare-data", str(tmp_path), "--train-limit", "2"])
+    train = sorted(p.name for p in (tmp_path / "emps_train" / "images").iterdir())
+    assert train == sorted(p.name for p in (shared_data / "emps_train" / "images").glob("*.png"))[:2]
+    assert len(list((tmp_path / "emps_test" / "images").iterdir())) == 99
+    name = train[0]
+    grey = io.read_micrograph(tmp_path / "emps_train" / "images" / name).image
+    src = io.read_micrograph(shared_data / "emps_train" / "images" / name).image
+    assert grey.ndim == 2 and grey.shape == src.shape
+    assert (tmp_path / "emps_train" / "segmaps" / name).read_bytes() == \
+        (shared_data / "emps_train" / "segmaps" / name).read_bytes()
