@@ -45,6 +45,12 @@ class _Progress:
             self.bar.close()
             self.bar = None
 
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _progress(args: argparse.Namespace, desc: str) -> _Progress:
     return _Progress(desc, enabled=not getattr(args, "quiet", False))
@@ -254,9 +260,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
                 "data_bar": args.data_bar,
                 "classical_preset": args.classical_preset if method == "classical" else None,
                 "images": _read_manifest(out)}
-    bar = _progress(args, "coarse masks")
     failed: list[str] = []
-    try:
+    with _progress(args, "coarse masks") as bar:
         for i, path in enumerate(files):
             bar(i, len(files), path.name)
             try:
@@ -282,8 +287,6 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
             atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
         bar(len(files), len(files), "done")
-    finally:
-        bar.close()
     for line in failed:
         print(f"emcopilot: skipped: {line}", file=sys.stderr)
     print(f"wrote {len(files) - len(failed)} mask(s) to {out}")
@@ -311,12 +314,9 @@ def cmd_priors(args: argparse.Namespace) -> int:
 
     out = _out_dir(args.out)
     files = _label_files([args.masks])
-    bar = _progress(args, "priors")
-    try:
+    with _progress(args, "priors") as bar:
         table = compute_priors(_mask_items([args.masks], args.pixel_size), out,
                                min_area=args.min_area, progress=bar)
-    finally:
-        bar.close()
     print(f"{len(table)} particles from {len(files)} mask(s); priors written to {out}")
     return 0
 
@@ -326,14 +326,11 @@ def cmd_synth_masks(args: argparse.Namespace) -> int:
 
     priors = _existing_dir(args.priors_dir, "PRIORS_DIR")
     out = _out_dir(args.out)
-    bar = _progress(args, "synthetic masks")
-    try:
+    with _progress(args, "synthetic masks") as bar:
         comparison = synthesize_from_priors_dir(priors, out, per_mask=args.per_mask, random=args.random,
                                                 n_random=args.n_random, seed=args.seed,
                                                 max_shift=args.max_shift, attempts=args.attempts,
                                                 progress=bar)
-    finally:
-        bar.close()
     print(comparison.to_string(index=False))
     print(f"synthetic masks written to {out / 'masks'}")
     return 0
@@ -345,11 +342,8 @@ def cmd_augment(args: argparse.Namespace) -> int:
     images = _existing_dir(args.images_dir, "IMAGES_DIR")
     masks = _existing_dir(args.masks, "--masks") if args.masks else None
     out = _out_dir(args.out)
-    bar = _progress(args, "augment")
-    try:
+    with _progress(args, "augment") as bar:
         written = augment_folder(images, out, masks_dir=masks, seed=args.seed, progress=bar)
-    finally:
-        bar.close()
     print(f"wrote {len(written)} augmented image(s) to {out}")
     return 0
 
@@ -373,11 +367,8 @@ def cmd_psd(args: argparse.Namespace) -> int:
                 image01 = io.normalize(m.image)
             yield name, labels, px, image01
 
-    bar = _progress(args, "psd")
-    try:
+    with _progress(args, "psd") as bar:
         summary = write_psd_report(items(), out, min_area=args.min_area, progress=bar)
-    finally:
-        bar.close()
     batch = summary.get("batch", summary)
     unit = batch.get("unit", "px")
     if batch.get("count"):
@@ -392,14 +383,11 @@ def cmd_psd(args: argparse.Namespace) -> int:
 def cmd_train_generator(args: argparse.Namespace) -> int:
     from emcopilot.training.generator import train_generator
 
-    bar = _progress(args, "generator")
-    try:
+    with _progress(args, "generator") as bar:
         result = train_generator(_existing_dir(args.images, "--images"), _existing_dir(args.masks, "--masks"),
                                  _out_dir(args.out), profile=args.profile, epochs=args.epochs,
                                  batch_size=args.batch_size, image_size=args.image_size, seed=args.seed,
                                  device=args.device, resume=not args.no_resume, progress=bar)
-    finally:
-        bar.close()
     _print_json(result)
     return 0
 
@@ -407,12 +395,9 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from emcopilot.training.generator import generate_images
 
-    bar = _progress(args, "generate")
-    try:
+    with _progress(args, "generate") as bar:
         written = generate_images(args.generator, _existing_dir(args.masks, "--masks"), _out_dir(args.out),
                                   device=args.device, progress=bar)
-    finally:
-        bar.close()
     print(f"wrote {len(written)} synthetic image(s) to {args.out}")
     return 0
 
@@ -426,16 +411,13 @@ def cmd_train_segmentor(args: argparse.Namespace) -> int:
     images, masks = gather_pairs([(_existing_dir(args.images, "--images"),
                                    _existing_dir(args.masks, "--masks"), "")],
                                  out / "training_data", particle_diameter_px=args.particle_width)
-    bar = _progress(args, "segmentor")
-    try:
+    with _progress(args, "segmentor") as bar:
         result = train_segmentor(images, masks, out, profile=args.profile, epochs=args.epochs,
                                  batch_size=args.batch_size, image_size=args.image_size, augment=args.augment,
                                  samples_per_epoch=args.samples_per_epoch, base=args.base,
                                  input_polarity="bright" if args.bright_particles else None,
                                  particle_diameter_px=args.particle_width,
                                  seed=args.seed, device=args.device, resume=not args.no_resume, progress=bar)
-    finally:
-        bar.close()
     _print_json(result)
     return 0
 
@@ -467,9 +449,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     files = io.list_images(args.images)
     out = _out_dir(args.out)
     segmentor = Segmentor.load(_model_dir(args.model), device=args.device)
-    bar = _progress(args, "segment")
     results, barred = [], 0
-    try:
+    with _progress(args, "segment") as bar:
         for i, path in enumerate(files):
             bar(i, len(files), path.name)
             m = io.read_micrograph(path)
@@ -488,8 +469,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
         bar(len(files), len(files), "psd")
         summary = write_psd_report(results, out, min_area=args.min_area)
-    finally:
-        bar.close()
     batch = summary.get("batch", summary)
     core = segmentor.min_peak if args.min_peak == "model" else args.min_peak
     kept = ("every particle kept" if core is None else
@@ -521,8 +500,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from emcopilot.pipeline import run_pipeline
 
-    bar = _progress(args, "pipeline")
-    try:
+    with _progress(args, "pipeline") as bar:
         summary = run_pipeline(_existing_dir(args.images_dir, "IMAGES_DIR"), _out_dir(args.out),
                                profile=args.profile, method=args.method, polarity=args.polarity,
                                classical_preset=args.classical_preset,
@@ -540,8 +518,6 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                support_removal=args.support_removal,
                                support_in_training=args.support_in_training == "on",
                                progress=bar)
-    finally:
-        bar.close()
     unsure = summary.get("stages", {}).get("images", {}).get("polarity_unsure") or []
     if unsure:
         print(f"warning: the particle polarity detected for {len(unsure)} image(s) is unsure: "
