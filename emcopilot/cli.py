@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from emcopilot import __version__
 from emcopilot.errors import EMCopilotError, InputError
+
+T = TypeVar("T")
 
 MASKS_MANIFEST = "masks.json"
 
@@ -71,25 +74,28 @@ def _existing_dir(path: str, what: str) -> Path:
     return p
 
 
-def _positive(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value!r} must be a positive finite number")
-    return v
+def _number(kind: Callable[[str], T], accepts: Callable[[T], bool], wanted: str) -> Callable[[str], T]:
+    """An argparse type: ``kind(text)`` where ``accepts`` says yes, else a one-line usage error
+    "'TEXT' is not WANTED" (NaN and infinity fail every range below)."""
+
+    def parse(text: str) -> T:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not accepts(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
+
+    return parse
 
 
-def _width(value: str) -> int:
-    """A network width: a whole number of filters from 2 to 256."""
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if not 2 <= v <= 256:
-        raise argparse.ArgumentTypeError(f"{value!r} must be between 2 and 256 filters")
-    return v
+_positive = _number(float, lambda v: 0 < v < math.inf, "a positive finite number")
+#: a network width: a whole number of filters from 2 to 256
+_width = _number(int, lambda v: 2 <= v <= 256, "a whole number of filters between 2 and 256")
+#: a probability in (0, 1)
+_threshold_number = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+_positive_int = _number(int, lambda v: v >= 1, "a whole number >= 1")
 
 
 #: the rule of postprocess.add_coarse_particles, for --add-coarse help ("%%": argparse)
@@ -107,28 +113,6 @@ def _add_data_bar(p: argparse.ArgumentParser) -> None:
                         "(the strip of text and numbers many microscopes burn in): its characters "
                         "are not particles, and particles cut by it are dropped like those cut by "
                         "the border; off: use every row")
-
-
-def _threshold_number(text: str) -> float:
-    """argparse type: a probability in (0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
-    return n
 
 
 def _probability_or(*words: str) -> Callable[[str], float | str | None]:
@@ -312,8 +296,8 @@ def _mask_items(paths: Sequence[str], pixel_size: float | None):
 def cmd_priors(args: argparse.Namespace) -> int:
     from emcopilot.priors import compute_priors
 
-    out = _out_dir(args.out)
     files = _label_files([args.masks])
+    out = _out_dir(args.out)
     with _progress(args, "priors") as bar:
         table = compute_priors(_mask_items([args.masks], args.pixel_size), out,
                                min_area=args.min_area, progress=bar)
@@ -352,11 +336,12 @@ def cmd_psd(args: argparse.Namespace) -> int:
     from emcopilot import io
     from emcopilot.analysis import write_psd_report
 
-    out = _out_dir(args.out)
+    _label_files(args.masks)  # a missing or empty input fails before --out is made
     images = {}
     if args.images:
         for p in io.list_images([args.images]):
             images[io.safe_stem(p.name)] = p
+    out = _out_dir(args.out)
 
     def items():
         for name, labels, px in _mask_items(args.masks, args.pixel_size):
@@ -406,10 +391,10 @@ def cmd_train_segmentor(args: argparse.Namespace) -> int:
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
 
+    folders = (_existing_dir(args.images, "--images"), _existing_dir(args.masks, "--masks"), "")
     out = _out_dir(args.out)
     # resized copies with --particle-width, else the folders as they are
-    images, masks = gather_pairs([(_existing_dir(args.images, "--images"),
-                                   _existing_dir(args.masks, "--masks"), "")],
+    images, masks = gather_pairs([folders],
                                  out / "training_data", particle_diameter_px=args.particle_width)
     with _progress(args, "segmentor") as bar:
         result = train_segmentor(images, masks, out, profile=args.profile, epochs=args.epochs,

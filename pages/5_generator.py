@@ -39,21 +39,9 @@ if go:
                     "image_size": int(size), "lambda_l1": float(l1),
                     "lambda_ssim": float(lssim)})
 job = _ui.job_panel(store, project, "train_generator", resumable=True)
-
-
-@st.fragment(run_every=5 if job and job.get("state") in _ui.ACTIVE else None)
-def _curves() -> None:
-    df = _ui.log_frame(run_dir / "log.jsonl")
-    if df.empty:
-        return
-    c1, c2 = st.columns(2)
-    with c1:
-        _ui.curves(df, ["loss_g", "loss_d", "l1", "ssim_loss", "adv"], "Training losses")
-    with c2:
-        _ui.curves(df, ["val_ssim", "val_ms_ssim", "val_lpips"], "Validation SSIM / LPIPS")
-
-
-_curves()
+_ui.training_curves(run_dir / "log.jsonl", job,
+                   (["loss_g", "loss_d", "l1", "ssim_loss", "adv"], "Training losses"),
+                   (["val_ssim", "val_ms_ssim", "val_lpips"], "Validation SSIM / LPIPS"))
 if not (run_dir / "log.jsonl").is_file():
     st.button("Refresh", icon=":material/refresh:")
 

@@ -102,22 +102,9 @@ if go:
                     "min_peak": "auto" if choose_core else None, "seeds": int(seeds),
                     "samples_per_epoch": int(samples) or None, "base": int(base) or None})
 job = _ui.job_panel(store, project, "train_segmentor", resumable=True)
-
-
-@st.fragment(run_every=5 if job and job.get("state") in _ui.ACTIVE else None)
-def _curves() -> None:
-    df = _ui.log_frame(run_dir / "log.jsonl")
-    if df.empty:
-        return
-    c1, c2 = st.columns(2)
-    with c1:
-        _ui.curves(df, ["val_mIoU", "val_mDice", "val_precision", "val_recall"],
-                   "Validation metrics")
-    with c2:
-        _ui.curves(df, ["loss"], "Training loss")
-
-
-_curves()
+_ui.training_curves(run_dir / "log.jsonl", job,
+                   (["val_mIoU", "val_mDice", "val_precision", "val_recall"], "Validation metrics"),
+                   (["loss"], "Training loss"))
 ckpt = job_kinds.segmentor_checkpoint(project)
 core = job_kinds.segmentor_threshold(ckpt, "min_peak") if ckpt else None
 grown = job_kinds.segmentor_grow_to(ckpt) if ckpt else None

@@ -307,3 +307,22 @@ def curves(df, columns: list[str], title: str) -> None:
              .encode(x="epoch:Q", y="value:Q", color="metric:N",
                      tooltip=["epoch", "metric", alt.Tooltip("value:Q", format=".4f")]))
     st.altair_chart(chart, width="stretch")
+
+
+def training_curves(log_path: Path, job: dict | None, left: tuple[list[str], str],
+                    right: tuple[list[str], str]) -> None:
+    """Two charts side by side, each ``(columns, title)``, of a training run's log.jsonl; redrawn
+    every 5 s while ``job`` is queued or running."""
+
+    @st.fragment(run_every=5 if job and job.get("state") in ACTIVE else None)
+    def _draw() -> None:
+        df = log_frame(log_path)
+        if df.empty:
+            return
+        c1, c2 = st.columns(2)
+        with c1:
+            curves(df, *left)
+        with c2:
+            curves(df, *right)
+
+    _draw()

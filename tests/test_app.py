@@ -685,3 +685,24 @@ def test_segmentor_page_names_an_ensemble_model(masked):
     assert any("(the mean of 2 segmentors)" in c.value for c in at.caption)
     res = job_kinds.segment_job(masked, {"model": "segmentor"}, Ctx())
     assert res["images"] >= 1
+
+
+@pytest.mark.parametrize("page, kind, titles", [
+    (PAGES[4], "generator", ("Training losses", "Validation SSIM / LPIPS")),
+    (PAGES[5], "segmentor", ("Validation metrics", "Training loss")),
+])
+def test_training_pages_chart_the_runs_log(masked, page, kind, titles):
+    from emcopilot import job_kinds
+
+    run_dir = job_kinds.project_path(masked, "models_dir", kind)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"epoch": e, "loss_g": 3.0 / e, "loss_d": 0.7, "val_ssim": 0.2 * e, "loss": 1.0 / e,
+             "val_mIoU": 0.3 * e, "val_mDice": 0.35 * e} for e in (1, 2)]
+    (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                       + "not json\n")
+    at = open_page(page, masked.id)
+    assert not at.error, [e.value for e in at.error]
+    specs = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert len(specs) == 2
+    for title in titles:
+        assert sum(f'"title": "{title}"' in s for s in specs) == 1, (title, specs)

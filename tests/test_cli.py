@@ -124,6 +124,32 @@ def test_missing_file_and_bad_values(tmp_path):
     assert_clean_error(run("info", tmp_path / "nope.dm4"))
     assert_clean_error(run("psd", tmp_path, "--pixel-size", "-1", "--out", tmp_path / "o"))
     assert_clean_error(run("psd", tmp_path / "empty_dir_missing", "--out", tmp_path / "o"))
+    for bad in ("nan", "inf", "0", "x"):
+        proc = run("psd", tmp_path, "--pixel-size", bad, "--out", tmp_path / "o")
+        assert_clean_error(proc)
+        assert f"'{bad}' is not a positive finite number" in proc.stderr
+    # a missing input fails before the output folder is made
+    assert_clean_error(run("priors", tmp_path / "missing", "--out", tmp_path / "o"))
+    assert_clean_error(run("train-segmentor", "--images", tmp_path / "missing", "--masks", tmp_path,
+                           "--out", tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_number_arguments_accept_their_range_and_nothing_else():
+    import argparse
+
+    from emcopilot import cli
+
+    cases = {cli._positive: (["1e-3", "2.5"], ["0", "-1", "nan", "inf", "", "1,5"]),
+             cli._width: (["2", "256"], ["1", "257", "8.5", "ab"]),
+             cli._threshold_number: (["0.01", "0.99"], ["0", "1", "nan", "-0.5"]),
+             cli._positive_int: (["1", "40"], ["0", "-2", "1.0"])}
+    for parse, (good, bad) in cases.items():
+        for text in good:
+            assert parse(text) == float(text)
+        for text in bad:
+            with pytest.raises(argparse.ArgumentTypeError, match=f"^{text!r} is not "):
+                parse(text)
 
 
 def test_info_reads_dm4_pixel_size(shared_data):
