@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pytest
 import torch
@@ -11,57 +9,13 @@ import torch
 from emcopilot import io
 from emcopilot.errors import InputError, WeightsUnavailableError
 from emcopilot.masking.sam import SAM_PRESETS, SamMasker, masks_to_labels
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-# settings under which a random model still yields many distinct masks
-LOOSE = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-             box_nms_thresh=1.0)
-
-
-def tiny_sam(seed: int = 0, img_size: int = 128, dim: int = 32):
-    """A SAM with the real modules, a few thousand parameters and random weights."""
-    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                           TwoWayTransformer)
-
-    torch.manual_seed(seed)
-    grid = img_size // 16
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=img_size, patch_size=16, embed_dim=dim, depth=1, num_heads=2,
-            mlp_ratio=2.0, out_chans=dim, qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-            window_size=0, global_attn_indexes=(0,)),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid),
-                                     input_image_size=(img_size, img_size), mask_in_chans=4),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
-            transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32),
-    ).eval()
+from tests.tiny_sam import LOOSE, assert_label_map, one_thread, tiny_sam  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
 def image01(examples_dir) -> np.ndarray:
     m = io.read_micrograph(examples_dir / "catalysts" / "images" / "Pt4.jpg")
     return io.normalize(m.image)
-
-
-def _assert_label_map(labels: np.ndarray, shape) -> None:
-    assert labels.dtype == np.int32 and labels.shape == tuple(shape)
-    ids = np.unique(labels)
-    assert ids[0] >= 0
-    nz = ids[ids > 0]
-    assert np.array_equal(nz, np.arange(1, len(nz) + 1))  # consecutive 1..N
 
 
 def test_end_to_end_label_map_on_real_image(image01):
@@ -71,7 +25,7 @@ def test_end_to_end_label_map_on_real_image(image01):
     assert len(recs) > 3
     assert all(r["segmentation"].shape == (256, 171) for r in recs)
     labels = masker(crop, polarity="bright")
-    _assert_label_map(labels, crop.shape)
+    assert_label_map(labels, crop.shape)
     assert labels.max() >= 2
 
 
@@ -88,7 +42,7 @@ def test_max_mask_region_area_removes_large_masks(image01):
     assert all(r["area"] <= limit for r in kept)
     assert len(kept) == int((areas <= limit).sum())
     labels = capped(image01, polarity="bright")
-    _assert_label_map(labels, image01.shape)
+    assert_label_map(labels, image01.shape)
     region_areas = np.bincount(labels.ravel())[1:]
     assert region_areas.max() <= limit
 
@@ -146,7 +100,7 @@ def test_constructor_loads_checkpoint_into_registry_model(tmp_path, monkeypatch,
     assert m.model_type == "vit_b" and m.device == "cpu"
     ref = tiny_sam(0).state_dict()
     assert all(torch.equal(m.model.state_dict()[k], v) for k, v in ref.items())
-    _assert_label_map(m(image01, polarity="bright"), image01.shape)
+    assert_label_map(m(image01, polarity="bright"), image01.shape)
 
     paper = SamMasker.preset("paper", checkpoint=tmp_path / "sam.pth", device="cpu")
     assert (paper.model_type, paper.points_per_side, paper.pred_iou_thresh,

@@ -1,9 +1,7 @@
 """SamMasker's "blobs" prompt mode (prompts at candidate particle centres), with the tiny random
-SAM of tests/test_sam.py (no download)."""
+SAM of tests/tiny_sam.py (no download)."""
 
 from __future__ import annotations
-
-from functools import partial
 
 import numpy as np
 import pytest
@@ -11,52 +9,10 @@ import torch
 
 from emcopilot.errors import InputError
 from emcopilot.masking.sam import SAM_PRESETS, SamMasker, detect_blobs
-
-# as in tests/test_sam.py (copied: test modules are not importable as a package here)
-LOOSE = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-             box_nms_thresh=1.0)
-
-
-def tiny_sam(seed: int = 0, img_size: int = 128, dim: int = 32):
-    """A SAM with the real modules, a few thousand parameters and random weights."""
-    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                           TwoWayTransformer)
-
-    torch.manual_seed(seed)
-    grid = img_size // 16
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=img_size, patch_size=16, embed_dim=dim, depth=1, num_heads=2,
-            mlp_ratio=2.0, out_chans=dim, qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-            window_size=0, global_attn_indexes=(0,)),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid),
-                                     input_image_size=(img_size, img_size), mask_in_chans=4),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
-            transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32),
-    ).eval()
-
-
-def _assert_label_map(labels: np.ndarray, shape) -> None:
-    assert labels.dtype == np.int32 and labels.shape == tuple(shape)
-    ids = np.unique(labels)
-    assert ids[0] >= 0
-    nz = ids[ids > 0]
-    assert np.array_equal(nz, np.arange(1, len(nz) + 1))  # consecutive 1..N
-
+from tests.tiny_sam import LOOSE, assert_label_map, one_thread, tiny_sam  # noqa: F401 (fixture)
 
 CENTRES = [(40, 50), (120, 30), (200, 90), (70, 180), (180, 200)]  # (x, y) px
 RADII = [8, 10, 6, 12, 9]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def discs(shape=(240, 256), seed=0) -> np.ndarray:
@@ -133,7 +89,7 @@ def test_blobs_mode_prompts_sam_at_the_blobs_and_returns_a_label_map():
     d = np.linalg.norm((pts * 2.0 - 0.5)[:, None] - expected[None].astype(np.float64), axis=2)
     assert np.all(d.min(axis=1) <= 1e-3)
     labels = masker(img, polarity="bright")
-    _assert_label_map(labels, img.shape)
+    assert_label_map(labels, img.shape)
     assert labels.max() >= 1
 
 
