@@ -14,8 +14,8 @@ import torch
 
 from ..atomic import atomic_write_text
 
-__all__ = ["append_log", "read_log", "seed_everything", "lr_factor", "set_lr", "Progress",
-           "StopCheck"]
+__all__ = ["append_log", "read_log", "seed_everything", "lr_factor", "set_lr", "training_result",
+           "Progress", "StopCheck"]
 
 Progress = Callable[[int, int, str], None] | None
 StopCheck = Callable[[], bool] | None
@@ -51,6 +51,21 @@ def truncate_log(out_dir: Path, keep_epochs: int) -> None:
     records = [r for r in read_log(out_dir) if int(r.get("epoch", 0)) <= keep_epochs]
     text = "".join(json.dumps(r, allow_nan=False, default=float) + "\n" for r in records)
     atomic_write_text(Path(out_dir) / "log.jsonl", text)
+
+
+def training_result(out_dir: Path, checkpoint_names: tuple[str, ...], *, epoch: int,
+                    start_epoch: int, epochs: int, cancelled: bool, history: list[dict[str, Any]],
+                    best: dict[str, Any], device: Any, **extra: Any) -> dict[str, Any]:
+    """What a training loop returns: the epochs done (``epoch`` when ``cancelled`` during it,
+    else all ``epochs``, or ``start_epoch`` when a resumed run had nothing left to do), the
+    log records of this call, the best scores, the checkpoints of ``checkpoint_names`` that were
+    written in full (their config.json exists), and ``extra``."""
+    out = Path(out_dir)
+    done = epoch if cancelled else (epochs if start_epoch < epochs else start_epoch)
+    checkpoints = {n: str(out / n) for n in checkpoint_names if (out / n / "config.json").is_file()}
+    return {"epoch": done, "epochs": epochs, "history": history, "best": dict(best),
+            "checkpoints": checkpoints, "cancelled": cancelled, "out_dir": str(out),
+            "device": str(device), **extra}
 
 
 def seed_everything(seed: int) -> None:

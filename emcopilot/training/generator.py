@@ -28,7 +28,8 @@ from ..device import (autocast, channels_last, grad_scaler, loader_options, pick
 from ..errors import InputError
 from ..nets import PatchDiscriminator, UNetGenerator
 from .checkpoint import load_model, load_training_state, save_checkpoint
-from .common import append_log, lr_factor, seed_everything, set_lr, truncate_log
+from .common import (append_log, lr_factor, seed_everything, set_lr, training_result,
+                     truncate_log)
 from .datasets import PairedDataset, describe_data, find_pairs, load_pairs, split_pairs
 from .evaluation import FidScorer, image_scores, lpips_metric
 from .evaluation import fid_metric as _standard_fid_metric
@@ -245,12 +246,8 @@ def train_generator(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
         if progress:
             progress(epoch + 1, total, f"epoch {epoch + 1}/{total}: val SSIM "
                      f"{metrics['ssim'] if metrics['ssim'] is not None else float('nan'):.3f}")
-    done = epoch if cancelled else (total if start_epoch < total else start_epoch)
-    checkpoints = {n: str(out / n) for n in ("last", "best_ssim", "best_lpips")
-                   if (out / n / "config.json").is_file()}
-    return {"epoch": done, "epochs": total, "history": history, "best": dict(best),
-            "checkpoints": checkpoints, "cancelled": cancelled, "out_dir": str(out),
-            "device": str(dev), "unavailable": unavailable}
+    return training_result(out, ("last", "best_ssim", "best_lpips"), epoch=epoch, start_epoch=start_epoch, epochs=total,
+                           cancelled=cancelled, history=history, best=best, device=dev, unavailable=unavailable)
 
 
 #: Longest side generated in one pass by ``mode="whole"``; larger masks fall back to tiles.

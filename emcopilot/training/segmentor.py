@@ -27,7 +27,8 @@ from ..errors import InputError
 from ..nets import UNetPlusPlus
 from ..postprocess import calibrate_threshold
 from .checkpoint import load_training_state, save_checkpoint
-from .common import append_log, lr_factor, seed_everything, set_lr, truncate_log
+from .common import (append_log, lr_factor, seed_everything, set_lr, training_result,
+                     truncate_log)
 from .datasets import PairedDataset, describe_data, find_pairs, load_pairs, split_pairs
 from .evaluation import segmentation_scores
 from .losses import segmentation_loss
@@ -213,9 +214,5 @@ def train_segmentor(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
         if progress:
             progress(epoch + 1, total, f"epoch {epoch + 1}/{total}: loss {rec['loss']:.3f}, "
                      f"val mIoU {metrics['mIoU']:.3f}")
-    done = epoch if cancelled else (total if start_epoch < total else start_epoch)
-    checkpoints = {n: str(out / n) for n in ("last", "best_miou")
-                   if (out / n / "config.json").is_file()}
-    return {"epoch": done, "epochs": total, "history": history, "best": dict(best),
-            "checkpoints": checkpoints, "cancelled": cancelled, "out_dir": str(out),
-            "device": str(dev)}
+    return training_result(out, ("last", "best_miou"), epoch=epoch, start_epoch=start_epoch, epochs=total,
+                           cancelled=cancelled, history=history, best=best, device=dev)
