@@ -378,11 +378,14 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from emcopilot.training.checkpoint import read_config
     from emcopilot.training.generator import generate_images
 
+    read_config(args.generator)  # not a checkpoint: fail before --out is made
+    masks = _existing_dir(args.masks, "--masks")
     with _progress(args, "generate") as bar:
-        written = generate_images(args.generator, _existing_dir(args.masks, "--masks"), _out_dir(args.out),
-                                  device=args.device, progress=bar)
+        written = generate_images(args.generator, masks, _out_dir(args.out), device=args.device,
+                                  progress=bar)
     print(f"wrote {len(written)} synthetic image(s) to {args.out}")
     return 0
 

@@ -132,6 +132,8 @@ def test_missing_file_and_bad_values(tmp_path):
     assert_clean_error(run("priors", tmp_path / "missing", "--out", tmp_path / "o"))
     assert_clean_error(run("train-segmentor", "--images", tmp_path / "missing", "--masks", tmp_path,
                            "--out", tmp_path / "o"))
+    assert_clean_error(run("generate", "--generator", tmp_path / "no_model", "--masks", tmp_path,
+                           "--out", tmp_path / "o"))
     assert not (tmp_path / "o").exists()
 
 
