@@ -74,7 +74,8 @@ def _existing_dir(path: str, what: str) -> Path:
     return p
 
 
-def _number(kind: Callable[[str], T], accepts: Callable[[T], bool], wanted: str) -> Callable[[str], T]:
+def _number(kind: Callable[[str], T], accepts: Callable[[T], bool],
+            wanted: str) -> Callable[[str], T]:
     """An argparse type: ``kind(text)`` where ``accepts`` says yes, else a one-line usage error
     "'TEXT' is not WANTED" (NaN and infinity fail every range below)."""
 
@@ -277,12 +278,11 @@ def cmd_mask(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def _mask_items(paths: Sequence[str], pixel_size: float | None):
-    """(name, labels, pixel_size_nm) for each label map; pixel size from --pixel-size, else from
-    the masks.json that `emcopilot mask` wrote beside the masks."""
+def _mask_items(files: Sequence[Path], pixel_size: float | None):
+    """(name, labels, pixel_size_nm) for each label map of ``files`` (from ``_label_files``);
+    pixel size from --pixel-size, else from the masks.json `emcopilot mask` wrote beside them."""
     from emcopilot import io
 
-    files = _label_files(paths)
     manifests: dict[Path, dict] = {}
     for f in files:
         folder = f.parent
@@ -299,7 +299,7 @@ def cmd_priors(args: argparse.Namespace) -> int:
     files = _label_files([args.masks])
     out = _out_dir(args.out)
     with _progress(args, "priors") as bar:
-        table = compute_priors(_mask_items([args.masks], args.pixel_size), out,
+        table = compute_priors(_mask_items(files, args.pixel_size), out,
                                min_area=args.min_area, progress=bar)
     print(f"{len(table)} particles from {len(files)} mask(s); priors written to {out}")
     return 0
@@ -336,7 +336,7 @@ def cmd_psd(args: argparse.Namespace) -> int:
     from emcopilot import io
     from emcopilot.analysis import write_psd_report
 
-    _label_files(args.masks)  # a missing or empty input fails before --out is made
+    files = _label_files(args.masks)
     images = {}
     if args.images:
         for p in io.list_images([args.images]):
@@ -344,7 +344,7 @@ def cmd_psd(args: argparse.Namespace) -> int:
     out = _out_dir(args.out)
 
     def items():
-        for name, labels, px in _mask_items(args.masks, args.pixel_size):
+        for name, labels, px in _mask_items(files, args.pixel_size):
             image01 = None
             if name in images:
                 m = io.read_micrograph(images[name])
@@ -378,14 +378,11 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from emcopilot.training.checkpoint import read_config
     from emcopilot.training.generator import generate_images
 
-    read_config(args.generator)  # not a checkpoint: fail before --out is made
-    masks = _existing_dir(args.masks, "--masks")
     with _progress(args, "generate") as bar:
-        written = generate_images(args.generator, masks, _out_dir(args.out), device=args.device,
-                                  progress=bar)
+        written = generate_images(args.generator, _existing_dir(args.masks, "--masks"),
+                                  _out_dir(args.out), device=args.device, progress=bar)
     print(f"wrote {len(written)} synthetic image(s) to {args.out}")
     return 0
 
@@ -899,6 +896,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             parser.error("project create needs --name NAME")
     debug = os.environ.get("EMCOPILOT_DEBUG") == "1"
+    new_out = _folders_to_make(getattr(args, "out", None))
+    code = 1
+    try:
+        code = _run(args, debug)
+        return code
+    finally:
+        if code != 0:  # a failed command leaves no empty --out behind (nothing written is lost)
+            _remove_empty(new_out)
+
+
+def _folders_to_make(path: str | None) -> list[Path]:
+    """The folders that making ``path`` would create, deepest first."""
+    new: list[Path] = []
+    p = Path(path).absolute() if path else None
+    while p is not None and not p.exists() and p != p.parent:
+        new.append(p)
+        p = p.parent
+    return new
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone
+            if folder.exists():
+                return
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
+    """Run the command; errors become one line on stderr and an exit code."""
     try:
         return int(args.func(args) or 0)
     except EMCopilotError as exc:

@@ -149,8 +149,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     grains for particles and missed small particles on them; measured on run 19's catalysts
     (BENCHMARKS.md, stop 18) "auto" raised box F1 0.29 -> 0.37 and cut the mean count error
     0.83 -> 0.59; on the models of a second whole run (run 24) it left box F1 at 0.26 and cut
-    the median count error 0.74 -> 0.55 at the cost of precision and KS. On EMPS the per-image judgement misfires (dense films of free particles look
-    "supported"), which is why "isolated" turns it off.
+    the median count error 0.74 -> 0.55 at the cost of precision and KS. On EMPS the per-image
+    judgement misfires (dense films of free particles look "supported"), which is why
+    "isolated" turns it off.
 
     ``support_in_training`` (default False): also give the generator (and, with
     ``segmentor_data`` "synthetic+real", the segmentor) the images support removal reaches

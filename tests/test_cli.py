@@ -128,13 +128,24 @@ def test_missing_file_and_bad_values(tmp_path):
         proc = run("psd", tmp_path, "--pixel-size", bad, "--out", tmp_path / "o")
         assert_clean_error(proc)
         assert f"'{bad}' is not a positive finite number" in proc.stderr
-    # a missing input fails before the output folder is made
-    assert_clean_error(run("priors", tmp_path / "missing", "--out", tmp_path / "o"))
+    # a failed command leaves no empty --out behind, however deep, and keeps one that was there
+    assert_clean_error(run("priors", tmp_path / "missing", "--out", tmp_path / "o" / "deeper"))
     assert_clean_error(run("train-segmentor", "--images", tmp_path / "missing", "--masks", tmp_path,
                            "--out", tmp_path / "o"))
     assert_clean_error(run("generate", "--generator", tmp_path / "no_model", "--masks", tmp_path,
                            "--out", tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+    broken = tmp_path / "broken_model"  # fails inside `segment`, after --out was made
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    img = tmp_path / "img.png"
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(img)
+    assert_clean_error(run("segment", img, "--model", broken, "--out", tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "kept").mkdir()
+    assert_clean_error(run("generate", "--generator", tmp_path / "no_model", "--masks", tmp_path,
+                           "--out", tmp_path / "kept"))
+    assert (tmp_path / "kept").is_dir()
 
 
 def test_number_arguments_accept_their_range_and_nothing_else():

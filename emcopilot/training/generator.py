@@ -246,8 +246,9 @@ def train_generator(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
         if progress:
             progress(epoch + 1, total, f"epoch {epoch + 1}/{total}: val SSIM "
                      f"{metrics['ssim'] if metrics['ssim'] is not None else float('nan'):.3f}")
-    return training_result(out, ("last", "best_ssim", "best_lpips"), epoch=epoch, start_epoch=start_epoch, epochs=total,
-                           cancelled=cancelled, history=history, best=best, device=dev, unavailable=unavailable)
+    return training_result(out, ("last", "best_ssim", "best_lpips"), epoch=epoch,
+                           start_epoch=start_epoch, epochs=total, cancelled=cancelled,
+                           history=history, best=best, device=dev, unavailable=unavailable)
 
 
 #: Longest side generated in one pass by ``mode="whole"``; larger masks fall back to tiles.

@@ -214,5 +214,6 @@ def train_segmentor(images_dir: str | os.PathLike, masks_dir: str | os.PathLike,
         if progress:
             progress(epoch + 1, total, f"epoch {epoch + 1}/{total}: loss {rec['loss']:.3f}, "
                      f"val mIoU {metrics['mIoU']:.3f}")
-    return training_result(out, ("last", "best_miou"), epoch=epoch, start_epoch=start_epoch, epochs=total,
-                           cancelled=cancelled, history=history, best=best, device=dev)
+    return training_result(out, ("last", "best_miou"), epoch=epoch, start_epoch=start_epoch,
+                           epochs=total, cancelled=cancelled, history=history, best=best,
+                           device=dev)
