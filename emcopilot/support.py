@@ -17,7 +17,8 @@ Which images get it follows the classical preset the run's coarse masks were mad
 (none), "supported" says they sit on a support (all), and "auto" leaves it to the masker's
 judgement per image (:func:`shows_support`, i.e.
 :func:`emcopilot.masking.classical.choose_preset`: an Otsu foreground over a quarter of the
-frame, and the top-hat masker finds at least ten particles). Free particles on a flat background
+frame and the top-hat masker finds at least ten particles, or the largest Otsu region is over a
+tenth of the frame and the top-hat masker finds many small particles on it). Free particles on a flat background
 are best left as they are: the top-hat also cuts down particles wider than the disc, and on
 EMPS, whose dense figure crops the masker often judges "supported", removal cost F1 and count
 error (BENCHMARKS.md, stop 18).
