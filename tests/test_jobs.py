@@ -205,7 +205,9 @@ def test_kill_9_mid_job_then_resume(tmp_path):
     try:
         job = wait_state(store, jid, ("failed",), timeout=10)
         assert job["error"] == jobs.INTERRUPTED_MESSAGE
-        assert jobs.INTERRUPTED_MESSAGE in (p.job_dir(jid) / "log.txt").read_text()
+        # the reaper claims the job in the store first, then appends to its log
+        wait_for(lambda: jobs.INTERRUPTED_MESSAGE in (p.job_dir(jid) / "log.txt").read_text(),
+                 10, "the interruption in the job's log")
         assert jobs.resume(jid, store) == jid
         job = wait_state(store, jid, ("done", "failed"))
         assert job["state"] == "done", (job, w2.output())
