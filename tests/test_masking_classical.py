@@ -196,12 +196,18 @@ def test_catalyst_counts_within_factor_of_yolo_boxes(examples_dir):
 
 def _support_image(where: str, seed: int = 0, shape=(512, 512)):
     """A bright elliptical region covering ~20 % of the frame (0.45 on 0.1) and 90 small bright
-    particles (r 3 px, 0.9) placed ``"on"`` the region, ``"off"`` it, or ``"none"``."""
+    particles (r 3 px, 0.9) placed ``"on"`` the region, ``"off"`` it, or ``"none"``; or
+    ``"packed"``: the region is tiled with such particles 10 px apart (they cover most of it)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     region = ((yy - 256) / 150.0) ** 2 + ((xx - 256) / 110.0) ** 2 <= 1
     img = np.where(region, 0.45, 0.1)
-    if where != "none":
+    if where == "packed":
+        for y in range(110, 402, 10):
+            for x in range(150, 362, 10):
+                if region[y, x]:
+                    img[(yy - y) ** 2 + (xx - x) ** 2 <= 12] = 0.9
+    elif where != "none":
         inner = region if where == "on" else ~region
         inner[:8], inner[-8:], inner[:, :8], inner[:, -8:] = False, False, False, False
         ys, xs = np.nonzero(inner)
@@ -213,10 +219,13 @@ def _support_image(where: str, seed: int = 0, shape=(512, 512)):
 
 
 @pytest.mark.parametrize("where, expected", [("on", "supported"), ("off", "isolated"),
-                                             ("none", "isolated")])
+                                             ("none", "isolated"), ("packed", "isolated")])
 def test_choose_preset_support_taken_as_one_region(where, expected):
     # Otsu foreground ~20 % (< AUTO_SUPPORT_FOREGROUND): only the largest-region rule can say
-    # "supported", and only when the top-hat masker's particles sit on that region.
+    # "supported", and only when the top-hat masker's particles sit on that region, many of
+    # them (not "off", not "none") and covering little of it (not "packed": there the top-hat
+    # masker finds 500+ particles on the region, covering about 60 % of it, and the region is
+    # the particles themselves).
     img = _support_image(where)
     assert ClassicalMasker().foreground(img).mean() < 0.25
     preset, labels = choose_preset(img, "bright")

@@ -20,8 +20,8 @@ from emcopilot.instances import binary_to_instances, remove_small_instances
 from emcopilot.masking.filters import bright_image, resolve_polarity
 
 __all__ = ["ClassicalMasker", "PRESETS", "THRESHOLD_METHODS", "BACKGROUND_METHODS", "choose_preset",
-           "AUTO_SUPPORT_FOREGROUND", "AUTO_MIN_PARTICLES", "AUTO_SUPPORT_REGION",
-           "AUTO_ON_REGION_MIN", "AUTO_ON_REGION_SHARE", "AUTO_ON_REGION_COVER"]
+           "otsu_foreground", "largest_region", "AUTO_SUPPORT_FOREGROUND", "AUTO_MIN_PARTICLES",
+           "AUTO_SUPPORT_REGION", "AUTO_ON_REGION_MIN", "AUTO_ON_REGION_SHARE", "AUTO_ON_REGION_COVER"]
 
 THRESHOLD_METHODS = ("otsu", "li", "triangle", "local", "noise")
 BACKGROUND_METHODS = ("none", "gaussian", "tophat")
@@ -210,35 +210,43 @@ def choose_preset(image01: np.ndarray, polarity: str = "auto") -> tuple[str, np.
     finds many particles on it (:func:`_particles_on_region`), "supported" is chosen too. A large
     free particle is not taken for a support: the top-hat masker finds it as itself (it covers
     its region) or finds few particles, most of them elsewhere. On the EMPS train and test
-    splits (465 figure crops) this second rule changed no image's preset (BENCHMARKS.md, stop 23).
+    splits (465 figure crops) this second rule changed no image's preset
+    (``python -m bench.bench_auto_preset``; BENCHMARKS.md, run 25).
     """
     image01 = np.asarray(image01, np.float32)
     polarity = resolve_polarity(image01, polarity)
+    otsu = otsu_foreground(bright_image(image01, polarity))
+    split_support = otsu.mean() > AUTO_SUPPORT_FOREGROUND
+    if not split_support:
+        region = largest_region(otsu)
+        if region.mean() <= AUTO_SUPPORT_REGION:
+            return "isolated", None
+    labels = ClassicalMasker.from_preset("supported")(image01, polarity=polarity)
+    if split_support:
+        supported = labels.max() >= AUTO_MIN_PARTICLES
+    else:
+        if region.shape != labels.shape:  # the Otsu mask is at the work size
+            h, w = labels.shape
+            region = cv2.resize(region.astype(np.uint8), (w, h),
+                                interpolation=cv2.INTER_NEAREST) > 0
+        supported = _particles_on_region(labels, region)
+    return ("supported", labels) if supported else ("isolated", None)
+
+
+def otsu_foreground(bright01: np.ndarray) -> np.ndarray:
+    """The "isolated" preset's foreground (Otsu) of a bright-particle image, at its work size
+    (downscaled so that the long side is at most ``work_size``): what :func:`choose_preset`
+    judges an image by."""
     isolated = ClassicalMasker.from_preset("isolated")
-    bright = bright_image(image01, polarity)
-    h, w = bright.shape
+    h, w = bright01.shape
     scale = min(1.0, isolated.work_size / max(h, w))
     if scale < 1.0:
-        bright = cv2.resize(bright, (max(1, round(w * scale)), max(1, round(h * scale))),
-                            interpolation=cv2.INTER_AREA)
-    otsu = isolated.foreground(bright)
-    if otsu.mean() > AUTO_SUPPORT_FOREGROUND:
-        labels = ClassicalMasker.from_preset("supported")(image01, polarity=polarity)
-        if labels.max() >= AUTO_MIN_PARTICLES:
-            return "supported", labels
-        return "isolated", None
-    region = _largest_region(otsu)
-    if region.mean() <= AUTO_SUPPORT_REGION:
-        return "isolated", None
-    labels = ClassicalMasker.from_preset("supported")(image01, polarity=polarity)
-    if region.shape != labels.shape:
-        region = cv2.resize(region.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-    if _particles_on_region(labels, region):
-        return "supported", labels
-    return "isolated", None
+        bright01 = cv2.resize(bright01, (max(1, round(w * scale)), max(1, round(h * scale))),
+                              interpolation=cv2.INTER_AREA)
+    return isolated.foreground(bright01)
 
 
-def _largest_region(binary: np.ndarray) -> np.ndarray:
+def largest_region(binary: np.ndarray) -> np.ndarray:
     """The largest 8-connected region of a binary image (all False when it is empty)."""
     n, lab, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
     if n <= 1:
@@ -247,16 +255,12 @@ def _largest_region(binary: np.ndarray) -> np.ndarray:
 
 
 def _particles_on_region(labels: np.ndarray, region: np.ndarray) -> bool:
-    """Do the top-hat masker's particles sit on ``region`` as on a support?
+    """Do the top-hat masker's particles sit on ``region`` (not empty) as on a support?
 
     Many of them (``AUTO_ON_REGION_MIN``), most of them inside the region
     (``AUTO_ON_REGION_SHARE``), covering little of it (``AUTO_ON_REGION_COVER``: a large free
     particle is found as itself, i.e. covered)."""
-    n = int(labels.max())
-    if n < AUTO_MIN_PARTICLES or not region.any():
-        return False
-    inside = np.unique(labels[region])
-    inside = int(np.count_nonzero(inside))
+    inside = int(np.count_nonzero(np.unique(labels[region])))
     cover = float(np.count_nonzero(labels[region])) / float(np.count_nonzero(region))
-    return (inside >= AUTO_ON_REGION_MIN and inside >= AUTO_ON_REGION_SHARE * n
+    return (inside >= AUTO_ON_REGION_MIN and inside >= AUTO_ON_REGION_SHARE * int(labels.max())
             and cover <= AUTO_ON_REGION_COVER)
