@@ -106,6 +106,9 @@ ADD_COARSE_RULE = ("at least 90 %% uncovered by its particles, at least half the
 #: the CLI starts without numpy; a test keeps the two equal), for the help texts
 SUPPORT_RULE = ("a white top-hat whose disc has a radius of 1.5 typical particle widths, at the "
                 "segmentor's particle scale; see BENCHMARKS.md")
+#: ``emcopilot.support.SUPPORT_CHECK_DEFAULT``, written out for the same reason (a test keeps the
+#: two equal): the pipeline's default for --support-check
+SUPPORT_CHECK_DEFAULT = False
 
 
 def _add_data_bar(p: argparse.ArgumentParser) -> None:
@@ -448,7 +451,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                              min_peak=args.min_peak, grow_to=args.grow_to,
                                              add_coarse=args.add_coarse,
                                              data_bar=args.data_bar == "on",
-                                             support=args.support_removal)
+                                             support=args.support_removal,
+                                             support_check=args.support_check)
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -474,6 +478,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "every image" if reach == "all" else
             "the images where the classical masker sees particles on a support")
             + " (--support-removal off: never)")
+        check = segmentor.support_check if args.support_check == "model" else args.support_check
+        if check:
+            kept += (", kept only where its particles match the coarse mask at least as well "
+                     "as without it (--support-check off: always kept)")
     if barred:
         kept += (f"; the data bar at the bottom of {barred} image(s) left out (--data-bar off: "
                  "every row)")
@@ -501,6 +509,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                grow_to=args.grow_to, add_coarse=args.add_coarse == "on",
                                data_bar=args.data_bar == "on",
                                support_removal=args.support_removal,
+                               support_check=args.support_check == "on",
                                support_in_training=args.support_in_training == "on",
                                progress=bar)
     unsure = summary.get("stages", {}).get("images", {}).get("polarity_unsure") or []
@@ -774,6 +783,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "trained with says (isolated: none; supported: all; auto: the images "
                         "where the classical masker picks its supported preset); default: as "
                         "recorded in the model (the pipeline records auto), else off")
+    p.add_argument("--support-check", type=_on_off_or_model, default="model",
+                   metavar="model|on|off",
+                   help="on: segment each image whose support is removed without the removal "
+                        "too and keep the particles that match the classical coarse mask better "
+                        "(object F1; see BENCHMARKS.md); default: as recorded in the model, "
+                        "else off")
     _add_data_bar(p)
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
@@ -833,6 +848,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(isolated: none; supported: every image; auto: the images where the "
                         "classical masker picks its supported preset); on: every image; off: "
                         "none. Recorded in the segmentor for `segment`")
+    p.add_argument("--support-check", choices=("on", "off"),
+                   default="on" if SUPPORT_CHECK_DEFAULT else "off",
+                   help="on: segment each image whose support is removed without the removal "
+                        "too and keep the particles that match its coarse mask better (object "
+                        f"F1; see BENCHMARKS.md); off: keep the removal (default: "
+                        f"{'on' if SUPPORT_CHECK_DEFAULT else 'off'}). Recorded in the "
+                        "segmentor for `segment`")
     p.add_argument("--support-in-training", choices=("on", "off"), default="off",
                    help="on: the generator (and the segmentor's real pairs) learn from the "
                         "images --support-removal reaches with their support taken out, as the "

@@ -322,6 +322,14 @@ class Segmentor:
         return recorded_mode(self.config.get("config", {}))
 
     @property
+    def support_check(self) -> bool:
+        """Whether :meth:`segment` keeps an image's support removal only where its particles
+        match the image's coarse mask at least as well as without it
+        (:func:`emcopilot.support.removal_kept`): the checkpoint config's ``support_check``
+        (the pipeline records it), False when absent (checkpoints from before it)."""
+        return bool(self.config.get("config", {}).get("support_check", False))
+
+    @property
     def support_radius_widths(self) -> float:
         """Disc radius of the support removal in typical particle widths: the checkpoint
         config's ``support_radius_widths``, else
@@ -375,6 +383,15 @@ class Segmentor:
         if self.particle_diameter_px is None:
             return "none"
         return scope(mode, self.support_preset)
+
+    def removes_support(self, image01: np.ndarray, *, polarity: str = "auto",
+                        data_bar: bool = True, support: str | bool = "model") -> bool:
+        """Whether :meth:`probability` and :meth:`segment` take this image's support out
+        (:meth:`resolve_support` on the image in the segmentor's conventions, the rows of a data
+        bar left out with ``data_bar``)."""
+        prepared = self.prepare(image01, polarity)
+        _, prepared, _ = _above_bar(prepared, None, data_bar)
+        return self.resolve_support(prepared, support)
 
     def _predict(self, prepared01: np.ndarray, scale: float | None, support: bool) -> np.ndarray:
         """:meth:`predict_proba` at ``scale``; with ``support`` the resized image has its support
@@ -507,30 +524,48 @@ class Segmentor:
                 polarity: str = "auto", scale_labels: np.ndarray | None = None,
                 min_peak: float | str | None = "model", grow_to: float | str | None = "model",
                 add_coarse: bool | str = "model", data_bar: bool = True,
-                support: str | bool = "model") -> tuple[np.ndarray, np.ndarray]:
+                support: str | bool = "model", support_check: bool | str = "model"
+                ) -> tuple[np.ndarray, np.ndarray]:
         """Instance label map (int32, 0 = background) and probability map of one image, both of
         the image's size: :meth:`probability`, then :meth:`instances`; with ``add_coarse``
         (``"model"``: :attr:`add_coarse`) plus the coarse particles the segmentor missed
         (:func:`emcopilot.postprocess.add_coarse_particles`), from ``scale_labels`` when given
         (the image's coarse mask) else from :meth:`coarse_labels`. With ``data_bar`` (default)
         an instrument data bar at the bottom (:func:`emcopilot.data_bar.find_data_bar`) is
-        left out: no particles there, probability 0. ``support``: as :meth:`probability`'s."""
+        left out: no particles there, probability 0. ``support``: as :meth:`probability`'s;
+        with ``support_check`` (``"model"``: :attr:`support_check`) an image whose support is
+        removed is segmented without the removal too, and those particles (and map) are
+        returned when they match the coarse mask better
+        (:func:`emcopilot.support.removal_kept`)."""
+        from .support import removal_kept
+
         add = self.add_coarse if add_coarse == "model" else bool(add_coarse)
+        check = self.support_check if support_check == "model" else bool(support_check)
         prepared = self.prepare(image01, polarity)  # polarity from the whole frame
         height = prepared.shape[0]
         top, prepared, scale_labels = _above_bar(prepared, scale_labels, data_bar)
+        remove = self.resolve_support(prepared, support)
+        check = check and remove
         coarse = scale_labels
-        if add and coarse is None:
+        if (add or check) and coarse is None:
             # also measures the scale (no second pass); the rows left are the micrograph (bar
             # cut off) or every row on purpose (data_bar off)
             coarse = self.coarse_labels(prepared, data_bar=False)
-        prob = self._predict(prepared, self.resolve_scale(prepared, scale, coarse,
-                                                          data_bar=False),
-                             self.resolve_support(prepared, support))
-        labels = self.instances(prob, threshold, min_distance=min_distance, min_area=min_area,
-                                min_peak=min_peak, grow_to=grow_to)
-        if add:
-            labels = add_coarse_particles(labels, coarse, prob)
+        factor = self.resolve_scale(prepared, scale, coarse, data_bar=False)
+
+        def particles(remove_support: bool) -> tuple[np.ndarray, np.ndarray]:
+            prob = self._predict(prepared, factor, remove_support)
+            labels = self.instances(prob, threshold, min_distance=min_distance,
+                                    min_area=min_area, min_peak=min_peak, grow_to=grow_to)
+            if add:
+                labels = add_coarse_particles(labels, coarse, prob)
+            return labels, prob
+
+        labels, prob = particles(remove)
+        if check:
+            without = particles(False)
+            if not removal_kept(labels, without[0], coarse):
+                labels, prob = without
         return pad_below(top, height, labels, prob)
 
 

@@ -195,6 +195,13 @@ def segmentor_support_removal(ckpt: Path | None) -> str:
     return recorded_mode((_checkpoint_config(ckpt) or {}).get("config", {}))
 
 
+def segmentor_support_check(ckpt: Path | None) -> bool:
+    """Whether a checkpoint's config.json records ``support_check`` (an image's support removal
+    kept only where it matches the masks at least as well; False when absent or unreadable)."""
+    cfg = _checkpoint_config(ckpt)
+    return bool((cfg or {}).get("config", {}).get("support_check", False))
+
+
 def segmentor_support_scope(ckpt: Path | None) -> str:
     """Which images a checkpoint's recorded support removal reaches: "none", "all" or "per
     image" (:meth:`emcopilot.inference.Segmentor.support_scope`, read without torch)."""
@@ -356,7 +363,10 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     default, "on" or "off"): record with the model whether it takes a textured support out of
     an image first (:mod:`emcopilot.support`, as ``emcopilot pipeline --support-removal``),
     which follows the classical preset the project's coarse masks were made with
-    (:func:`coarse_masks_preset`, recorded as the model's ``scale_preset``)."""
+    (:func:`coarse_masks_preset`, recorded as the model's ``scale_preset``);
+    params["support_check"] (default :data:`emcopilot.support.SUPPORT_CHECK_DEFAULT`): record
+    that the removal is kept per image only where it matches the masks at least as well (as
+    ``emcopilot pipeline --support-check``)."""
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
 
@@ -369,9 +379,12 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     if params.get("min_peak", "auto") not in ("auto", None):
         raise InputError("min_peak must be 'auto' (choose it against the project's masks after "
                          "training) or None (keep every particle)")
-    from emcopilot.support import resolve_support_mode
+    from emcopilot.support import SUPPORT_CHECK_DEFAULT, resolve_support_mode
 
     support_removal = resolve_support_mode(params.get("support_removal", "auto"))
+    support_check = params.get("support_check", SUPPORT_CHECK_DEFAULT)
+    if not isinstance(support_check, bool):
+        raise InputError(f"support_check must be true or false, got {support_check!r}")
     data = params.get("data", "synthetic")
     if data not in ("synthetic", "masks", "synthetic+masks"):
         raise InputError(f"unknown training data {data!r}: synthetic, masks or synthetic+masks")
@@ -407,13 +420,15 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     if seeds > 1:
         return _train_segmentor_seeds(project, ctx, img_dir, mask_dir, seeds, min_peak, device,
                                       train, kw, ensemble=bool(params.get("ensemble", True)),
-                                      add_coarse=add_coarse, support_removal=support_removal)
+                                      add_coarse=add_coarse, support_removal=support_removal,
+                                      support_check=support_check)
     result = train_segmentor(img_dir, mask_dir, run, progress=_progress(ctx), **train, **kw)
     out = _small(result)
     ckpt = None if result.get("cancelled") else segmentor_checkpoint(project)
     if ckpt is not None:
         choice = _match_masks(project, ctx, ckpt, prefer_masks(project), device, min_peak,
-                              add_coarse=add_coarse, support_removal=support_removal)
+                              add_coarse=add_coarse, support_removal=support_removal,
+                              support_check=support_check)
         out.update(min_peak=choice["min_peak"], grow_to=choice["grow_to"],
                    f1_vs_masks={f"seed{kw.get('seed', 0)}": choice["score"]})
     return out
@@ -422,7 +437,7 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
 def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path, seeds: int,
                            min_peak: str | None, device: str, train: dict, kw: dict, *,
                            ensemble: bool = True, add_coarse: bool = True,
-                           support_removal: str = "auto") -> dict:
+                           support_removal: str = "auto", support_check: bool = False) -> dict:
     """Train ``seeds`` segmentors (``candidates/seed<S>/``) and make the one whose particles
     best match the project's masks the project's segmentor (its ``best_miou/``, ``last/`` and
     log copied to the run folder), as ``emcopilot pipeline --segmentor-seeds`` does against
@@ -450,7 +465,8 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
         ckpts[seed] = _checkpoint(cdir, ("best_miou", "last"))
         choices[seed] = _match_masks(project, ctx, ckpts[seed], masks, device, min_peak,
                                      keep=maps.setdefault(seed, []), add_coarse=add_coarse,
-                                     support_removal=support_removal)
+                                     support_removal=support_removal,
+                                     support_check=support_check)
     if ensemble:  # the segmentors' mean: their maps averaged (as the pipeline does), no rerun
         from emcopilot import io
         from emcopilot.training.checkpoint import ensemble_checkpoint
@@ -460,7 +476,8 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
                     for per_image in zip(*maps.values())]
         choices["mean"] = _match_masks(project, ctx, mean, masks, device, min_peak,
                                        maps=averaged, add_coarse=add_coarse,
-                                       support_removal=support_removal)
+                                       support_removal=support_removal,
+                                       support_check=support_check)
     best = best_segmentor({s: c["score"] for s, c in choices.items()})
     # the kept one's checkpoints (the mean has one: best_miou) and curves (the mean: the first's)
     winner = run / "candidates" / (f"seed{best}" if best != "mean" else f"seed{first}")
@@ -483,7 +500,7 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
                  device: str, min_peak: str | None = "auto", *,
                  maps: list[np.ndarray] | None = None,
                  keep: list[np.ndarray] | None = None, add_coarse: bool = False,
-                 support_removal: str = "off") -> dict:
+                 support_removal: str = "off", support_check: bool = False) -> dict:
     """A trained segmentor against the project's masks (edited where saved, else coarse):
     :func:`emcopilot.inference.choose_min_peak` on its probability maps of those images, which
     records the particle core probability ("auto": the one that best matches the masks; None:
@@ -495,12 +512,14 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
     ``add_coarse``: record that segmenting adds the masks' particles the segmentor missed
     (:attr:`emcopilot.inference.Segmentor.add_coarse`; only with masks); ``support_removal``:
     recorded first, so the maps are made as segmenting will make them
-    (:attr:`emcopilot.inference.Segmentor.support_removal`)."""
+    (:attr:`emcopilot.inference.Segmentor.support_removal`); ``support_check``: record that
+    segmenting keeps an image's support removal only where it matches the masks at least as
+    well as without it (:attr:`emcopilot.inference.Segmentor.support_check`)."""
     from emcopilot import io
     from emcopilot.inference import Segmentor, choose_min_peak
     from emcopilot.training.checkpoint import update_config
 
-    update_config(ckpt, support_removal=support_removal)
+    update_config(ckpt, support_removal=support_removal, support_check=bool(support_check))
     seg = Segmentor.load(ckpt, device=device)
 
     def probs():  # one map at a time (kept as 8-bit copies for the two choices)
@@ -560,8 +579,9 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
     params["model"]: "segmentor" (the project's trained segmentor) or "coarse" (the coarse
     masker with the same options as the coarse-mask job: quick report with no training).
     params["use_edited"]: with "coarse", use the saved (edited) masks where they exist.
-    With "segmentor", params["min_peak"], ["grow_to"], ["add_coarse"] and ["support_removal"]
-    ("auto", "on" or "off") override what the checkpoint records ("model", the default)."""
+    With "segmentor", params["min_peak"], ["grow_to"], ["add_coarse"], ["support_removal"]
+    ("auto", "on" or "off") and ["support_check"] (true or false) override what the checkpoint
+    records ("model", the default)."""
     from emcopilot.analysis import write_psd_report
     from emcopilot.io import write_label_map
 
@@ -617,6 +637,13 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
 
             support = resolve_support_mode(support)
         model_info["support_removal"] = seg.support_removal if support == "model" else support
+        # "model": as recorded in the checkpoint; True/False
+        support_check = params.get("support_check", "model")
+        if support_check not in ("model", True, False):
+            raise InputError(f"support_check must be 'model', true or false, got "
+                             f"{support_check!r}")
+        model_info["support_check"] = (seg.support_check if support_check == "model"
+                                       else support_check)
     else:
         from emcopilot.masking import coarse_mask, resolve_method
 
@@ -633,7 +660,7 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
         if model == "segmentor":
             labels, _ = seg.segment(image01, threshold=thr, polarity=_polarity(project, stem),
                                     min_peak=min_peak, grow_to=grow_to, add_coarse=add_coarse,
-                                    support=support,
+                                    support=support, support_check=support_check,
                                     # the project's mask (coarse or edited): the particle
                                     # scale, and the particles added with add_coarse
                                     scale_labels=(_load_mask(project, stem)

@@ -30,6 +30,7 @@ import numpy as np
 
 from emcopilot.atomic import atomic_write_text
 from emcopilot.errors import InputError
+from emcopilot.support import SUPPORT_CHECK_DEFAULT
 
 Progress = Callable[[int, int, str], None]
 
@@ -70,7 +71,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  min_peak: float | str | None = "auto", segmentor_seeds: int = 2,
                  grow_to: float | str | None = "auto", ensemble: bool = True,
                  add_coarse: bool = True, data_bar: bool = True, support_removal: str = "auto",
-                 support_in_training: bool = False,
+                 support_check: bool = SUPPORT_CHECK_DEFAULT, support_in_training: bool = False,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -152,6 +153,17 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     the median count error 0.74 -> 0.55 at the cost of precision and KS. On EMPS the per-image
     judgement misfires (dense films of free particles look "supported"), which is why
     "isolated" turns it off.
+
+    ``support_check``: segment each image whose support is removed without the removal too,
+    and keep the particles that match its coarse mask better
+    (:func:`emcopilot.support.removal_kept`; the map kept goes in ``segmentation/prob``, the
+    images segmented without it are listed in the segment record as
+    ``support_removal_dropped``); recorded in the checkpoint, so ``emcopilot segment`` and the
+    app do the same (:attr:`emcopilot.inference.Segmentor.support_check`). Off by default: on
+    run 26's catalyst models (BENCHMARKS.md, stop 24) it raised box F1 0.285 -> 0.303 and cut
+    the mean count error 1.10 -> 0.72 (Cu_silica1: 387 particles for 30 boxes -> 13), but it
+    also dropped the removal from images under-counted already, so the median count error and
+    KS got worse (0.52 -> 0.53, 0.18 -> 0.20).
 
     ``support_in_training`` (default False): also give the generator (and, with
     ``segmentor_data`` "synthetic+real", the segmentor) the images support removal reaches
@@ -415,24 +427,48 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             prob_dir.mkdir(parents=True, exist_ok=True)
             for stem in meta:
                 shutil.copyfile(maps[best] / f"{stem}.png", prob_dir / f"{stem}.png")
-        update_config(ckpt, add_coarse=bool(add_coarse), support_removal=support_removal)
-        items, added = [], 0
-        for stem in meta:
-            prob = stored(stem)
+        update_config(ckpt, add_coarse=bool(add_coarse), support_removal=support_removal,
+                      support_check=bool(support_check))
+        kept = Segmentor.load(ckpt, device=device) if support_check else None
+        unremoved_dir = result_dir / "candidates" / "without_support_removal"
+
+        def particles(prob: np.ndarray, coarse: np.ndarray) -> tuple[np.ndarray, int]:
             labels = segmentors[best].instances(prob, min_peak=chosen, grow_to=grown)
+            found = int(labels.max())
             if add_coarse:
-                found = int(labels.max())
-                labels = add_coarse_particles(labels, io.read_label_map(mask_dir / f"{stem}.png"),
-                                              prob)
-                added += int(labels.max()) - found
-            io.write_label_map(result_dir / f"{stem}.png", labels)
+                labels = add_coarse_particles(labels, coarse, prob)
+            return labels, int(labels.max()) - found
+
+        items, added, dropped = [], 0, []
+        for i, stem in enumerate(meta):
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
+            coarse = io.read_label_map(mask_dir / f"{stem}.png")
+            labels, more = particles(stored(stem), coarse)
+            if kept is not None and kept.removes_support(image01, polarity="bright",
+                                                         data_bar=data_bar,
+                                                         support=support_removal):
+                from emcopilot.support import removal_kept
+
+                report(7, len(STAGES), f"segment: {stem} without support removal "
+                                       f"{i}/{len(meta)}")
+                io.write_image(unremoved_dir / f"{stem}.png", kept.probability(
+                    image01, polarity="bright",
+                    scale_labels=coarse if kept.particle_diameter_px else None,
+                    data_bar=data_bar, support=False))
+                without, more_without = particles(stored(stem, unremoved_dir), coarse)
+                if not removal_kept(labels, without, coarse):
+                    labels, more = without, more_without
+                    shutil.copyfile(unremoved_dir / f"{stem}.png", prob_dir / f"{stem}.png")
+                    dropped.append(stem)
+            added += more
+            io.write_label_map(result_dir / f"{stem}.png", labels)
             items.append((stem, labels, meta[stem]["pixel_size_nm"], image01))
         summary = write_psd_report(items, result_dir)
         _mark_done(out, state, "segment", count=summary.get("batch", {}).get("count"),
                    min_peak=chosen, grow_to=grown, model=str(ckpt),
                    add_coarse=bool(add_coarse), coarse_particles_added=added,
-                   support_removal=support_removal,
+                   support_removal=support_removal, support_check=bool(support_check),
+                   **({"support_removal_dropped": dropped} if support_check else {}),
                    f1_vs_coarse={(s if s == "mean" else f"seed{s}"): c["score"]
                                  for s, c in choices.items()})
     report(len(STAGES), len(STAGES), "done")

@@ -33,7 +33,7 @@ from .errors import InputError
 
 __all__ = ["SUPPORT_MODES", "SUPPORT_RADIUS_WIDTHS", "remove_support", "remove_support_at_mask_scale",
            "write_support_removed", "shows_support", "preset_followed", "recorded_mode", "scope",
-           "resolve_support_mode"]
+           "resolve_support_mode", "removal_kept", "SUPPORT_CHECK_DEFAULT"]
 
 #: "auto": as the classical preset says (per image with preset "auto"); "on": every image;
 #: "off": none.
@@ -41,6 +41,11 @@ SUPPORT_MODES = ("auto", "on", "off")
 #: disc radius of the top-hat in typical particle widths (structures wider than about twice this
 #: are removed); measured on the catalysts and EMPS test with run 19 (BENCHMARKS.md, stop 18)
 SUPPORT_RADIUS_WIDTHS = 1.5
+#: whether the pipeline and the app's training keep an image's support removal only where it
+#: matches the coarse mask at least as well as without it (:func:`removal_kept`); off: on run
+#: 26 it won box F1 and the mean count error and lost the median count error and KS
+#: (BENCHMARKS.md, stop 24)
+SUPPORT_CHECK_DEFAULT = False
 
 
 def remove_support(image01: np.ndarray, particle_width_px: float,
@@ -162,3 +167,21 @@ def resolve_support_mode(mode: str) -> str:
         raise InputError(f"support removal must be one of {', '.join(SUPPORT_MODES)}, "
                          f"got {mode!r}")
     return mode
+
+
+def removal_kept(with_removal: np.ndarray, without: np.ndarray, coarse: np.ndarray) -> bool:
+    """Whether an image's particles segmented with its support removed (``with_removal``) are
+    kept over those segmented without (``without``): unless the latter match the image's coarse
+    mask (``coarse``, label maps of one shape) better by object F1 at IoU 0.5
+    (:func:`emcopilot.metrics.object_scores`, one-to-one), i.e. ties keep the removal.
+
+    The removal lets the segmentor find small particles on a support, and on some images it
+    leaves support texture that the segmentor then takes for particles (BENCHMARKS.md, run 25:
+    Cu_silica1 319 particles for 30 boxes with it, 22 without); the coarse mask, made without
+    any model, is the label-free referee, as it is for the segmentor's other choices
+    (:func:`emcopilot.inference.choose_min_peak`). Measured on run 26 (BENCHMARKS.md, stop
+    24) it is not the default (:data:`SUPPORT_CHECK_DEFAULT`)."""
+    from .metrics import object_scores
+
+    return (float(object_scores(with_removal, coarse)["f1"])
+            >= float(object_scores(without, coarse)["f1"]))

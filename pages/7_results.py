@@ -87,6 +87,18 @@ if model == "segmentor":
              "large particles (BENCHMARKS.md).")
     if removal != support:
         params["support_removal"] = removal
+    checked = job_kinds.segmentor_support_check(ckpt)
+    check = st.checkbox(
+        "Keep the support removal only where it matches the masks at least as well"
+        + (" (chosen for this model)" if checked else ""), value=checked,
+        disabled=removal == "off",
+        help="Each image whose support is taken out is segmented without that too, and the "
+             "particles that match its mask (edited, else the coarse mask) better by object F1 "
+             "are kept. The removal finds small particles on a support, but on some images the "
+             "segmentor then takes what is left of the support for particles (BENCHMARKS.md). "
+             "It segments those images twice.")
+    if check != checked and removal != "off":
+        params["support_check"] = check
 if st.button("Segment all images and write the report", type="primary",
              icon=":material/play_arrow:"):
     _ui.submit_job(store, project, "segment", params)

@@ -290,6 +290,10 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
     # preset auto)
     assert recorded["support_removal"] == "auto"
     assert job_kinds.coarse_masks_preset(masked) == "auto" and recorded["scale_preset"] == "auto"
+    # and whether the removal is checked against the masks per image (as the pipeline's default)
+    from emcopilot.support import SUPPORT_CHECK_DEFAULT
+
+    assert recorded["support_check"] is SUPPORT_CHECK_DEFAULT
     mixed = job_kinds.segmentor_runs(masked) / "training_data"
     names = sorted(p.name for p in (mixed / "masks").glob("*.png"))
     assert names == sorted([f"{s}_syn000.png" for s in own] + [f"real_{s}.png" for s in own])
@@ -596,6 +600,25 @@ def test_results_remove_the_support_as_recorded_or_as_chosen(store, masked):
         assert model["support_removal"] == used
     with pytest.raises(Exception, match="support removal"):
         job_kinds.segment_job(masked, {"model": "segmentor", "support_removal": "yes"}, Ctx())
+    # the check of the removal against the masks: off as recorded, a tick sends it to the job
+    check = "Keep the support removal only where it matches the masks at least as well"
+    at = open_page(PAGES[6], masked.id)
+    ticks = [c for c in at.checkbox if c.label == check]
+    assert len(ticks) == 1 and ticks[0].value is False
+    assert job_kinds.segmentor_support_check(ckpt) is False
+    ticks[0].check().run()
+    button(at, "Segment all images and write the report").click().run()
+    params = jobs_of(store, masked, "segment")[-1]["params"]
+    assert params["support_check"] is True
+    job_kinds.segment_job(masked, {"model": "segmentor", **params}, Ctx())
+    assert json.loads((results / "provenance.json").read_text())["model"]["support_check"] is True
+    update_config(ckpt, support_check=True)
+    assert job_kinds.segmentor_support_check(ckpt) is True
+    at = open_page(PAGES[6], masked.id)
+    ticks = [c for c in at.checkbox if c.label.startswith(check)]
+    assert ticks[0].value is True and "(chosen for this model)" in ticks[0].label
+    with pytest.raises(Exception, match="support_check"):
+        job_kinds.segment_job(masked, {"model": "segmentor", "support_check": "yes"}, Ctx())
 
 
 def test_job_panel_follows_the_store(store, project):

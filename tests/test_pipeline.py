@@ -108,6 +108,9 @@ def test_cli_pipeline_warns_about_unsure_polarity(monkeypatch, tmp_path, capsys)
     (tmp_path / "in").mkdir()
     assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q"]) == 0
     assert seen[-1]["support_removal"] == "auto" and seen[-1]["support_in_training"] is False
+    from emcopilot.support import SUPPORT_CHECK_DEFAULT
+
+    assert seen[-1]["support_check"] is SUPPORT_CHECK_DEFAULT
     assert seen[-1]["segmentor_options"] is None
     err = capsys.readouterr().err
     assert "polarity detected for 1 image(s) is unsure: noise" in err and "--polarity" in err
@@ -115,8 +118,10 @@ def test_cli_pipeline_warns_about_unsure_polarity(monkeypatch, tmp_path, capsys)
     result["stages"]["images"]["polarity_unsure"] = []
     result["stages"]["masks"] = {"no_particles": ["blank", "PtC2"]}
     assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q",
-                     "--support-in-training", "on", "--segmentor-base", "16"]) == 0
+                     "--support-in-training", "on", "--segmentor-base", "16",
+                     "--support-check", "off" if SUPPORT_CHECK_DEFAULT else "on"]) == 0
     assert seen[-1]["support_in_training"] is True
+    assert seen[-1]["support_check"] is not SUPPORT_CHECK_DEFAULT
     assert seen[-1]["segmentor_options"] == {"base": 16}
     err = capsys.readouterr().err
     assert "unsure" not in err
@@ -447,3 +452,69 @@ def test_a_given_core_probability_is_recorded_for_segment(pipeline_run, tmp_path
         coarse = io.read_label_map(out / "coarse_masks" / f"{stem}.png")
         np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
                                       add_coarse_particles(seg.instances(prob), coarse, prob))
+
+
+@pytest.mark.slow
+def test_support_check_keeps_the_removal_only_where_it_matches_the_coarse_masks(pipeline_run,
+                                                                              tmp_path,
+                                                                              monkeypatch):
+    """The segment stage with the support removed from every image, with and without the check:
+    with it, each image keeps the particles (and map) of the removal unless those made without
+    it match its coarse mask better (support.removal_kept), the images that lost it are listed,
+    and the checkpoint records the check for `segment`."""
+    from emcopilot.inference import Segmentor
+    from emcopilot.support import removal_kept
+
+    src, fixture_run, _, _ = pipeline_run
+    stems = sorted(p.stem for p in src.iterdir())
+    # a segmentor at the common particle width of its own (another test retrains the fixture's
+    # without it, and only such a segmentor can size the support removal's disc)
+    first = tmp_path / "first"
+    _copy_run(fixture_run, first, redo=("segmentor", "segment"))
+    shutil.rmtree(first / "segmentor")
+    run_pipeline(src, first, **TINY)
+    seg = Segmentor.load(load_state(first)["stages"]["segment"]["model"], device="cpu")
+    for stem in stems:  # the removal reaches every image, so each is checked
+        image01 = io.normalize(io.read_micrograph(first / "images" / f"{stem}.png").image)
+        assert seg.removes_support(image01, polarity="bright", support="on"), stem
+    runs = {}
+    for name, support_check in (("removed", False), ("without", None), ("checked", True)):
+        out = tmp_path / name
+        _copy_run(first, out)
+        # every particle, no growth: the three runs make particles from their maps alike
+        options = dict(min_peak=None, grow_to=None, **(
+            {"support_removal": "off"} if support_check is None else
+            {"support_removal": "on", "support_check": support_check}))
+        run_pipeline(src, out, **{**TINY, **options})
+        runs[name] = out
+    record = load_state(runs["checked"])["stages"]["segment"]
+    assert record["support_check"] is True
+    assert Segmentor.load(record["model"], device="cpu").support_check is True
+    assert "support_removal_dropped" not in load_state(runs["removed"])["stages"]["segment"]
+    dropped = set(record["support_removal_dropped"])
+    assert dropped <= set(stems)
+    for stem in stems:
+        coarse = io.read_label_map(runs["checked"] / "coarse_masks" / f"{stem}.png")
+        labels = {name: io.read_label_map(out / "segmentation" / f"{stem}.png")
+                  for name, out in runs.items()}
+        kept = removal_kept(labels["removed"], labels["without"], coarse)
+        assert (stem not in dropped) == kept, stem
+        source = "removed" if kept else "without"
+        np.testing.assert_array_equal(labels["checked"], labels[source])
+        np.testing.assert_array_equal(
+            io.read_micrograph(runs["checked"] / "segmentation" / "prob" / f"{stem}.png").image,
+            io.read_micrograph(runs[source] / "segmentation" / "prob" / f"{stem}.png").image)
+    # a referee that prefers every image without the removal: the run is the plain one's
+    import emcopilot.support
+
+    monkeypatch.setattr(emcopilot.support, "removal_kept", lambda *_: False)
+    out = tmp_path / "refused"
+    _copy_run(first, out)
+    run_pipeline(src, out, **{**TINY, "min_peak": None, "grow_to": None,
+                              "support_removal": "on", "support_check": True})
+    assert load_state(out)["stages"]["segment"]["support_removal_dropped"] == stems
+    for stem in stems:
+        for part in (f"{stem}.png", f"prob/{stem}.png"):
+            np.testing.assert_array_equal(
+                io.read_micrograph(out / "segmentation" / part).image,
+                io.read_micrograph(runs["without"] / "segmentation" / part).image)

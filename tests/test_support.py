@@ -244,9 +244,87 @@ def test_segment_cli_removes_the_support_and_says_so(tmp_path, examples_dir, tra
                  str(tmp_path / "off"), "--support-removal", "off", "--device", "cpu",
                  "-q"]) == 0
     assert "support removed" not in capsys.readouterr().out
+    # the check, switched on for a model that does not record it: said, and as the library does
+    assert main(["segment", str(image), "--model", str(tmp_path / "auto"), "--out",
+                 str(tmp_path / "checked"), "--support-check", "on", "--device", "cpu",
+                 "-q"]) == 0
+    assert "kept only where its particles match the coarse mask" in capsys.readouterr().out
+    seg = Segmentor.load(tmp_path / "auto", device="cpu")
+    labels, _ = seg.segment(io.normalize(io.read_micrograph(image).image), support_check=True)
+    np.testing.assert_array_equal(io.read_label_map(tmp_path / "checked" / "Ru4.png"), labels)
     assert (io.read_micrograph(tmp_path / "off" / "prob" / "Ru4.png").image
             != io.read_micrograph(tmp_path / "out_auto" / "prob" / "Ru4.png").image).any()
     with pytest.raises(SystemExit) as exc:
         main(["segment", str(image), "--model", str(tmp_path / "auto"), "--out",
               str(tmp_path / "bad"), "--support-removal", "sometimes"])
     assert exc.value.code == 2
+
+
+def _discs(centres, shape=(64, 64), r=4):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    out = np.zeros(shape, np.int32)
+    for k, (y, x) in enumerate(centres, start=1):
+        out[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
+    return out
+
+
+def test_removal_kept_unless_the_particles_without_it_match_the_coarse_mask_better():
+    from emcopilot.support import removal_kept
+
+    coarse = _discs([(10, 10), (10, 40), (40, 10)])
+    found = _discs([(10, 10), (10, 40), (40, 10)])
+    texture = _discs([(10, 10), (10, 40), (40, 10), (30, 30), (50, 50), (55, 30)], r=2)
+    assert removal_kept(found, texture, coarse) is True
+    assert removal_kept(texture, found, coarse) is False
+    assert removal_kept(found, found.copy(), coarse) is True  # a tie keeps the removal
+
+
+def test_segment_checks_the_removal_against_the_coarse_mask(tmp_path, examples_dir,
+                                                            trained_net, monkeypatch):
+    import emcopilot.support
+
+    catalyst = io.normalize(io.read_micrograph(examples_dir / "catalysts" / "images"
+                                               / "Ru4.jpg").image)
+    free = io.normalize(io.read_micrograph(examples_dir / "emps" / "images"
+                                           / "c363833ad2.png").image)
+    scaled = dict(particle_diameter_px=32, scale_preset="auto", input_polarity="bright",
+                  support_removal="auto")
+    plain = _checkpoint(tmp_path, trained_net, "plain", **scaled)
+    checked = _checkpoint(tmp_path, trained_net, "checked", support_check=True, **scaled)
+    assert plain.support_check is False and checked.support_check is True
+    assert checked.removes_support(catalyst) and not checked.removes_support(free)
+    removed = plain.segment(catalyst, add_coarse=False)
+    without = plain.segment(catalyst, add_coarse=False, support="off")
+    assert np.abs(removed[1] - without[1]).max() > 0.01
+    coarse = checked.coarse_labels(checked.prepare(catalyst))
+    kept = emcopilot.support.removal_kept(removed[0], without[0], coarse)
+    got = checked.segment(catalyst, add_coarse=False)
+    for a, b in zip(got, removed if kept else without):
+        np.testing.assert_array_equal(a, b)
+    # either way, as the referee says (the choice made by emcopilot.support.removal_kept)
+    for verdict, expected in ((True, removed), (False, without)):
+        monkeypatch.setattr(emcopilot.support, "removal_kept", lambda *a, v=verdict: v)
+        for a, b in zip(checked.segment(catalyst, add_coarse=False), expected):
+            np.testing.assert_array_equal(a, b)
+        # the check can be switched off per call, and the model's plain one switched on
+        for a, b in zip(checked.segment(catalyst, add_coarse=False, support_check=False),
+                        removed):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(plain.segment(catalyst, add_coarse=False, support_check=True),
+                        expected):
+            np.testing.assert_array_equal(a, b)
+
+    # an image whose support is not removed is not checked
+    def refuse(*_):
+        raise AssertionError("checked an image whose support was not removed")
+
+    monkeypatch.setattr(emcopilot.support, "removal_kept", refuse)
+    for a, b in zip(checked.segment(free, add_coarse=False), plain.segment(free, add_coarse=False)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_cli_states_the_library_support_check_default():
+    from emcopilot.cli import SUPPORT_CHECK_DEFAULT as cli_default
+    from emcopilot.support import SUPPORT_CHECK_DEFAULT
+
+    assert cli_default is SUPPORT_CHECK_DEFAULT
