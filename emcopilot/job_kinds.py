@@ -180,11 +180,15 @@ def segmentor_grow_to(ckpt: Path | None) -> float | str | None:
     return config_grow_to(cfg) if cfg is not None else None
 
 
+def _recorded_flag(ckpt: Path | None, key: str) -> bool:
+    """A yes/no setting a checkpoint's config.json records (False when absent or unreadable)."""
+    return bool((_checkpoint_config(ckpt) or {}).get("config", {}).get(key, False))
+
+
 def segmentor_add_coarse(ckpt: Path | None) -> bool:
     """Whether a checkpoint's config.json records ``add_coarse`` (segmenting also keeps the
     masks' particles the segmentor missed; False when absent or unreadable)."""
-    cfg = _checkpoint_config(ckpt)
-    return bool((cfg or {}).get("config", {}).get("add_coarse", False))
+    return _recorded_flag(ckpt, "add_coarse")
 
 
 def segmentor_support_removal(ckpt: Path | None) -> str:
@@ -198,8 +202,7 @@ def segmentor_support_removal(ckpt: Path | None) -> str:
 def segmentor_support_check(ckpt: Path | None) -> bool:
     """Whether a checkpoint's config.json records ``support_check`` (an image's support removal
     kept only where it matches the masks at least as well; False when absent or unreadable)."""
-    cfg = _checkpoint_config(ckpt)
-    return bool((cfg or {}).get("config", {}).get("support_check", False))
+    return _recorded_flag(ckpt, "support_check")
 
 
 def segmentor_support_scope(ckpt: Path | None) -> str:

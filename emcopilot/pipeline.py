@@ -158,7 +158,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     and keep the particles that match its coarse mask better
     (:func:`emcopilot.support.removal_kept`; the map kept goes in ``segmentation/prob``, the
     images segmented without it are listed in the segment record as
-    ``support_removal_dropped``); recorded in the checkpoint, so ``emcopilot segment`` and the
+    ``support_removal_dropped``; the images whose support was removed are listed as
+    ``support_removed`` in any case); recorded in the checkpoint, so ``emcopilot segment`` and the
     app do the same (:attr:`emcopilot.inference.Segmentor.support_check`). Off by default: on
     run 26's catalyst models (BENCHMARKS.md, stop 24) it raised box F1 0.285 -> 0.303 and cut
     the mean count error 1.10 -> 0.72 (Cu_silica1: 387 particles for 30 boxes -> 13), but it
@@ -379,6 +380,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         trained = done["segmentor"].get("candidates") or {str(seed): str(seg_dir)}
         candidates = {int(s): Path(d) for s, d in trained.items()}
         choices, segmentors = {}, {}
+        # whether each image has its support taken out: judged once (the candidates share the
+        # run's settings), for every segmentor and for support_check
+        takes_out: dict[str, bool] = {}
         maps = {s: prob_dir if len(candidates) == 1 else result_dir / "candidates" / f"seed{s}"
                 for s in candidates}
         for k, (s, cdir) in enumerate(candidates.items()):
@@ -390,8 +394,11 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 # the images are bright-particle copies; the coarse mask measures the scale
                 coarse = (io.read_label_map(mask_dir / f"{stem}.png")
                           if segmentor.particle_diameter_px else None)
+                if stem not in takes_out:
+                    takes_out[stem] = segmentor.removes_support(
+                        image01, polarity="bright", data_bar=data_bar, support=support_removal)
                 prob = segmentor.probability(image01, polarity="bright", scale_labels=coarse,
-                                             data_bar=data_bar, support=support_removal)
+                                             data_bar=data_bar, support=takes_out[stem])
                 io.write_image(maps[s] / f"{stem}.png", prob)
             report(7, len(STAGES), "segment: matching the particles with the coarse masks")
             choices[s] = choose_min_peak(
@@ -444,9 +451,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
             coarse = io.read_label_map(mask_dir / f"{stem}.png")
             labels, more = particles(stored(stem), coarse)
-            if kept is not None and kept.removes_support(image01, polarity="bright",
-                                                         data_bar=data_bar,
-                                                         support=support_removal):
+            if kept is not None and takes_out[stem]:
                 from emcopilot.support import removal_kept
 
                 report(7, len(STAGES), f"segment: {stem} without support removal "
@@ -467,7 +472,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         _mark_done(out, state, "segment", count=summary.get("batch", {}).get("count"),
                    min_peak=chosen, grow_to=grown, model=str(ckpt),
                    add_coarse=bool(add_coarse), coarse_particles_added=added,
-                   support_removal=support_removal, support_check=bool(support_check),
+                   support_removal=support_removal,
+                   support_removed=[x for x in meta if takes_out[x]],
+                   support_check=bool(support_check),
                    **({"support_removal_dropped": dropped} if support_check else {}),
                    f1_vs_coarse={(s if s == "mean" else f"seed{s}"): c["score"]
                                  for s, c in choices.items()})

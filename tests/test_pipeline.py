@@ -487,8 +487,10 @@ def test_support_check_keeps_the_removal_only_where_it_matches_the_coarse_masks(
             {"support_removal": "on", "support_check": support_check}))
         run_pipeline(src, out, **{**TINY, **options})
         runs[name] = out
+    # preset isolated with support removal auto (the fixture's settings): no image reached
+    assert load_state(first)["stages"]["segment"]["support_removed"] == []
     record = load_state(runs["checked"])["stages"]["segment"]
-    assert record["support_check"] is True
+    assert record["support_removed"] == stems and record["support_check"] is True
     assert Segmentor.load(record["model"], device="cpu").support_check is True
     assert "support_removal_dropped" not in load_state(runs["removed"])["stages"]["segment"]
     dropped = set(record["support_removal_dropped"])
