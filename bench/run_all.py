@@ -15,6 +15,7 @@ import time
 BENCHMARKS = [
     ["bench.bench_classical"],
     ["bench.bench_auto_preset"],
+    ["bench.bench_local_noise"],
     ["bench.bench_polarity"],
     ["bench.bench_inference", "--profiles", "cpu", "--repeat", "7"],
     ["bench.bench_nets"],

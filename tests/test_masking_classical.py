@@ -101,7 +101,7 @@ def test_bad_options_are_input_errors():
         ClassicalMasker()(np.zeros((32, 32), np.float32), polarity="sideways")
 
 
-@pytest.mark.parametrize("threshold", ["otsu", "li", "triangle", "local", "noise"])
+@pytest.mark.parametrize("threshold", ["otsu", "li", "triangle", "local", "noise", "local_noise"])
 @pytest.mark.parametrize("background", ["none", "gaussian", "tophat"])
 def test_every_threshold_and_background_runs(threshold, background):
     img, truth = _discs_image(centres=CENTRES, r=8)
@@ -110,6 +110,66 @@ def test_every_threshold_and_background_runs(threshold, background):
     # every method finds most of these clean discs
     found = sum(lab[cy, cx] > 0 for cy, cx in CENTRES)
     assert found >= len(CENTRES) - 1, (threshold, background, found)
+
+
+def _two_supports(seed: int = 0) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Left half: a quiet support (noise sd 0.01) with faint particles (+0.08); right half: a
+    noisy support (sd 0.05) with none. Flat backgrounds: no smoothing or subtraction is needed."""
+    rng = np.random.default_rng(seed)
+    img = np.full((256, 512), 0.4, np.float32)
+    img[:, :256] += rng.normal(0, 0.01, (256, 256)).astype(np.float32)
+    img[:, 256:] += rng.normal(0, 0.05, (256, 256)).astype(np.float32)
+    yy, xx = np.mgrid[:256, :512]
+    centres = [(48 + 40 * i, 48 + 80 * j) for i in range(5) for j in range(3)]
+    for cy, cx in centres:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 25] += 0.08
+    return np.clip(img, 0, 1), centres
+
+
+def test_local_noise_threshold_follows_the_support_noise():
+    img, centres = _two_supports()
+    opts = dict(sigma=0, background="none", noise_k=6.0, min_area=10, opening_radius=0,
+                fill_holes=True, min_distance=0)
+    local = ClassicalMasker(threshold="local_noise", noise_window=32, **opts)(img,
+                                                                              polarity="bright")
+    whole = ClassicalMasker(threshold="noise", **opts)(img, polarity="bright")
+    found_local = sum(local[cy, cx] > 0 for cy, cx in centres)
+    found_whole = sum(whole[cy, cx] > 0 for cy, cx in centres)
+    # one noise level for the whole frame sits above the faint particles of the quiet half ...
+    assert found_whole <= 2, found_whole
+    # ... the local level finds them, and takes no noise of the loud half for particles
+    assert found_local >= len(centres) - 1, found_local
+    assert local[:, 256 + 8:].max() == 0
+    assert local.max() <= len(centres) + 2
+
+
+def test_local_noise_floor_keeps_a_flat_region_background():
+    img, centres = _two_supports()
+    img[:, :256] = 0.4  # quantised flat support: MAD 0 in its tiles
+    for cy, cx in centres:
+        img[cy - 4:cy + 5, cx - 4:cx + 5] = 0.6
+    lab = ClassicalMasker(threshold="local_noise", noise_window=32, sigma=0, background="none",
+                          min_area=10, opening_radius=0, min_distance=0)(img, polarity="bright")
+    assert (lab[:, :250] > 0).mean() < 0.05  # not the whole flat half
+    assert sum(lab[cy, cx] > 0 for cy, cx in centres) == len(centres)
+
+
+def test_local_noise_level_interpolates_between_tiles():
+    from emcopilot.masking.classical import local_noise
+
+    rng = np.random.default_rng(1)
+    img = np.concatenate([rng.normal(0.2, 0.01, (128, 128)), rng.normal(0.6, 0.04, (128, 128))],
+                         axis=1).astype(np.float32)
+    med, sd = local_noise(img, window=32, floor=0.0)
+    assert med.shape == sd.shape == img.shape
+    assert abs(float(np.median(med[:, :48])) - 0.2) < 0.005
+    assert abs(float(np.median(med[:, -48:])) - 0.6) < 0.01
+    assert abs(float(np.median(sd[:, :48])) - 0.01) < 0.002
+    assert abs(float(np.median(sd[:, -48:])) - 0.04) < 0.006
+    # the floor lifts the quiet side to a share of the whole image's deviation
+    _, floored = local_noise(img, window=32, floor=0.5)
+    whole = 1.4826 * float(np.median(np.abs(img - np.median(img))))
+    assert float(floored.min()) >= 0.5 * whole - 1e-6
 
 
 def test_presets_are_valid_options():
@@ -121,23 +181,21 @@ def test_presets_are_valid_options():
 
 # ----------------------------------------------------------------------------- real data
 
-def test_emps_examples_accuracy_and_speed(examples_dir):
+def test_emps_examples_accuracy(examples_dir):
     from emcopilot.metrics import object_scores, pixel_scores
 
     masker = ClassicalMasker()
-    dice, f1, times = [], [], []
+    dice, f1 = [], []
     for _, img, truth in _emps(examples_dir):
-        t = time.perf_counter()
         pred = masker(img, polarity="auto")
-        times.append(time.perf_counter() - t)
         dice.append(pixel_scores(pred, truth)["dice"])
         f1.append(object_scores(pred, truth, iou_threshold=0.5)["f1"])
     # Measured on the 6 bundled EMPS test images: mean pixel Dice 0.804, mean object F1 0.673
     # (median Dice 0.932; f7fa7d1729 and c363833ad2 are the weak ones, Dice 0.43 and 0.65).
     assert np.mean(dice) > 0.75
     assert np.mean(f1) > 0.60
-    # median 0.05-0.11 s per ~512 px image measured (2 busy shared cores); target < 0.2 s
-    assert np.median(times) < 0.4
+    # its speed (target < 0.2 s per 512 px image) is measured by bench.bench_classical, not
+    # here: a timed assertion fails whenever the machine is busy
 
 
 def test_emps_examples_coarse_mask_filters(examples_dir):

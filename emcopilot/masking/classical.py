@@ -21,9 +21,10 @@ from emcopilot.masking.filters import bright_image, resolve_polarity
 
 __all__ = ["ClassicalMasker", "PRESETS", "THRESHOLD_METHODS", "BACKGROUND_METHODS", "choose_preset",
            "otsu_foreground", "largest_region", "AUTO_SUPPORT_FOREGROUND", "AUTO_MIN_PARTICLES",
-           "AUTO_SUPPORT_REGION", "AUTO_ON_REGION_MIN", "AUTO_ON_REGION_SHARE", "AUTO_ON_REGION_COVER"]
+           "AUTO_SUPPORT_REGION", "AUTO_ON_REGION_MIN", "AUTO_ON_REGION_SHARE", "AUTO_ON_REGION_COVER",
+           "local_noise"]
 
-THRESHOLD_METHODS = ("otsu", "li", "triangle", "local", "noise")
+THRESHOLD_METHODS = ("otsu", "li", "triangle", "local", "noise", "local_noise")
 BACKGROUND_METHODS = ("none", "gaussian", "tophat")
 
 #: Named parameter sets. "isolated" = the defaults, chosen on EMPS *train* images (free particles,
@@ -51,14 +52,19 @@ class ClassicalMasker:
         background_radius: scale of the background, px; choose it larger than the largest
             particle radius.
         threshold: ``"otsu"``, ``"li"``, ``"triangle"`` (global, scikit-image), ``"local"``
-            (Gaussian-weighted local mean over ``local_block_size`` px minus ``local_offset``)
-            or ``"noise"`` (median + ``noise_k`` robust standard deviations).
+            (Gaussian-weighted local mean over ``local_block_size`` px minus ``local_offset``),
+            ``"noise"`` (median + ``noise_k`` robust standard deviations) or ``"local_noise"``
+            (the same, with median and deviation measured per ``noise_window`` tile:
+            :func:`local_noise`).
         threshold_scale: the global threshold is multiplied by this (>1 = stricter).
         local_block_size: odd window size of the local threshold, px.
         local_offset: subtracted from the local mean (image units, 0-1).
         noise_k: for ``threshold="noise"``: foreground = more than ``noise_k`` robust standard
             deviations (1.4826 x median absolute deviation) above the median; suits a
             background-subtracted image of small particles on a support.
+        noise_window: for ``threshold="local_noise"``: tile size of the local level, px.
+        noise_floor: for ``threshold="local_noise"``: the local deviation is kept at or above
+            this share of the whole image's (a flat, quantised region has none).
         min_area: particles smaller than this are removed, px (of the input image).
         min_distance: minimum distance between the centres of touching particles, px; 0 = do not
             split touching particles.
@@ -82,6 +88,8 @@ class ClassicalMasker:
     local_block_size: int = 101
     local_offset: float = 0.0
     noise_k: float = 4.0
+    noise_window: int = 64
+    noise_floor: float = 0.5
     min_area: int = 30
     min_distance: int = 5
     split_h: float = 4.0
@@ -137,6 +145,9 @@ class ClassicalMasker:
             med = float(np.median(img))
             mad = float(np.median(np.abs(img - med))) * 1.4826
             binary = img > med + self.noise_k * max(mad, 1e-6) * self.threshold_scale
+        elif self.threshold == "local_noise":
+            med, sigma = local_noise(img, self.noise_window, self.noise_floor)
+            binary = img > med + self.noise_k * sigma * self.threshold_scale
         else:
             fn = {"otsu": skfilters.threshold_otsu, "li": skfilters.threshold_li,
                   "triangle": skfilters.threshold_triangle}[self.threshold]
@@ -177,6 +188,39 @@ class ClassicalMasker:
             labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
             labels = remove_small_instances(labels, self.min_area)
         return labels.astype(np.int32, copy=False)
+
+
+def local_noise(img: np.ndarray, window: int, floor: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Local median and robust standard deviation (1.4826 x MAD) of ``img``, per pixel.
+
+    Both are measured in tiles of ``window`` px, smoothed over 3 x 3 tiles by a median (so a
+    tile full of particles does not raise its neighbours' level) and interpolated bilinearly
+    between tile centres, as astronomical background meshes are (SExtractor). The deviation is
+    kept at or above ``floor`` times the whole image's, so that a flat, quantised region (MAD 0)
+    does not turn its last grey level into particles.
+    """
+    img = np.asarray(img, np.float32)
+    h, w = img.shape
+    window = max(8, int(window))
+    ny, nx = max(1, round(h / window)), max(1, round(w / window))
+    ys = np.linspace(0, h, ny + 1).round().astype(int)
+    xs = np.linspace(0, w, nx + 1).round().astype(int)
+    med = np.empty((ny, nx), np.float32)
+    sig = np.empty((ny, nx), np.float32)
+    for i in range(ny):
+        for j in range(nx):
+            tile = img[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
+            m = float(np.median(tile))
+            med[i, j] = m
+            sig[i, j] = 1.4826 * float(np.median(np.abs(tile - m)))
+    if ny >= 3 or nx >= 3:
+        med = ndi.median_filter(med, size=3, mode="nearest")
+        sig = ndi.median_filter(sig, size=3, mode="nearest")
+    whole_med = float(np.median(img))
+    whole = 1.4826 * float(np.median(np.abs(img - whole_med)))
+    sig = np.maximum(sig, max(floor * whole, 1e-6))
+    return (cv2.resize(med, (w, h), interpolation=cv2.INTER_LINEAR),
+            cv2.resize(sig, (w, h), interpolation=cv2.INTER_LINEAR))
 
 
 #: ``choose_preset``: an Otsu foreground covering more than this fraction of the image means the
