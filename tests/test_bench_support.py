@@ -15,10 +15,11 @@ from emcopilot.nets import UNetPlusPlus
 from emcopilot.training import save_checkpoint
 
 
-def _fake_run(root, examples_dir):
-    """A pipeline run folder: one bundled catalyst and one EMPS image (bright copies), their
-    classical coarse masks, a (tiny, untrained) scale-normalised segmentor that adds coarse
-    particles, and the state file."""
+def _fake_run(root, examples_dir, crop: int | None = None, segmentor_dir: str = "best_miou"):
+    """A pipeline run folder: one bundled catalyst and one EMPS image (bright copies; their
+    top-left ``crop`` px when given), their classical coarse masks, a (tiny, untrained)
+    scale-normalised segmentor that adds coarse particles (in ``segmentor/<segmentor_dir>``),
+    and the state file."""
     run = root / "run"
     for sub in ("images", "coarse_masks"):
         (run / sub).mkdir(parents=True)
@@ -26,13 +27,15 @@ def _fake_run(root, examples_dir):
                "c363833ad2": examples_dir / "emps" / "images" / "c363833ad2.png"}
     for stem, src in sources.items():
         image01 = io.normalize(io.read_micrograph(src).image)
+        if crop:
+            image01 = image01[:crop, :crop]
         bright = io.bright_particles(image01, "auto")
         io.write_image(run / "images" / f"{stem}.png", bright)
         io.write_label_map(run / "coarse_masks" / f"{stem}.png",
                            coarse_mask(bright, method="classical", polarity="bright"))
     torch.manual_seed(0)
     net = UNetPlusPlus(base=4, depth=3, attention="cbam").eval()
-    ckpt = save_checkpoint(run / "segmentor" / "best_miou", net, None,
+    ckpt = save_checkpoint(run / "segmentor" / segmentor_dir, net, None,
                            {"image_size": 64, "particle_diameter_px": 32, "add_coarse": True,
                             "input_polarity": "bright", "threshold": 0.5}, epoch=1)
     (run / "pipeline.json").write_text(json.dumps(

@@ -1,0 +1,146 @@
+"""The segmentor of a pipeline run at other particle scales than the one its coarse masks give.
+
+The pipeline resizes each image so that its typical particle (the area-weighted median width of
+its coarse mask, ``emcopilot.particle_scale``) is as wide as the segmentor's training particles.
+On the S/TEM catalysts that width comes out about 25 % larger than the boxes' (the coarse masks
+hold support patches; ``bench_particle_scale``), so the images are shrunk more than intended
+and small particles fall below what the segmentor sees. This bench segments a run's images again
+with the factor multiplied by each ``--factors`` value (1 = the pipeline's own factor), with
+the run's core probability, growth, support removal and coarse-particle addition, and scores
+every folder as ``emcopilot evaluate`` does; "union" rows add, to the factor-1 particles,
+the particles of a larger factor that no factor-1 particle covers (at most 10 % of their pixels).
+
+    python -m bench.bench_scale_factor --run runs/cat27 \
+        --truth ../shared/data/ardagen_stem_catalysts_yolo/labels --truth-format yolo \
+        --factors 1 1.5
+
+``--model`` picks another segmentor checkpoint than the run's kept one (``segmentor/selected``),
+e.g. one member of the mean (half the time). As in the pipeline, particles are derived from the
+probability map rounded to 8 bits (what the run stores), so factor 1 with the kept segmentor
+gives the run's own particles. Choosing a factor on test labels is optimistic: the rows
+are a diagnosis (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.bench_postprocess import KEYS
+from bench.common import write_json
+from emcopilot import io
+from emcopilot.evaluate import evaluate_dirs
+from emcopilot.inference import Segmentor, _above_bar
+from emcopilot.postprocess import add_coarse_particles
+
+
+def _checkpoint(base: Path) -> Path:
+    for sub in ("", "best_miou", "last"):
+        if (base / sub / "config.json").is_file():
+            return base / sub
+    raise SystemExit(f"no segmentor checkpoint under {base}")
+
+
+def _uncovered(base: np.ndarray, extra: np.ndarray, covered_max: float = 0.1) -> np.ndarray:
+    """``base`` plus the particles of ``extra`` that ``base`` covers by at most ``covered_max``."""
+    out = base.astype(np.int32, copy=True)
+    nxt = int(out.max()) + 1
+    ids = np.unique(extra[extra > 0])
+    for i in ids:
+        m = extra == i
+        if float((base[m] > 0).mean()) <= covered_max:
+            out[m & (out == 0)] = nxt
+            nxt += 1
+    return out
+
+
+def pipeline_factor(segmentor: Segmentor, image01: np.ndarray, coarse: np.ndarray,
+                    data_bar: bool) -> float:
+    """The resize factor the pipeline's segment stage uses for this image (measured on the
+    coarse mask's rows above a data bar, as ``Segmentor.probability`` does)."""
+    _, rows, labels = _above_bar(segmentor.prepare(image01, "bright"), coarse, data_bar)
+    return segmentor.resolve_scale(rows, None, labels, data_bar=False)
+
+
+def segment_image(segmentor: Segmentor, image01: np.ndarray, coarse: np.ndarray, scale: float,
+                  record: dict, *, support: bool, data_bar: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(particles as the pipeline's segment stage makes them, the segmentor's own particles
+    before the coarse ones are added) of one bright-particle image at resize factor ``scale``,
+    with the core probability, growth and addition of the run's segment ``record``."""
+    prob = segmentor.probability(image01, polarity="bright", scale=scale, data_bar=data_bar,
+                                 support=support)
+    prob = io.to_uint8(prob).astype(np.float32) / 255.0  # as the run stores it
+    own = segmentor.instances(prob, min_peak=record["min_peak"], grow_to=record["grow_to"])
+    labels = add_coarse_particles(own, coarse, prob) if record.get("add_coarse") else own
+    return labels, own
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, type=Path, help="a finished `emcopilot pipeline` --out")
+    ap.add_argument("--truth", required=True, type=Path)
+    ap.add_argument("--truth-format", default="yolo")
+    ap.add_argument("--factors", type=float, nargs="+", default=[1.0, 1.5])
+    ap.add_argument("--model", type=Path, default=None,
+                    help="segmentor checkpoint (default: the run's segmentor/selected)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/scale_factor.json"))
+    args = ap.parse_args(argv)
+
+    record = json.loads((args.run / "pipeline.json").read_text())
+    stages = record.get("stages", record)
+    seg = stages["segment"]
+    meta = stages["images"]["images"]
+    removed = set(seg.get("support_removed", []))
+    data_bar = bool(stages["images"].get("data_bar", True))
+    model = _checkpoint(args.model or args.run / "segmentor" / "selected")
+    segmentor = Segmentor.load(model, device="cpu")
+    if segmentor.particle_diameter_px is None:
+        raise SystemExit("this run's segmentor was not trained at a common particle scale")
+    print(f"segmentor {model}: core {seg['min_peak']}, growth {seg['grow_to']}, "
+          f"coarse added {seg.get('add_coarse')}, support removed on {len(removed)} images")
+
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {f: Path(tmp) / f"x{f:g}" for f in args.factors}
+        bare = {f: Path(tmp) / f"bare_x{f:g}" for f in args.factors}
+        seconds = {f: 0.0 for f in args.factors}
+        for k, stem in enumerate(meta):
+            image01 = io.normalize(io.read_micrograph(args.run / "images" / f"{stem}.png").image)
+            coarse = io.read_label_map(args.run / "coarse_masks" / f"{stem}.png")
+            factor = pipeline_factor(segmentor, image01, coarse, data_bar)
+            for f in args.factors:
+                t0 = time.perf_counter()
+                labels, bare_labels = segment_image(segmentor, image01, coarse, factor * f,
+                                                    seg, support=stem in removed,
+                                                    data_bar=data_bar)
+                seconds[f] += time.perf_counter() - t0
+                io.write_label_map(bare[f] / f"{stem}.png", bare_labels)
+                io.write_label_map(folders[f] / f"{stem}.png", labels)
+            print(f"{k + 1}/{len(meta)} {stem} (factor {factor:.3g})", flush=True)
+        first = args.factors[0]
+        for f in args.factors[1:]:
+            union = Path(tmp) / f"union_x{f:g}"
+            for stem in meta:
+                io.write_label_map(union / f"{stem}.png", _uncovered(
+                    io.read_label_map(folders[first] / f"{stem}.png"),
+                    io.read_label_map(bare[f] / f"{stem}.png")))
+            folders[f"x{first:g} + uncovered x{f:g}"] = union
+        for name, folder in folders.items():
+            label = f"x{name:g}" if isinstance(name, float) else name
+            agg = evaluate_dirs(folder, args.truth, truth_format=args.truth_format)["aggregate"]
+            rows[label] = {k: agg.get(k) for k in KEYS}
+            if isinstance(name, float):
+                rows[label]["seconds_per_image"] = seconds[name] / max(1, len(meta))
+            print(label, " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in rows[label].items()), flush=True)
+    write_json(args.out, {"run": str(args.run), "model": str(model), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
