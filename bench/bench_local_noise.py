@@ -32,6 +32,7 @@ from bench.common import catalyst_dir, write_json
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs
 from emcopilot.masking import classical, coarse_mask
+from emcopilot.masking.classical import robust_level
 from emcopilot.masking.filters import bright_image, resolve_polarity
 
 KEYS = ("obj_precision", "obj_recall", "obj_f1", "count_rel_abs_error_mean",
@@ -76,18 +77,10 @@ def local_over_whole(images: list[Path], masks: Path, window: int = 64) -> dict[
     at_sd, at_level, frame_sd = [], [], []
     for path in images:
         image01 = io.normalize(io.read_micrograph(path).image)
-        bright = bright_image(image01, resolve_polarity(image01, "auto"))
-        h, w = bright.shape
-        scale = min(1.0, masker.work_size / max(h, w))
-        if scale < 1.0:
-            bright = cv2.resize(bright, (round(w * scale), round(h * scale)),
-                                interpolation=cv2.INTER_AREA)
-        img = cv2.GaussianBlur(bright, (0, 0), masker.sigma)
-        r = int(round(masker.background_radius))
-        img = cv2.morphologyEx(img, cv2.MORPH_TOPHAT,
-                               cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-        med = float(np.median(img))
-        whole = max(1.4826 * float(np.median(np.abs(img - med))), 1e-6)  # as the masker
+        work, _ = masker.at_work_size(bright_image(image01, resolve_polarity(image01, "auto")))
+        img = masker.filtered(work)
+        med, whole = robust_level(img)
+        whole = max(whole, 1e-6)  # as the masker
         local_med, local_sd = classical.local_noise(img, window, masker.noise_floor)
         labels = io.read_label_map(masks / f"{path.stem}.png")
         on = cv2.resize(labels.astype(np.float32), (img.shape[1], img.shape[0]),
@@ -95,7 +88,8 @@ def local_over_whole(images: list[Path], masks: Path, window: int = 64) -> dict[
         frame_sd.append(float(np.median(local_sd)) / whole)
         if on.any():
             at_sd.append(float(np.median(local_sd[on])) / whole)
-            at_level.append(float(np.median((local_med + 6 * local_sd)[on])) / (med + 6 * whole))
+            at_level.append(float(np.median((local_med + masker.noise_k * local_sd)[on]))
+                            / (med + masker.noise_k * whole))
     return {"deviation_at_particles_median": float(np.median(at_sd)),
             "level_at_particles_median": float(np.median(at_level)),
             "images_level_higher_at_particles": int(np.sum(np.array(at_level) > 1)),

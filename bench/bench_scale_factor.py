@@ -46,19 +46,6 @@ def _checkpoint(base: Path) -> Path:
     raise SystemExit(f"no segmentor checkpoint under {base}")
 
 
-def _uncovered(base: np.ndarray, extra: np.ndarray, covered_max: float = 0.1) -> np.ndarray:
-    """``base`` plus the particles of ``extra`` that ``base`` covers by at most ``covered_max``."""
-    out = base.astype(np.int32, copy=True)
-    nxt = int(out.max()) + 1
-    ids = np.unique(extra[extra > 0])
-    for i in ids:
-        m = extra == i
-        if float((base[m] > 0).mean()) <= covered_max:
-            out[m & (out == 0)] = nxt
-            nxt += 1
-    return out
-
-
 def pipeline_factor(segmentor: Segmentor, image01: np.ndarray, coarse: np.ndarray,
                     data_bar: bool) -> float:
     """The resize factor the pipeline's segment stage uses for this image (measured on the
@@ -126,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         for f in args.factors[1:]:
             union = Path(tmp) / f"union_x{f:g}"
             for stem in meta:
-                io.write_label_map(union / f"{stem}.png", _uncovered(
+                # every particle of the larger factor that is at most 10 % covered
+                io.write_label_map(union / f"{stem}.png", add_coarse_particles(
                     io.read_label_map(folders[first] / f"{stem}.png"),
-                    io.read_label_map(bare[f] / f"{stem}.png")))
+                    io.read_label_map(bare[f] / f"{stem}.png"), min_area_ratio=0.0))
             folders[f"x{first:g} + uncovered x{f:g}"] = union
         for name, folder in folders.items():
             label = f"x{name:g}" if isinstance(name, float) else name

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from bench.bench_scale_factor import _uncovered, main, pipeline_factor, segment_image
+from bench.bench_scale_factor import main, pipeline_factor, segment_image
 from emcopilot import io
 from emcopilot.inference import Segmentor
 from emcopilot.postprocess import add_coarse_particles
@@ -27,23 +27,11 @@ def _small_run(root, examples_dir):
     return run, ckpt
 
 
-def test_uncovered_adds_only_particles_the_base_leaves_out():
-    base = np.zeros((20, 20), np.int32)
-    base[2:8, 2:8] = 1
-    extra = np.zeros((20, 20), np.int32)
-    extra[3:7, 3:7] = 1      # inside particle 1: not added
-    extra[12:18, 12:18] = 2  # nowhere in base: added with a new id
-    extra[6:10, 6:10] = 3    # a quarter under particle 1: not added (more than 10 % covered)
-    out = _uncovered(base, extra)
-    assert sorted(np.unique(out)) == [0, 1, 2]
-    assert (out[12:18, 12:18] == 2).all()
-    np.testing.assert_array_equal(out[:10, :10], base[:10, :10])
-
-
 def test_factor_one_is_the_pipelines_segmentation(tmp_path, examples_dir):
     run, ckpt = _small_run(tmp_path, examples_dir)
     seg = Segmentor.load(ckpt, device="cpu")
     record = json.loads((run / "pipeline.json").read_text())["stages"]["segment"]
+    factors = {}
     for stem in STEMS:
         image01 = io.normalize(io.read_micrograph(run / "images" / f"{stem}.png").image)
         coarse = io.read_label_map(run / "coarse_masks" / f"{stem}.png")
@@ -51,7 +39,7 @@ def test_factor_one_is_the_pipelines_segmentation(tmp_path, examples_dir):
         prob = seg.probability(image01, polarity="bright", scale_labels=coarse, support=False)
         stored = io.to_uint8(prob).astype(np.float32) / 255.0
         own = seg.instances(stored, min_peak=0.5, grow_to=None)
-        factor = pipeline_factor(seg, image01, coarse, data_bar=True)
+        factor = factors[stem] = pipeline_factor(seg, image01, coarse, data_bar=True)
         labels, bare = segment_image(seg, image01, coarse, factor, record, support=False,
                                      data_bar=True)
         np.testing.assert_array_equal(bare, own)
@@ -60,6 +48,14 @@ def test_factor_one_is_the_pipelines_segmentation(tmp_path, examples_dir):
         other, _ = segment_image(seg, image01, coarse, factor * 2, record, support=False,
                                  data_bar=True)
         assert other.shape == labels.shape
+        # the factor is the pipeline's: the same map, which another factor does not give
+        at_factor = seg.probability(image01, polarity="bright", scale=factor, support=False)
+        np.testing.assert_array_equal(at_factor, prob)
+        if factor != 1.0:
+            unscaled = seg.probability(image01, polarity="bright", scale=1.0, support=False)
+            assert not np.allclose(unscaled, prob)
+    # the EMPS crop's coarse particles set a factor other than 1 (the catalyst crop has none)
+    assert factors["c363833ad2"] != 1.0 and factors["Ru4"] == 1.0
 
 
 def test_the_bench_writes_a_row_per_factor_and_union(tmp_path, examples_dir):

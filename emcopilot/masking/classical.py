@@ -22,7 +22,7 @@ from emcopilot.masking.filters import bright_image, resolve_polarity
 __all__ = ["ClassicalMasker", "PRESETS", "THRESHOLD_METHODS", "BACKGROUND_METHODS", "choose_preset",
            "otsu_foreground", "largest_region", "AUTO_SUPPORT_FOREGROUND", "AUTO_MIN_PARTICLES",
            "AUTO_SUPPORT_REGION", "AUTO_ON_REGION_MIN", "AUTO_ON_REGION_SHARE", "AUTO_ON_REGION_COVER",
-           "local_noise"]
+           "local_noise", "robust_level"]
 
 THRESHOLD_METHODS = ("otsu", "li", "triangle", "local", "noise", "local_noise")
 BACKGROUND_METHODS = ("none", "gaussian", "tophat")
@@ -122,8 +122,20 @@ class ClassicalMasker:
         """The parameters as a plain dict (for logs and JSON)."""
         return asdict(self)
 
-    def foreground(self, bright01: np.ndarray) -> np.ndarray:
-        """Binary particle mask of an image already in the bright-particle convention."""
+    def at_work_size(self, bright01: np.ndarray) -> tuple[np.ndarray, float]:
+        """``(image, scale)``: the image downscaled (area averaging) so that its long side is at
+        most ``work_size``, and the factor used (1.0: as given)."""
+        img = np.asarray(bright01, np.float32)
+        h, w = img.shape
+        scale = min(1.0, self.work_size / max(h, w))
+        if scale < 1.0:
+            img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
+                             interpolation=cv2.INTER_AREA)
+        return img, scale
+
+    def filtered(self, bright01: np.ndarray) -> np.ndarray:
+        """The image the threshold is applied to: smoothed (``sigma``) and with its background
+        taken out (``background``)."""
         img = np.asarray(bright01, np.float32)
         if self.sigma > 0:
             img = cv2.GaussianBlur(img, (0, 0), self.sigma)
@@ -133,6 +145,11 @@ class ClassicalMasker:
             r = max(1, int(round(self.background_radius)))
             k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
             img = cv2.morphologyEx(img, cv2.MORPH_TOPHAT, k)
+        return img
+
+    def foreground(self, bright01: np.ndarray) -> np.ndarray:
+        """Binary particle mask of an image already in the bright-particle convention."""
+        img = self.filtered(bright01)
         if float(img.max()) - float(img.min()) < 1e-6:
             return np.zeros(img.shape, bool)
         if self.threshold == "local":
@@ -142,8 +159,7 @@ class ClassicalMasker:
             # level scaled down, so background texture is not picked up.
             binary = (img > t) & (img > skfilters.threshold_otsu(img) * 0.5)
         elif self.threshold == "noise":
-            med = float(np.median(img))
-            mad = float(np.median(np.abs(img - med))) * 1.4826
+            med, mad = robust_level(img)
             binary = img > med + self.noise_k * max(mad, 1e-6) * self.threshold_scale
         elif self.threshold == "local_noise":
             med, sigma = local_noise(img, self.noise_window, self.noise_floor)
@@ -174,12 +190,8 @@ class ClassicalMasker:
         if image01.ndim != 2:
             raise InputError(f"expected a 2-D greyscale image, got shape {image01.shape}")
         polarity = resolve_polarity(image01, polarity)
-        bright = bright_image(image01, polarity)
-        h, w = bright.shape
-        scale = min(1.0, self.work_size / max(h, w))
-        if scale < 1.0:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            bright = cv2.resize(bright, size, interpolation=cv2.INTER_AREA)
+        h, w = image01.shape
+        bright, scale = self.at_work_size(bright_image(image01, polarity))
         binary = self.foreground(bright)
         work_min_area = max(1, int(round(self.min_area * scale * scale)))
         labels = binary_to_instances(binary, min_distance=self.min_distance, h=self.split_h,
@@ -188,6 +200,13 @@ class ClassicalMasker:
             labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
             labels = remove_small_instances(labels, self.min_area)
         return labels.astype(np.int32, copy=False)
+
+
+def robust_level(img: np.ndarray) -> tuple[float, float]:
+    """``(median, robust standard deviation)`` of an image's values: the deviation is 1.4826 x
+    the median absolute deviation (the standard deviation for Gaussian noise)."""
+    med = float(np.median(img))
+    return med, float(np.median(np.abs(img - med))) * 1.4826
 
 
 def local_noise(img: np.ndarray, window: int, floor: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -209,16 +228,11 @@ def local_noise(img: np.ndarray, window: int, floor: float = 0.5) -> tuple[np.nd
     sig = np.empty((ny, nx), np.float32)
     for i in range(ny):
         for j in range(nx):
-            tile = img[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
-            m = float(np.median(tile))
-            med[i, j] = m
-            sig[i, j] = 1.4826 * float(np.median(np.abs(tile - m)))
+            med[i, j], sig[i, j] = robust_level(img[ys[i]:ys[i + 1], xs[j]:xs[j + 1]])
     if ny >= 3 or nx >= 3:
         med = ndi.median_filter(med, size=3, mode="nearest")
         sig = ndi.median_filter(sig, size=3, mode="nearest")
-    whole_med = float(np.median(img))
-    whole = 1.4826 * float(np.median(np.abs(img - whole_med)))
-    sig = np.maximum(sig, max(floor * whole, 1e-6))
+    sig = np.maximum(sig, max(floor * robust_level(img)[1], 1e-6))
     return (cv2.resize(med, (w, h), interpolation=cv2.INTER_LINEAR),
             cv2.resize(sig, (w, h), interpolation=cv2.INTER_LINEAR))
 
@@ -282,12 +296,7 @@ def otsu_foreground(bright01: np.ndarray) -> np.ndarray:
     (downscaled so that the long side is at most ``work_size``): what :func:`choose_preset`
     judges an image by."""
     isolated = ClassicalMasker.from_preset("isolated")
-    h, w = bright01.shape
-    scale = min(1.0, isolated.work_size / max(h, w))
-    if scale < 1.0:
-        bright01 = cv2.resize(bright01, (max(1, round(w * scale)), max(1, round(h * scale))),
-                              interpolation=cv2.INTER_AREA)
-    return isolated.foreground(bright01)
+    return isolated.foreground(isolated.at_work_size(bright01)[0])
 
 
 def largest_region(binary: np.ndarray) -> np.ndarray:
