@@ -10,6 +10,13 @@ the run's core probability, growth, support removal and coarse-particle addition
 every folder as ``emcopilot evaluate`` does; "union" rows add, to the factor-1 particles,
 the particles of a larger factor that no factor-1 particle covers (at most 10 % of their pixels).
 
+Two label-free choices between the factors are scored too, by the rule the pipeline uses to
+choose its segmentor and core probability: the object F1 (IoU 0.5) of the segmentor's own
+particles (before coarse particles are added) against the run's coarse masks. Each factor row
+reports that F1 pooled over the run (``f1_vs_coarse``: the per-run choice is the row with the
+highest), and the row "per image, F1 vs coarse" takes for each image the factor whose own
+particles match that image's coarse mask best (ties to the first factor).
+
     python -m bench.bench_scale_factor --run runs/cat27 \
         --truth ../shared/data/ardagen_stem_catalysts_yolo/labels --truth-format yolo \
         --factors 1 1.5
@@ -36,6 +43,7 @@ from bench.common import write_json
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs
 from emcopilot.inference import Segmentor, _above_bar
+from emcopilot.metrics import match_instances
 from emcopilot.postprocess import add_coarse_particles
 
 
@@ -67,6 +75,28 @@ def segment_image(segmentor: Segmentor, image01: np.ndarray, coarse: np.ndarray,
     return labels, own
 
 
+def f1_counts(labels: np.ndarray, reference: np.ndarray) -> tuple[int, int, int]:
+    """(matches at IoU 0.5, particles, reference particles) of one label map."""
+    m = match_instances(labels, reference)
+    return len(m.pairs), len(m.pred_ids), len(m.true_ids)
+
+
+def f1_of(counts: tuple[int, int, int]) -> float:
+    """Object F1 of ``f1_counts`` (summed over images); 1.0 when both sides are empty."""
+    tp, n_pred, n_ref = counts
+    return 2 * tp / (n_pred + n_ref) if n_pred + n_ref else 1.0
+
+
+def choose_per_image(counts: dict[float, dict[str, tuple[int, int, int]]]) -> dict[str, float]:
+    """For each image, the factor whose own particles have the highest F1 against its coarse
+    mask (``counts[factor][stem]`` from :func:`f1_counts`); ties go to the first factor."""
+    factors = list(counts)
+    stems = counts[factors[0]]
+    return {stem: max(factors, key=lambda f: (round(f1_of(counts[f][stem]), 12),
+                                              -factors.index(f)))
+            for stem in stems}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, type=Path, help="a finished `emcopilot pipeline` --out")
@@ -96,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         folders = {f: Path(tmp) / f"x{f:g}" for f in args.factors}
         bare = {f: Path(tmp) / f"bare_x{f:g}" for f in args.factors}
         seconds = {f: 0.0 for f in args.factors}
+        vs_coarse: dict[float, dict[str, tuple[int, int, int]]] = {f: {} for f in args.factors}
         for k, stem in enumerate(meta):
             image01 = io.normalize(io.read_micrograph(args.run / "images" / f"{stem}.png").image)
             coarse = io.read_label_map(args.run / "coarse_masks" / f"{stem}.png")
@@ -107,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     data_bar=data_bar)
                 seconds[f] += time.perf_counter() - t0
                 io.write_label_map(bare[f] / f"{stem}.png", bare_labels)
+                vs_coarse[f][stem] = f1_counts(bare_labels, coarse)
                 io.write_label_map(folders[f] / f"{stem}.png", labels)
             print(f"{k + 1}/{len(meta)} {stem} (factor {factor:.3g})", flush=True)
         first = args.factors[0]
@@ -118,15 +150,25 @@ def main(argv: list[str] | None = None) -> int:
                     io.read_label_map(folders[first] / f"{stem}.png"),
                     io.read_label_map(bare[f] / f"{stem}.png"), min_area_ratio=0.0))
             folders[f"x{first:g} + uncovered x{f:g}"] = union
+        chosen = choose_per_image(vs_coarse)
+        if len(args.factors) > 1:
+            per_image = Path(tmp) / "per_image_choice"
+            for stem, f in chosen.items():
+                io.write_label_map(per_image / f"{stem}.png",
+                                   io.read_label_map(folders[f] / f"{stem}.png"))
+            folders["per image, F1 vs coarse"] = per_image
         for name, folder in folders.items():
             label = f"x{name:g}" if isinstance(name, float) else name
             agg = evaluate_dirs(folder, args.truth, truth_format=args.truth_format)["aggregate"]
             rows[label] = {k: agg.get(k) for k in KEYS}
             if isinstance(name, float):
                 rows[label]["seconds_per_image"] = seconds[name] / max(1, len(meta))
+                rows[label]["f1_vs_coarse"] = f1_of(tuple(
+                    int(sum(c[i] for c in vs_coarse[name].values())) for i in range(3)))
             print(label, " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in rows[label].items()), flush=True)
-    write_json(args.out, {"run": str(args.run), "model": str(model), "rows": rows})
+    write_json(args.out, {"run": str(args.run), "model": str(model), "rows": rows,
+                          "per_image_choice": {stem: f"x{f:g}" for stem, f in chosen.items()}})
     return 0
 
 

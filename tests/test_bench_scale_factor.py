@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 
-from bench.bench_scale_factor import main, pipeline_factor, segment_image
+from bench.bench_scale_factor import (choose_per_image, f1_counts, f1_of, main, pipeline_factor,
+                                      segment_image)
 from emcopilot import io
 from emcopilot.inference import Segmentor
 from emcopilot.postprocess import add_coarse_particles
@@ -69,6 +70,31 @@ def test_the_bench_writes_a_row_per_factor_and_union(tmp_path, examples_dir):
     assert main(["--run", str(run), "--truth", str(truth), "--truth-format", "instance",
                  "--factors", "1", "2", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert list(rows) == ["x1", "x2", "x1 + uncovered x2"]
+    assert list(rows) == ["x1", "x2", "x1 + uncovered x2", "per image, F1 vs coarse"]
     assert all(0 <= r["obj_f1"] <= 1 for r in rows.values())
     assert rows["x1"]["seconds_per_image"] > 0 and rows["x2"]["seconds_per_image"] > 0
+    assert all(0 <= rows[f]["f1_vs_coarse"] <= 1 for f in ("x1", "x2"))
+    assert set(json.loads(out.read_text())["per_image_choice"].values()) <= {"x1", "x2"}
+
+
+def _discs(centres, shape=(64, 64), r=5):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    lab = np.zeros(shape, np.int32)
+    for i, (y, x) in enumerate(centres, 1):
+        lab[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = i
+    return lab
+
+
+def test_the_per_image_choice_follows_the_match_with_the_coarse_mask():
+    coarse = _discs([(15, 15), (45, 45)])
+    both, one = _discs([(15, 15), (45, 45)]), _discs([(15, 15)])
+    shifted = _discs([(15, 30), (45, 20)])  # no particle where a coarse one is
+    assert f1_counts(both, coarse) == (2, 2, 2) and f1_of((2, 2, 2)) == 1.0
+    assert f1_counts(one, coarse) == (1, 1, 2) and abs(f1_of((1, 1, 2)) - 2 / 3) < 1e-12
+    assert f1_of((0, 0, 0)) == 1.0  # nothing on either side agrees
+    counts = {1.0: {"a": f1_counts(one, coarse), "b": f1_counts(both, coarse),
+                    "c": f1_counts(one, coarse)},
+              1.5: {"a": f1_counts(both, coarse), "b": f1_counts(shifted, coarse),
+                    "c": f1_counts(one, coarse)}}
+    # a: x1.5 matches better; b: x1 does; c: a tie goes to the first factor
+    assert choose_per_image(counts) == {"a": 1.5, "b": 1.0, "c": 1.0}
