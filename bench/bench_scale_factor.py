@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None,
                     help="segmentor checkpoint (default: the run's segmentor/selected)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/scale_factor.json"))
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep every row's particles (label maps) in this folder, one "
+                         "subfolder per row (default: a temporary folder)")
     args = ap.parse_args(argv)
 
     record = json.loads((args.run / "pipeline.json").read_text())
@@ -122,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
           f"coarse added {seg.get('add_coarse')}, support removed on {len(removed)} images")
 
     rows: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(str(args.keep)) if args.keep
+          else tempfile.TemporaryDirectory()) as tmp:
         folders = {f: Path(tmp) / f"x{f:g}" for f in args.factors}
         bare = {f: Path(tmp) / f"bare_x{f:g}" for f in args.factors}
         seconds = {f: 0.0 for f in args.factors}

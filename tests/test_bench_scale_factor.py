@@ -68,13 +68,19 @@ def test_the_bench_writes_a_row_per_factor_and_union(tmp_path, examples_dir):
                            io.read_label_map(run / "coarse_masks" / f"{stem}.png"))
     out = tmp_path / "scale.json"
     assert main(["--run", str(run), "--truth", str(truth), "--truth-format", "instance",
-                 "--factors", "1", "2", "--out", str(out)]) == 0
+                 "--factors", "1", "2", "--out", str(out), "--keep", str(tmp_path / "kept")]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert list(rows) == ["x1", "x2", "x1 + uncovered x2", "per image, F1 vs coarse"]
     assert all(0 <= r["obj_f1"] <= 1 for r in rows.values())
     assert rows["x1"]["seconds_per_image"] > 0 and rows["x2"]["seconds_per_image"] > 0
     assert all(0 <= rows[f]["f1_vs_coarse"] <= 1 for f in ("x1", "x2"))
-    assert set(json.loads(out.read_text())["per_image_choice"].values()) <= {"x1", "x2"}
+    choice = json.loads(out.read_text())["per_image_choice"]
+    assert set(choice.values()) <= {"x1", "x2"}
+    # --keep leaves every row's particles; the per-image row is each image's chosen factor's
+    kept = tmp_path / "kept"
+    for stem, factor in choice.items():
+        np.testing.assert_array_equal(io.read_label_map(kept / "per_image_choice" / f"{stem}.png"),
+                                      io.read_label_map(kept / factor / f"{stem}.png"))
 
 
 def _discs(centres, shape=(64, 64), r=5):
