@@ -152,6 +152,25 @@ def _on_off_or_model(text: str) -> bool | str:
     return t if t == "model" else t == "on"
 
 
+def _scale_choice(text: str) -> tuple[float, ...]:
+    """argparse type: further multiples of the resize factor, comma-separated (e.g. "1.5"), or
+    "none"."""
+    from emcopilot.particle_scale import check_scale_multiples
+
+    t = text.strip().lower()
+    if t == "none":
+        return ()
+    try:
+        return check_scale_multiples([x for x in t.split(",") if x.strip()] or [t])
+    except Exception as exc:  # InputError: argparse reports it as a usage error
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _scale_choice_or_model(text: str) -> tuple[float, ...] | str:
+    """argparse type: "model" (as recorded in the checkpoint) or :func:`_scale_choice`."""
+    return "model" if text.strip().lower() == "model" else _scale_choice(text)
+
+
 def _threshold(text: str) -> float | str:
     """argparse type: a probability threshold in (0, 1), 'otsu' or 'calibrated'."""
     t = text.strip().lower()
@@ -452,7 +471,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                              add_coarse=args.add_coarse,
                                              data_bar=args.data_bar == "on",
                                              support=args.support_removal,
-                                             support_check=args.support_check)
+                                             support_check=args.support_check,
+                                             scale_choice=args.scale_choice)
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -482,6 +502,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if check:
             kept += (", kept only where its particles match the coarse mask at least as well "
                      "as without it (--support-check off: always kept)")
+    multiples = (segmentor.scale_choice if args.scale_choice == "model" else args.scale_choice)
+    if multiples:
+        kept += ("; each image also segmented at " + ", ".join(f"{m:g}x" for m in multiples)
+                 + " its resize factor, the particles matching the coarse mask best kept "
+                   "(--scale-choice none: one factor)")
     if barred:
         kept += (f"; the data bar at the bottom of {barred} image(s) left out (--data-bar off: "
                  "every row)")
@@ -511,6 +536,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                support_removal=args.support_removal,
                                support_check=args.support_check == "on",
                                support_in_training=args.support_in_training == "on",
+                               scale_choice=args.scale_choice,
                                progress=bar)
     unsure = summary.get("stages", {}).get("images", {}).get("polarity_unsure") or []
     if unsure:
@@ -789,6 +815,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "too and keep the particles that match the classical coarse mask better "
                         "(object F1; see BENCHMARKS.md); default: as recorded in the model, "
                         "else off")
+    p.add_argument("--scale-choice", type=_scale_choice_or_model, default="model",
+                   metavar="model|none|M[,M...]",
+                   help="also segment each image at these multiples of its resize factor (e.g. "
+                        "1.5) and keep, per image, the particles that match the classical "
+                        "coarse mask best (object F1; see BENCHMARKS.md, stop 26; each multiple "
+                        "costs M^2 x the time); default: as recorded in the model, else none")
     _add_data_bar(p)
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
@@ -860,6 +892,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "images --support-removal reaches with their support taken out, as the "
                         "segmentor will see them; off (default, measured better on the "
                         "catalysts): from the images as they are")
+    p.add_argument("--scale-choice", type=_scale_choice, default=(), metavar="none|M[,M...]",
+                   help="also segment each image at these multiples of its resize factor (e.g. "
+                        "1.5) and keep, per image, the particles whose own particles match its "
+                        "coarse mask best (object F1; BENCHMARKS.md, stop 26); default none. "
+                        "Each multiple M costs M^2 x the segment stage's time. Recorded in the "
+                        "segmentor for `segment`")
     _add_data_bar(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")

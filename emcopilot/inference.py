@@ -29,8 +29,8 @@ from . import io
 from .device import autocast, channels_last, pick_device, set_cpu_threads
 from .data_bar import on_rows_above_bar, pad_below
 from .errors import InputError
-from .postprocess import (add_coarse_particles, config_grow_to, config_threshold,
-                          prob_to_instances)
+from .postprocess import (add_coarse_particles, best_matching, config_grow_to,
+                          config_threshold, prob_to_instances)
 
 __all__ = ["Segmentor", "segment_folder", "choose_min_peak", "best_segmentor", "tiled_apply",
            "blend_window",
@@ -322,6 +322,20 @@ class Segmentor:
         return recorded_mode(self.config.get("config", {}))
 
     @property
+    def scale_choice(self) -> tuple[float, ...]:
+        """Further multiples of an image's resize factor that :meth:`segment` tries, keeping per
+        image the factor whose own particles match the coarse mask best
+        (:func:`emcopilot.postprocess.best_matching`): the checkpoint config's
+        ``scale_choice`` (the pipeline records it; BENCHMARKS.md, stop 26), none when absent or
+        not valid."""
+        from .particle_scale import check_scale_multiples
+
+        try:
+            return check_scale_multiples(self.config.get("config", {}).get("scale_choice") or ())
+        except InputError:
+            return ()
+
+    @property
     def support_check(self) -> bool:
         """Whether :meth:`segment` keeps an image's support removal only where its particles
         match the image's coarse mask at least as well as without it
@@ -519,15 +533,25 @@ class Segmentor:
                                    grow_to=self.grow_to if grow_to == "model" else grow_to)
         return labels.astype(np.int32, copy=False)
 
-    def segment(self, image01: np.ndarray, threshold: float | str | None = None, *,
+    def segment(self, image01: np.ndarray, threshold: float | str | None = None, **options
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Instance label map (int32, 0 = background) and probability map of one image, both of
+        the image's size; the options and steps are :meth:`segment_detail`'s."""
+        labels, prob, _ = self.segment_detail(image01, threshold, **options)
+        return labels, prob
+
+    def segment_detail(self, image01: np.ndarray, threshold: float | str | None = None, *,
                 min_distance: int = 3, min_area: int = 10, scale: float | None = None,
                 polarity: str = "auto", scale_labels: np.ndarray | None = None,
                 min_peak: float | str | None = "model", grow_to: float | str | None = "model",
                 add_coarse: bool | str = "model", data_bar: bool = True,
-                support: str | bool = "model", support_check: bool | str = "model"
-                ) -> tuple[np.ndarray, np.ndarray]:
+                support: str | bool = "model", support_check: bool | str = "model",
+                scale_choice: Sequence[float] | str = "model"
+                       ) -> tuple[np.ndarray, np.ndarray, dict]:
         """Instance label map (int32, 0 = background) and probability map of one image, both of
-        the image's size: :meth:`probability`, then :meth:`instances`; with ``add_coarse``
+        the image's size, and what was chosen for it (``{"scale_multiple": the multiple of the
+        resize factor kept, "coarse_added": coarse particles added, "support_removed": whether
+        the particles come from the image with its support removed}``): :meth:`probability`, then :meth:`instances`; with ``add_coarse``
         (``"model"``: :attr:`add_coarse`) plus the coarse particles the segmentor missed
         (:func:`emcopilot.postprocess.add_coarse_particles`), from ``scale_labels`` when given
         (the image's coarse mask) else from :meth:`coarse_labels`. With ``data_bar`` (default)
@@ -536,10 +560,16 @@ class Segmentor:
         with ``support_check`` (``"model"``: :attr:`support_check`) an image whose support is
         removed is segmented without the removal too, and those particles (and map) are
         returned when they match the coarse mask better
-        (:func:`emcopilot.support.removal_kept`)."""
+        (:func:`emcopilot.support.removal_kept`). ``scale_choice`` (``"model"``:
+        :attr:`scale_choice`): further multiples of the resize factor (e.g. ``(1.5,)``); the
+        segmentor then runs at each, and the factor whose own particles (before coarse ones are
+        added) match the coarse mask best is kept (ties to the resize factor itself)."""
+        from .particle_scale import check_scale_multiples, multiplied_scale
         from .support import removal_kept
 
         add = self.add_coarse if add_coarse == "model" else bool(add_coarse)
+        multiples = (self.scale_choice if isinstance(scale_choice, str) and scale_choice == "model"
+                     else check_scale_multiples(scale_choice))
         check = self.support_check if support_check == "model" else bool(support_check)
         prepared = self.prepare(image01, polarity)  # polarity from the whole frame
         height = prepared.shape[0]
@@ -547,26 +577,41 @@ class Segmentor:
         remove = self.resolve_support(prepared, support)
         check = check and remove
         coarse = scale_labels
-        if (add or check) and coarse is None:
+        if (add or check or multiples) and coarse is None:
             # also measures the scale (no second pass); the rows left are the micrograph (bar
             # cut off) or every row on purpose (data_bar off)
             coarse = self.coarse_labels(prepared, data_bar=False)
         factor = self.resolve_scale(prepared, scale, coarse, data_bar=False)
 
+        scales, multiples_run = [factor], [1.0]
+        for m in multiples:  # the same factor twice (held at a limit) is run once
+            s = multiplied_scale(factor, m, prepared.shape)
+            if all(s != t for t in scales):
+                scales.append(s)
+                multiples_run.append(m)
+
         def particles(remove_support: bool) -> tuple[np.ndarray, np.ndarray]:
-            prob = self._predict(prepared, factor, remove_support)
-            labels = self.instances(prob, threshold, min_distance=min_distance,
-                                    min_area=min_area, min_peak=min_peak, grow_to=grow_to)
+            own = []
+            for s in scales:
+                prob = self._predict(prepared, s, remove_support)
+                own.append((self.instances(prob, threshold, min_distance=min_distance,
+                                           min_area=min_area, min_peak=min_peak,
+                                           grow_to=grow_to), prob))
+            k = best_matching([o[0] for o in own], coarse) if len(own) > 1 else 0
+            labels, prob = own[k]
+            found = int(labels.max(initial=0))
             if add:
                 labels = add_coarse_particles(labels, coarse, prob)
-            return labels, prob
+            return labels, prob, {"scale_multiple": multiples_run[k],
+                                  "coarse_added": int(labels.max(initial=0)) - found,
+                                  "support_removed": bool(remove_support)}
 
-        labels, prob = particles(remove)
+        labels, prob, info = particles(remove)
         if check:
             without = particles(False)
             if not removal_kept(labels, without[0], coarse):
-                labels, prob = without
-        return pad_below(top, height, labels, prob)
+                labels, prob, info = without
+        return (*pad_below(top, height, labels, prob), info)
 
 
 def _above_bar(image01: np.ndarray, labels: np.ndarray | None, data_bar: bool):

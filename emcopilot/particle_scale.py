@@ -18,7 +18,7 @@ import numpy as np
 from .errors import InputError
 
 __all__ = ["area_weighted_median", "typical_diameter", "normalising_scale", "resize_image", "resize_labels",
-           "estimate_scale", "SCALE_LIMITS", "DEFAULT_DIAMETER_PX", "MAX_ENLARGED_PIXELS"]
+           "estimate_scale", "check_scale_multiples", "multiplied_scale", "SCALE_LIMITS", "DEFAULT_DIAMETER_PX", "MAX_ENLARGED_PIXELS"]
 
 #: typical particle width (px) the pipeline's segmentor is trained and run at
 DEFAULT_DIAMETER_PX = 32.0
@@ -68,6 +68,41 @@ def normalising_scale(labels: np.ndarray, target: float = DEFAULT_DIAMETER_PX,
     s = float(np.clip(float(target) / d, limits[0], limits[1]))
     if s > 1.0:
         s = min(s, max(1.0, float(np.sqrt(max_pixels / max(1, lab.size)))))
+    return s
+
+
+def check_scale_multiples(multiples) -> tuple[float, ...]:
+    """Further multiples of an image's resize factor to try (a segmentor's ``scale_choice``),
+    validated: positive numbers other than 1 (the factor itself is always tried), at most 4,
+    duplicates dropped, order kept; InputError otherwise."""
+    if isinstance(multiples, (str, bytes)) or not hasattr(multiples, "__iter__"):
+        raise InputError(f"scale multiples must be a list of numbers, got {multiples!r}")
+    out: list[float] = []
+    for m in multiples:
+        try:
+            v = float(m)
+        except (TypeError, ValueError):
+            raise InputError(f"scale multiple must be a number, got {m!r}") from None
+        if not (np.isfinite(v) and v > 0) or v == 1.0:
+            raise InputError(f"scale multiple must be a positive number other than 1, got {m!r}")
+        if v not in out:
+            out.append(v)
+    if len(out) > 4:
+        raise InputError(f"at most 4 scale multiples, got {len(out)}")
+    return tuple(out)
+
+
+def multiplied_scale(factor: float | None, multiple: float, shape: tuple[int, ...],
+                     limits: tuple[float, float] = SCALE_LIMITS,
+                     max_pixels: int = MAX_ENLARGED_PIXELS) -> float | None:
+    """``factor`` (None: the image as it is, 1) times ``multiple``, held to the limits of
+    :func:`normalising_scale` (``limits``; an enlargement to at most ``max_pixels`` pixels,
+    none for an image already larger); None for multiple 1 of no factor."""
+    if multiple == 1.0:
+        return factor
+    s = float(np.clip((1.0 if factor is None else float(factor)) * float(multiple), *limits))
+    if s > 1.0:
+        s = min(s, max(1.0, float(np.sqrt(max_pixels / max(1, shape[0] * shape[1])))))
     return s
 
 

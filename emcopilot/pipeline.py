@@ -24,7 +24,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -72,6 +72,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  grow_to: float | str | None = "auto", ensemble: bool = True,
                  add_coarse: bool = True, data_bar: bool = True, support_removal: str = "auto",
                  support_check: bool = SUPPORT_CHECK_DEFAULT, support_in_training: bool = False,
+                 scale_choice: Sequence[float] = (),
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -172,7 +173,16 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     ``images_support_removed/``), so the synthetic micrographs look like what the segmentor
     will see. Measured on the catalysts (BENCHMARKS.md, stop 19: one whole run each way) it
     lost box F1 (0.37 -> 0.30) and KS while the count errors moved either way, so it is off by
-    default: the generator learns from the images as they are."""
+    default: the generator learns from the images as they are.
+
+    ``scale_choice`` (default none): further multiples of each image's resize factor (e.g.
+    ``(1.5,)``); the kept segmentor also segments every image at them and keeps, per image, the
+    particles whose own particles match its coarse mask best
+    (:meth:`emcopilot.inference.Segmentor.segment_detail`, which then makes the final particles
+    with the run's other choices; the multiples kept are listed in the segment record as
+    ``scale_multiples``); recorded in the checkpoint for ``emcopilot segment`` and the app. Off
+    by default: measured with one run's segmentor only (BENCHMARKS.md, stop 26), and each
+    multiple M costs M^2 x the segment stage's time."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -195,6 +205,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     from emcopilot.support import resolve_support_mode
 
     support_removal = resolve_support_mode(support_removal)
+    from emcopilot.particle_scale import check_scale_multiples
+
+    scale_choice = check_scale_multiples(scale_choice)
     if profile not in PER_MASK:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")
     per_mask = per_mask or PER_MASK[profile]
@@ -355,7 +368,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         _mark_done(out, state, "segmentor",
                    result=results[f"seed{seed}"] if len(results) == 1 else results,
                    data=segmentor_data, particle_diameter_px=diameter,
-                   candidates={str(s): str(d) for s, d in candidates.items()})
+                   # within the run folder, so a copied run uses its own segmentors
+                   candidates={str(s): str(Path(d).relative_to(out))
+                               for s, d in candidates.items()})
 
     # 8. segmentation of the real images + PSD
     if step(7, "segment"):
@@ -378,7 +393,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         # the segmentors the segmentor stage trained (a run resumed with another
         # segmentor_seeds keeps them; a run from before the option: segmentor/ itself)
         trained = done["segmentor"].get("candidates") or {str(seed): str(seg_dir)}
-        candidates = {int(s): Path(d) for s, d in trained.items()}
+        # relative: within the run folder (absolute: a run from before that)
+        candidates = {int(s): out / d for s, d in trained.items()}
         choices, segmentors = {}, {}
         # whether each image has its support taken out: judged once (the candidates share the
         # run's settings), for every segmentor and for support_check
@@ -435,8 +451,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             for stem in meta:
                 shutil.copyfile(maps[best] / f"{stem}.png", prob_dir / f"{stem}.png")
         update_config(ckpt, add_coarse=bool(add_coarse), support_removal=support_removal,
-                      support_check=bool(support_check))
-        kept = Segmentor.load(ckpt, device=device) if support_check else None
+                      support_check=bool(support_check), scale_choice=list(scale_choice))
+        kept = Segmentor.load(ckpt, device=device) if support_check or scale_choice else None
         unremoved_dir = result_dir / "candidates" / "without_support_removal"
 
         def particles(prob: np.ndarray, coarse: np.ndarray) -> tuple[np.ndarray, int]:
@@ -446,12 +462,27 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 labels = add_coarse_particles(labels, coarse, prob)
             return labels, int(labels.max()) - found
 
-        items, added, dropped = [], 0, []
+        items, added, dropped, multiples = [], 0, [], {}
         for i, stem in enumerate(meta):
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
             coarse = io.read_label_map(mask_dir / f"{stem}.png")
-            labels, more = particles(stored(stem), coarse)
-            if kept is not None and takes_out[stem]:
+            if scale_choice:
+                # every factor, support check and coarse addition as `segment` does them: the
+                # kept checkpoint records each choice
+                report(7, len(STAGES), f"segment: {stem} at {len(scale_choice) + 1} scales "
+                                       f"{i}/{len(meta)}")
+                labels, prob, info = kept.segment_detail(
+                    image01, polarity="bright",
+                    scale_labels=coarse if kept.particle_diameter_px else None,
+                    data_bar=data_bar, support=takes_out[stem])
+                io.write_image(prob_dir / f"{stem}.png", prob)
+                multiples[stem] = info["scale_multiple"]
+                more = info["coarse_added"]
+                if takes_out[stem] and not info["support_removed"]:
+                    dropped.append(stem)
+            else:
+                labels, more = particles(stored(stem), coarse)
+            if kept is not None and takes_out[stem] and not scale_choice:
                 from emcopilot.support import removal_kept
 
                 report(7, len(STAGES), f"segment: {stem} without support removal "
@@ -476,6 +507,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                    support_removed=[x for x in meta if takes_out[x]],
                    support_check=bool(support_check),
                    **({"support_removal_dropped": dropped} if support_check else {}),
+                   **({"scale_multiples": multiples} if scale_choice else {}),
                    f1_vs_coarse={(s if s == "mean" else f"seed{s}"): c["score"]
                                  for s, c in choices.items()})
     report(len(STAGES), len(STAGES), "done")

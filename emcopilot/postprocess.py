@@ -15,7 +15,7 @@ the segmentor is under-confident on real images, so particles cut at 0.5 come ou
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -26,7 +26,7 @@ from .instances import binary_to_instances, remove_small_instances
 __all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config_threshold",
            "config_grow_to",
            "select_min_peak", "keep_confident", "grow_instances", "select_growth", "check_grow_to",
-           "add_coarse_particles", "particle_contrast",
+           "add_coarse_particles", "particle_contrast", "best_matching",
            "THRESHOLD_GRID", "MIN_PEAK_GRID", "GROW_OPTIONS"]
 
 #: thresholds ``calibrate_threshold`` tries
@@ -273,6 +273,26 @@ def _pooled_f1(probs: Iterable[np.ndarray], references: Iterable[np.ndarray], na
             c[1] += len(m.pred_ids)
             c[2] += len(m.true_ids)
     return {k: (2 * tp / (n_p + n_t) if n_p + n_t else 1.0) for k, (tp, n_p, n_t) in counts.items()}
+
+
+def best_matching(candidates: Sequence[np.ndarray], reference: np.ndarray) -> int:
+    """Index of the label map among ``candidates`` whose particles match ``reference`` (e.g.
+    the image's coarse mask) best by object F1 at IoU 0.5 (one-to-one,
+    :func:`emcopilot.metrics.object_scores`); ties go to the earliest. The label-free referee
+    of the segmentor's per-image choices (:meth:`emcopilot.inference.Segmentor.segment`'s
+    ``scale_choice``).
+
+    >>> ref = np.zeros((8, 8), np.int32); ref[1:4, 1:4] = 1; ref[5:8, 5:8] = 2
+    >>> one = np.where(ref == 1, 1, 0)
+    >>> best_matching([one, ref], ref), best_matching([ref, ref], ref)
+    (1, 0)
+    """
+    from .metrics import object_scores
+
+    if not len(candidates):
+        raise InputError("best_matching needs at least one candidate")
+    scores = [round(float(object_scores(c, reference)["f1"]), 12) for c in candidates]
+    return int(np.argmax(scores))  # the first of the highest
 
 
 def particle_contrast(image01: np.ndarray, labels: np.ndarray, *, ring_px: int = 3,

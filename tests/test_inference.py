@@ -445,3 +445,67 @@ def test_data_bar_off_measures_the_particle_scale_on_every_row(segmentor, real, 
     np.testing.assert_allclose(on[:h], expected(h, False), atol=1e-6)
     assert not on[h:].any()
     np.testing.assert_allclose(seg.segment(barred, data_bar=False)[1], off, atol=1e-6)
+
+
+def test_scale_choice_keeps_per_image_the_factor_matching_the_coarse_mask(segmentor, real,
+                                                                         tmp_path, capsys):
+    """scale_choice: the segmentor also runs at multiples of the image's resize factor and keeps
+    the factor whose own particles match the coarse mask best (ties to the factor itself); the
+    coarse particles are added after the choice; a checkpoint's ``scale_choice`` is the
+    default."""
+    from emcopilot.postprocess import add_coarse_particles, best_matching
+
+    img, truth = real[0][:192, :192], real[1][:192, :192]
+    ck = save_checkpoint(tmp_path / "ck", segmentor.model, None,
+                         {"image_size": 64, "particle_diameter_px": 20.0, "add_coarse": True,
+                          "scale_preset": "isolated"}, epoch=1)
+    seg = Segmentor.load(ck, device="cpu")
+    assert seg.scale_choice == ()
+    plain, prob, info = seg.segment_detail(img, scale_labels=truth)
+    assert info["scale_multiple"] == 1.0 and info["support_removed"] is False
+    assert info["coarse_added"] == plain.max() - seg.instances(prob).max()
+    s = seg.resolve_scale(img, None, truth)
+    own = {m: seg.instances(seg.predict_proba(img, scale=s * m)) for m in (1.0, 0.5, 2.0)}
+    results = {}
+    for multiples in ((0.5,), (2.0,), (0.5, 2.0)):
+        labels, prob_m, info = seg.segment_detail(img, scale_labels=truth, scale_choice=multiples)
+        results[multiples] = labels
+        tried = (1.0, *multiples)
+        kept = tried[best_matching([own[m] for m in tried], truth)]
+        assert info["scale_multiple"] == kept, multiples
+        np.testing.assert_allclose(prob_m, seg.predict_proba(img, scale=s * kept), atol=1e-6)
+        np.testing.assert_array_equal(labels, add_coarse_particles(own[kept], truth, prob_m))
+    # the multiples differ in what they find on this image, so the choice is a real one
+    assert len({int(own[m].max()) for m in own}) > 1
+    # recorded in the checkpoint: the default; "segment" is segment_detail's first two
+    ck2 = save_checkpoint(tmp_path / "ck2", segmentor.model, None,
+                          {"image_size": 64, "particle_diameter_px": 20.0, "add_coarse": True,
+                           "scale_preset": "isolated", "scale_choice": [0.5, 2.0]}, epoch=1)
+    recorded = Segmentor.load(ck2, device="cpu")
+    assert recorded.scale_choice == (0.5, 2.0)
+    np.testing.assert_array_equal(recorded.segment(img, scale_labels=truth)[0],
+                                  results[(0.5, 2.0)])
+    np.testing.assert_array_equal(recorded.segment(img, scale_labels=truth, scale_choice=())[0],
+                                  plain)
+    with pytest.raises(InputError, match="other than 1"):
+        seg.segment(img, scale_choice=(1.0,))
+    # `emcopilot segment --scale-choice`: the library's particles (the classical masker's
+    # particles as the coarse mask), said in its summary; "none" for a model that records it
+    from emcopilot.cli import main
+
+    io.write_image(tmp_path / "crop.png", img)
+    image01 = io.normalize(io.read_micrograph(tmp_path / "crop.png").image)
+    assert main(["segment", str(tmp_path / "crop.png"), "--model", str(ck), "--out",
+                 str(tmp_path / "cli"), "--scale-choice", "0.5,2", "--device", "cpu", "-q"]) == 0
+    assert "also segmented at 0.5x, 2x its resize factor" in capsys.readouterr().out
+    np.testing.assert_array_equal(io.read_label_map(tmp_path / "cli" / "crop.png"),
+                                  seg.segment(image01, scale_choice=(0.5, 2.0))[0])
+    assert main(["segment", str(tmp_path / "crop.png"), "--model", str(ck2), "--out",
+                 str(tmp_path / "one"), "--scale-choice", "none", "--device", "cpu", "-q"]) == 0
+    assert "also segmented" not in capsys.readouterr().out
+    np.testing.assert_array_equal(io.read_label_map(tmp_path / "one" / "crop.png"),
+                                  seg.segment(image01)[0])
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", str(tmp_path / "crop.png"), "--model", str(ck), "--out",
+              str(tmp_path / "bad"), "--scale-choice", "1"])
+    assert exc.value.code == 2

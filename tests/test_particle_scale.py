@@ -118,3 +118,23 @@ def test_area_weighted_median_follows_the_area_not_the_count():
     assert area_weighted_median([10, 10, 10, 40]) == 40
     assert area_weighted_median([10, 10, 10, 10]) == 10
     assert area_weighted_median([]) is None
+
+
+def test_scale_multiples_are_validated_and_held_to_the_scale_limits():
+    from emcopilot.particle_scale import MAX_ENLARGED_PIXELS, check_scale_multiples, multiplied_scale
+
+    assert check_scale_multiples([]) == ()
+    assert check_scale_multiples(["1.5", 0.75, 1.5]) == (1.5, 0.75)  # order kept, once each
+    for bad in ([1], [0], [-2], [float("nan")], ["x"], "1.5", 1.5, [2, 3, 4, 5, 6]):
+        with pytest.raises(InputError):
+            check_scale_multiples(bad)
+    assert multiplied_scale(None, 1.0, (100, 100)) is None  # the image as it is
+    assert multiplied_scale(None, 1.5, (100, 100)) == 1.5
+    assert multiplied_scale(0.4, 1.5, (100, 100)) == pytest.approx(0.6)
+    assert multiplied_scale(3.0, 2.0, (100, 100)) == SCALE_LIMITS[1]
+    assert multiplied_scale(0.1, 0.5, (100, 100)) == SCALE_LIMITS[0]
+    # an enlargement is held to MAX_ENLARGED_PIXELS, an image already larger is not enlarged
+    side = 1024
+    assert multiplied_scale(1.5, 2.0, (side, side)) == pytest.approx(
+        np.sqrt(MAX_ENLARGED_PIXELS) / side)
+    assert multiplied_scale(1.0, 1.5, (4096, 4096)) == 1.0

@@ -111,7 +111,7 @@ def test_cli_pipeline_warns_about_unsure_polarity(monkeypatch, tmp_path, capsys)
     from emcopilot.support import SUPPORT_CHECK_DEFAULT
 
     assert seen[-1]["support_check"] is SUPPORT_CHECK_DEFAULT
-    assert seen[-1]["segmentor_options"] is None
+    assert seen[-1]["segmentor_options"] is None and seen[-1]["scale_choice"] == ()
     err = capsys.readouterr().err
     assert "polarity detected for 1 image(s) is unsure: noise" in err and "--polarity" in err
     assert "no particle" not in err
@@ -119,8 +119,9 @@ def test_cli_pipeline_warns_about_unsure_polarity(monkeypatch, tmp_path, capsys)
     result["stages"]["masks"] = {"no_particles": ["blank", "PtC2"]}
     assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q",
                      "--support-in-training", "on", "--segmentor-base", "16",
-                     "--support-check", "off" if SUPPORT_CHECK_DEFAULT else "on"]) == 0
-    assert seen[-1]["support_in_training"] is True
+                     "--support-check", "off" if SUPPORT_CHECK_DEFAULT else "on",
+                     "--scale-choice", "1.5,0.75"]) == 0
+    assert seen[-1]["support_in_training"] is True and seen[-1]["scale_choice"] == (1.5, 0.75)
     assert seen[-1]["support_check"] is not SUPPORT_CHECK_DEFAULT
     assert seen[-1]["segmentor_options"] == {"base": 16}
     err = capsys.readouterr().err
@@ -520,3 +521,41 @@ def test_support_check_keeps_the_removal_only_where_it_matches_the_coarse_masks(
             np.testing.assert_array_equal(
                 io.read_micrograph(out / "segmentation" / part).image,
                 io.read_micrograph(runs["without"] / "segmentation" / part).image)
+
+
+@pytest.mark.slow
+def test_scale_choice_segments_each_image_as_segment_does_and_records_the_factors(pipeline_run,
+                                                                                  tmp_path):
+    """--scale-choice: the segment stage's particles and maps are the kept checkpoint's
+    Segmentor.segment_detail (every multiple tried, the best match with the coarse mask kept,
+    then the run's other choices), the multiples kept are recorded per image, and the
+    checkpoint records the choice for `segment`."""
+    from emcopilot.errors import InputError
+    from emcopilot.inference import Segmentor
+
+    src, first, _, _ = pipeline_run
+    stems = sorted(p.stem for p in src.iterdir())
+    out = tmp_path / "run"
+    _copy_run(first, out)
+    run_pipeline(src, out, **{**TINY, "scale_choice": (0.5, 2.0)})
+    record = load_state(out)["stages"]["segment"]
+    assert sorted(record["scale_multiples"]) == stems
+    assert set(record["scale_multiples"].values()) <= {1.0, 0.5, 2.0}
+    seg = Segmentor.load(record["model"], device="cpu")
+    assert seg.scale_choice == (0.5, 2.0)
+    for stem in stems:
+        image01 = io.normalize(io.read_micrograph(out / "images" / f"{stem}.png").image)
+        coarse = io.read_label_map(out / "coarse_masks" / f"{stem}.png")
+        labels, prob, info = seg.segment_detail(image01, polarity="bright", scale_labels=coarse)
+        assert info["scale_multiple"] == record["scale_multiples"][stem]
+        np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
+                                      labels)
+        np.testing.assert_array_equal(
+            io.read_micrograph(out / "segmentation" / "prob" / f"{stem}.png").image,
+            io.to_uint8(prob))
+    # without it (the default): no record, and the checkpoint records none
+    plain = load_state(first)["stages"]["segment"]
+    assert "scale_multiples" not in plain
+    assert Segmentor.load(plain["model"], device="cpu").scale_choice == ()
+    with pytest.raises(InputError):
+        run_pipeline(src, tmp_path / "bad", **{**TINY, "scale_choice": (1.0,)})

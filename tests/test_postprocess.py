@@ -322,3 +322,20 @@ def test_add_coarse_particles_restores_the_particles_of_real_masks(examples_dir)
         new = np.unique(out[truth == i])
         assert len(new) == 1 and new[0] > seg.max()
         np.testing.assert_array_equal(out == new[0], truth == i)
+
+
+def test_best_matching_picks_the_map_closest_to_the_reference_ties_to_the_first():
+    from emcopilot.postprocess import best_matching
+
+    ref = np.zeros((40, 40), np.int32)
+    ref[5:15, 5:15], ref[25:35, 25:35] = 1, 2
+    half = np.where(ref == 1, 1, 0)  # one of the two particles
+    merged = np.zeros_like(ref)
+    merged[5:35, 5:35] = 1  # one particle over both (IoU 1/9 with each)
+    shifted = np.roll(ref, 6, axis=1)  # both moved: IoU 0.25
+    assert best_matching([half, ref, merged], ref) == 1
+    assert best_matching([merged, shifted, half], ref) == 2
+    assert best_matching([half, half.copy()], ref) == 0  # a tie: the first
+    assert best_matching([np.zeros_like(ref)], ref) == 0
+    with pytest.raises(InputError):
+        best_matching([], ref)
