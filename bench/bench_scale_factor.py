@@ -21,7 +21,7 @@ particles match that image's coarse mask best (ties to the first factor).
         --truth ../shared/data/ardagen_stem_catalysts_yolo/labels --truth-format yolo \
         --factors 1 1.5
 
-``--model`` picks another segmentor checkpoint than the run's kept one (``segmentor/selected``),
+``--model`` picks another segmentor checkpoint than the run's kept one (the segment record's),
 e.g. one member of the mean (half the time). As in the pipeline, particles are derived from the
 probability map rounded to 8 bits (what the run stores), so factor 1 with the kept segmentor
 gives the run's own particles. Choosing a factor on test labels is optimistic: the rows
@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth-format", default="yolo")
     ap.add_argument("--factors", type=float, nargs="+", default=[1.0, 1.5])
     ap.add_argument("--model", type=Path, default=None,
-                    help="segmentor checkpoint (default: the run's segmentor/selected)")
+                    help="segmentor checkpoint (default: the run's kept one, as its segment "
+                         "stage records it: segmentor/selected, or segmentor/best_miou for one "
+                         "segmentor)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/scale_factor.json"))
     ap.add_argument("--keep", type=Path, default=None,
                     help="keep every row's particles (label maps) in this folder, one "
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = stages["images"]["images"]
     removed = set(seg.get("support_removed", []))
     data_bar = bool(stages["images"].get("data_bar", True))
-    model = _checkpoint(args.model or args.run / "segmentor" / "selected")
+    model = _checkpoint(args.model or Path(seg["model"]))
     segmentor = Segmentor.load(model, device="cpu")
     if segmentor.particle_diameter_px is None:
         raise SystemExit("this run's segmentor was not trained at a common particle scale")
