@@ -15,7 +15,8 @@ choose its segmentor and core probability: the object F1 (IoU 0.5) of the segmen
 particles (before coarse particles are added) against the run's coarse masks. Each factor row
 reports that F1 pooled over the run (``f1_vs_coarse``: the per-run choice is the row with the
 highest), and the row "per image, F1 vs coarse" takes for each image the factor whose own
-particles match that image's coarse mask best (ties to the first factor).
+particles match that image's coarse mask best (ties to the first factor), by the rule
+``emcopilot pipeline --scale-choice`` uses (``postprocess.best_matching``).
 
     python -m bench.bench_scale_factor --run runs/cat27 \
         --truth ../shared/data/ardagen_stem_catalysts_yolo/labels --truth-format yolo \
@@ -45,7 +46,7 @@ from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs
 from emcopilot.inference import Segmentor, _above_bar
 from emcopilot.metrics import match_instances
-from emcopilot.postprocess import add_coarse_particles
+from emcopilot.postprocess import add_coarse_particles, best_matching
 
 
 def _checkpoint(base: Path) -> Path:
@@ -88,16 +89,6 @@ def f1_of(counts: tuple[int, int, int]) -> float:
     return 2 * tp / (n_pred + n_ref) if n_pred + n_ref else 1.0
 
 
-def choose_per_image(counts: dict[float, dict[str, tuple[int, int, int]]]) -> dict[str, float]:
-    """For each image, the factor whose own particles have the highest F1 against its coarse
-    mask (``counts[factor][stem]`` from :func:`f1_counts`); ties go to the first factor."""
-    factors = list(counts)
-    stems = counts[factors[0]]
-    return {stem: max(factors, key=lambda f: (round(f1_of(counts[f][stem]), 12),
-                                              -factors.index(f)))
-            for stem in stems}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, type=Path, help="a finished `emcopilot pipeline` --out")
@@ -134,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         bare = {f: Path(tmp) / f"bare_x{f:g}" for f in args.factors}
         seconds = {f: 0.0 for f in args.factors}
         vs_coarse: dict[float, dict[str, tuple[int, int, int]]] = {f: {} for f in args.factors}
+        chosen: dict[str, float] = {}
         for k, stem in enumerate(meta):
             image01 = io.normalize(io.read_micrograph(args.run / "images" / f"{stem}.png").image)
             coarse = io.read_label_map(args.run / "coarse_masks" / f"{stem}.png")
             factor = pipeline_factor(segmentor, image01, coarse, data_bar)
+            own = []
             for f in args.factors:
                 t0 = time.perf_counter()
                 labels, bare_labels = segment_image(segmentor, image01, coarse, factor * f,
@@ -146,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[f] += time.perf_counter() - t0
                 io.write_label_map(bare[f] / f"{stem}.png", bare_labels)
                 vs_coarse[f][stem] = f1_counts(bare_labels, coarse)
+                own.append(bare_labels)
                 io.write_label_map(folders[f] / f"{stem}.png", labels)
+            # the library's per-image rule (Segmentor.segment_detail's scale_choice)
+            chosen[stem] = args.factors[best_matching(own, coarse)]
             print(f"{k + 1}/{len(meta)} {stem} (factor {factor:.3g})", flush=True)
         first = args.factors[0]
         for f in args.factors[1:]:
@@ -157,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
                     io.read_label_map(folders[first] / f"{stem}.png"),
                     io.read_label_map(bare[f] / f"{stem}.png"), min_area_ratio=0.0))
             folders[f"x{first:g} + uncovered x{f:g}"] = union
-        chosen = choose_per_image(vs_coarse)
         if len(args.factors) > 1:
             per_image = Path(tmp) / "per_image_choice"
             for stem, f in chosen.items():

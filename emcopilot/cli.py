@@ -161,8 +161,8 @@ def _scale_choice(text: str) -> tuple[float, ...]:
     if t == "none":
         return ()
     try:
-        return check_scale_multiples([x for x in t.split(",") if x.strip()] or [t])
-    except Exception as exc:  # InputError: argparse reports it as a usage error
+        return check_scale_multiples([x for x in t.split(",") if x.strip()])
+    except InputError as exc:  # argparse reports it as a usage error
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 

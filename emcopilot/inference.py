@@ -541,17 +541,20 @@ class Segmentor:
         return labels, prob
 
     def segment_detail(self, image01: np.ndarray, threshold: float | str | None = None, *,
-                min_distance: int = 3, min_area: int = 10, scale: float | None = None,
-                polarity: str = "auto", scale_labels: np.ndarray | None = None,
-                min_peak: float | str | None = "model", grow_to: float | str | None = "model",
-                add_coarse: bool | str = "model", data_bar: bool = True,
-                support: str | bool = "model", support_check: bool | str = "model",
-                scale_choice: Sequence[float] | str = "model"
+                       min_distance: int = 3, min_area: int = 10, scale: float | None = None,
+                       polarity: str = "auto", scale_labels: np.ndarray | None = None,
+                       min_peak: float | str | None = "model",
+                       grow_to: float | str | None = "model",
+                       add_coarse: bool | str = "model", data_bar: bool = True,
+                       support: str | bool = "model", support_check: bool | str = "model",
+                       scale_choice: Sequence[float] | str = "model"
                        ) -> tuple[np.ndarray, np.ndarray, dict]:
         """Instance label map (int32, 0 = background) and probability map of one image, both of
         the image's size, and what was chosen for it (``{"scale_multiple": the multiple of the
         resize factor kept, "coarse_added": coarse particles added, "support_removed": whether
-        the particles come from the image with its support removed}``): :meth:`probability`, then :meth:`instances`; with ``add_coarse``
+        the particles come from the image with its support removed}``).
+
+        Steps: :meth:`probability`, then :meth:`instances`; with ``add_coarse``
         (``"model"``: :attr:`add_coarse`) plus the coarse particles the segmentor missed
         (:func:`emcopilot.postprocess.add_coarse_particles`), from ``scale_labels`` when given
         (the image's coarse mask) else from :meth:`coarse_labels`. With ``data_bar`` (default)

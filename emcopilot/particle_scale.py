@@ -18,7 +18,8 @@ import numpy as np
 from .errors import InputError
 
 __all__ = ["area_weighted_median", "typical_diameter", "normalising_scale", "resize_image", "resize_labels",
-           "estimate_scale", "check_scale_multiples", "multiplied_scale", "SCALE_LIMITS", "DEFAULT_DIAMETER_PX", "MAX_ENLARGED_PIXELS"]
+           "estimate_scale", "check_scale_multiples", "multiplied_scale", "SCALE_LIMITS",
+           "DEFAULT_DIAMETER_PX", "MAX_ENLARGED_PIXELS"]
 
 #: typical particle width (px) the pipeline's segmentor is trained and run at
 DEFAULT_DIAMETER_PX = 32.0
@@ -94,12 +95,10 @@ def check_scale_multiples(multiples) -> tuple[float, ...]:
 
 def multiplied_scale(factor: float | None, multiple: float, shape: tuple[int, ...],
                      limits: tuple[float, float] = SCALE_LIMITS,
-                     max_pixels: int = MAX_ENLARGED_PIXELS) -> float | None:
+                     max_pixels: int = MAX_ENLARGED_PIXELS) -> float:
     """``factor`` (None: the image as it is, 1) times ``multiple``, held to the limits of
     :func:`normalising_scale` (``limits``; an enlargement to at most ``max_pixels`` pixels,
-    none for an image already larger); None for multiple 1 of no factor."""
-    if multiple == 1.0:
-        return factor
+    none for an image already larger)."""
     s = float(np.clip((1.0 if factor is None else float(factor)) * float(multiple), *limits))
     if s > 1.0:
         s = min(s, max(1.0, float(np.sqrt(max_pixels / max(1, shape[0] * shape[1])))))

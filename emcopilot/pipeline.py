@@ -468,7 +468,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             coarse = io.read_label_map(mask_dir / f"{stem}.png")
             if scale_choice:
                 # every factor, support check and coarse addition as `segment` does them: the
-                # kept checkpoint records each choice
+                # kept checkpoint records each choice. This maps the image at the resize factor
+                # again (the stored map above is 8-bit; `segment` works on the float map), about
+                # 1 / (1 + sum M^2) of this pass's time
                 report(7, len(STAGES), f"segment: {stem} at {len(scale_choice) + 1} scales "
                                        f"{i}/{len(meta)}")
                 labels, prob, info = kept.segment_detail(

@@ -279,8 +279,8 @@ def best_matching(candidates: Sequence[np.ndarray], reference: np.ndarray) -> in
     """Index of the label map among ``candidates`` whose particles match ``reference`` (e.g.
     the image's coarse mask) best by object F1 at IoU 0.5 (one-to-one,
     :func:`emcopilot.metrics.object_scores`); ties go to the earliest. The label-free referee
-    of the segmentor's per-image choices (:meth:`emcopilot.inference.Segmentor.segment`'s
-    ``scale_choice``).
+    of the segmentor's per-image choices (:meth:`emcopilot.inference.Segmentor.segment_detail`'s
+    ``scale_choice``, :func:`emcopilot.support.removal_kept`).
 
     >>> ref = np.zeros((8, 8), np.int32); ref[1:4, 1:4] = 1; ref[5:8, 5:8] = 2
     >>> one = np.where(ref == 1, 1, 0)

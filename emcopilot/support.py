@@ -173,7 +173,7 @@ def removal_kept(with_removal: np.ndarray, without: np.ndarray, coarse: np.ndarr
     """Whether an image's particles segmented with its support removed (``with_removal``) are
     kept over those segmented without (``without``): unless the latter match the image's coarse
     mask (``coarse``, label maps of one shape) better by object F1 at IoU 0.5
-    (:func:`emcopilot.metrics.object_scores`, one-to-one), i.e. ties keep the removal.
+    (:func:`emcopilot.postprocess.best_matching`), i.e. ties keep the removal.
 
     The removal lets the segmentor find small particles on a support, and on some images it
     leaves support texture that the segmentor then takes for particles (BENCHMARKS.md, run 25:
@@ -181,7 +181,6 @@ def removal_kept(with_removal: np.ndarray, without: np.ndarray, coarse: np.ndarr
     any model, is the label-free referee, as it is for the segmentor's other choices
     (:func:`emcopilot.inference.choose_min_peak`). Measured on run 26 (BENCHMARKS.md, stop
     24) it is not the default (:data:`SUPPORT_CHECK_DEFAULT`)."""
-    from .metrics import object_scores
+    from .postprocess import best_matching
 
-    return (float(object_scores(with_removal, coarse)["f1"])
-            >= float(object_scores(without, coarse)["f1"]))
+    return best_matching([with_removal, without], coarse) == 0

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 
-from bench.bench_scale_factor import (choose_per_image, f1_counts, f1_of, main, pipeline_factor,
-                                      segment_image)
+from bench.bench_scale_factor import f1_counts, f1_of, main, pipeline_factor, segment_image
 from emcopilot import io
 from emcopilot.inference import Segmentor
 from emcopilot.postprocess import add_coarse_particles
@@ -78,9 +77,14 @@ def test_the_bench_writes_a_row_per_factor_and_union(tmp_path, examples_dir):
     assert set(choice.values()) <= {"x1", "x2"}
     # --keep leaves every row's particles; the per-image row is each image's chosen factor's
     kept = tmp_path / "kept"
+    from emcopilot.postprocess import best_matching
+
     for stem, factor in choice.items():
         np.testing.assert_array_equal(io.read_label_map(kept / "per_image_choice" / f"{stem}.png"),
                                       io.read_label_map(kept / factor / f"{stem}.png"))
+        coarse = io.read_label_map(run / "coarse_masks" / f"{stem}.png")
+        own = [io.read_label_map(kept / f"bare_{x}" / f"{stem}.png") for x in ("x1", "x2")]
+        assert factor == ("x1", "x2")[best_matching(own, coarse)]
 
 
 def _discs(centres, shape=(64, 64), r=5):
@@ -91,16 +95,11 @@ def _discs(centres, shape=(64, 64), r=5):
     return lab
 
 
-def test_the_per_image_choice_follows_the_match_with_the_coarse_mask():
+def test_f1_counts_pool_the_matches_with_the_coarse_mask():
     coarse = _discs([(15, 15), (45, 45)])
     both, one = _discs([(15, 15), (45, 45)]), _discs([(15, 15)])
-    shifted = _discs([(15, 30), (45, 20)])  # no particle where a coarse one is
     assert f1_counts(both, coarse) == (2, 2, 2) and f1_of((2, 2, 2)) == 1.0
     assert f1_counts(one, coarse) == (1, 1, 2) and abs(f1_of((1, 1, 2)) - 2 / 3) < 1e-12
     assert f1_of((0, 0, 0)) == 1.0  # nothing on either side agrees
-    counts = {1.0: {"a": f1_counts(one, coarse), "b": f1_counts(both, coarse),
-                    "c": f1_counts(one, coarse)},
-              1.5: {"a": f1_counts(both, coarse), "b": f1_counts(shifted, coarse),
-                    "c": f1_counts(one, coarse)}}
-    # a: x1.5 matches better; b: x1 does; c: a tie goes to the first factor
-    assert choose_per_image(counts) == {"a": 1.5, "b": 1.0, "c": 1.0}
+    # pooled over images: (2 + 1) matches of (2 + 1) particles and (2 + 2) coarse ones
+    assert abs(f1_of((3, 3, 4)) - 6 / 7) < 1e-12

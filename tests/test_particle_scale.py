@@ -128,7 +128,6 @@ def test_scale_multiples_are_validated_and_held_to_the_scale_limits():
     for bad in ([1], [0], [-2], [float("nan")], ["x"], "1.5", 1.5, [2, 3, 4, 5, 6]):
         with pytest.raises(InputError):
             check_scale_multiples(bad)
-    assert multiplied_scale(None, 1.0, (100, 100)) is None  # the image as it is
     assert multiplied_scale(None, 1.5, (100, 100)) == 1.5
     assert multiplied_scale(0.4, 1.5, (100, 100)) == pytest.approx(0.6)
     assert multiplied_scale(3.0, 2.0, (100, 100)) == SCALE_LIMITS[1]
