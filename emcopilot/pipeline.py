@@ -45,6 +45,22 @@ def _state_path(out: Path) -> Path:
     return out / "pipeline.json"
 
 
+def segmentor_dir(out: Path, recorded: str) -> Path:
+    """A trained segmentor's folder from the segmentor stage's record of it. Records are relative
+    to the run folder; one from before that (absolute, or relative to where that run was
+    started) names the same place under this run folder's ``segmentor/`` when that exists, so a
+    copied or moved run segments with its own checkpoints, as a new record does."""
+    path = Path(recorded)
+    if not path.is_absolute() and (out / path).is_dir():
+        return out / path
+    if "segmentor" in path.parts:
+        last = len(path.parts) - 1 - path.parts[::-1].index("segmentor")
+        own = out.joinpath(*path.parts[last:])
+        if own.is_dir():
+            return own
+    return path
+
+
 def load_state(out: Path) -> dict:
     """The pipeline's record of finished stages (``{"stages": {name: {...}}}``)."""
     f = _state_path(out)
@@ -393,8 +409,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         # the segmentors the segmentor stage trained (a run resumed with another
         # segmentor_seeds keeps them; a run from before the option: segmentor/ itself)
         trained = done["segmentor"].get("candidates") or {str(seed): str(seg_dir)}
-        # relative: within the run folder (absolute: a run from before that)
-        candidates = {int(s): out / d for s, d in trained.items()}
+        candidates = {int(s): segmentor_dir(out, d) for s, d in trained.items()}
         choices, segmentors = {}, {}
         # whether each image has its support taken out: judged once (the candidates share the
         # run's settings), for every segmentor and for support_check

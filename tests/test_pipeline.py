@@ -431,6 +431,38 @@ def test_a_run_resumed_with_other_segmentor_seeds_segments_with_what_it_trained(
     assert not (out / "segmentor" / "seed1").exists()
 
 
+def test_segmentor_records_name_folders_in_the_run_even_from_before_relative_records(tmp_path):
+    """Records are relative to the run folder; older ones were absolute or relative to where the
+    run started: those name the same place under this run's segmentor/ when it is there (a copied
+    run uses its own checkpoints), else the recorded place itself."""
+    from emcopilot.pipeline import segmentor_dir
+
+    out, elsewhere = tmp_path / "copy", tmp_path / "original"
+    for run in (out, elsewhere):
+        (run / "segmentor" / "seed1").mkdir(parents=True)
+    assert segmentor_dir(out, "segmentor/seed1") == out / "segmentor" / "seed1"
+    assert segmentor_dir(out, ".") == out / "."
+    assert segmentor_dir(out, str(elsewhere / "segmentor" / "seed1")) == out / "segmentor" / "seed1"
+    assert segmentor_dir(out, "runs/original/segmentor") == out / "segmentor"
+    # a record whose folder this run lacks: as recorded
+    assert segmentor_dir(out, str(elsewhere / "segmentor" / "seed7")) == \
+        elsewhere / "segmentor" / "seed7"
+    assert segmentor_dir(out, str(elsewhere / "other")) == elsewhere / "other"
+
+
+@pytest.mark.slow
+def test_a_copied_run_with_an_old_absolute_record_segments_with_its_own_segmentor(pipeline_run,
+                                                                                   tmp_path):
+    src, first, _, _ = pipeline_run
+    out = tmp_path / "run"
+    state = _copy_run(first, out)
+    state["stages"]["segmentor"]["candidates"] = {"0": str(first / "segmentor")}  # as before
+    (out / "pipeline.json").write_text(json.dumps(state))
+    run_pipeline(src, out, **TINY)
+    assert load_state(out)["stages"]["segment"]["model"] in (
+        str(out / "segmentor" / "best_miou"), str(out / "segmentor" / "last"))
+
+
 @pytest.mark.slow
 def test_a_given_core_probability_is_recorded_for_segment(pipeline_run, tmp_path):
     """--min-peak P: the pipeline's particles use P, and the checkpoint says so, so that
