@@ -205,6 +205,19 @@ def segmentor_support_check(ckpt: Path | None) -> bool:
     return _recorded_flag(ckpt, "support_check")
 
 
+def segmentor_scale_choice(ckpt: Path | None) -> tuple[float, ...]:
+    """The further multiples of the resize factor a checkpoint's config.json records
+    (``scale_choice``: each image is also segmented at them and the factor whose particles match
+    its mask best is kept; none when absent, unreadable or invalid)."""
+    from emcopilot.particle_scale import check_scale_multiples
+
+    try:
+        return check_scale_multiples(
+            (_checkpoint_config(ckpt) or {}).get("config", {}).get("scale_choice") or ())
+    except InputError:
+        return ()
+
+
 def segmentor_support_scope(ckpt: Path | None) -> str:
     """Which images a checkpoint's recorded support removal reaches: "none", "all" or "per
     image" (:meth:`emcopilot.inference.Segmentor.support_scope`, read without torch)."""
@@ -583,8 +596,10 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
     masker with the same options as the coarse-mask job: quick report with no training).
     params["use_edited"]: with "coarse", use the saved (edited) masks where they exist.
     With "segmentor", params["min_peak"], ["grow_to"], ["add_coarse"], ["support_removal"]
-    ("auto", "on" or "off") and ["support_check"] (true or false) override what the checkpoint
-    records ("model", the default)."""
+    ("auto", "on" or "off"), ["support_check"] (true or false) and ["scale_choice"] (a list of
+    further multiples of each image's resize factor, [] for none) override what the checkpoint
+    records ("model", the default); with multiples, the one kept for each image is in the
+    report's provenance (model.scale_multiples)."""
     from emcopilot.analysis import write_psd_report
     from emcopilot.io import write_label_map
 
@@ -647,6 +662,16 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
                              f"{support_check!r}")
         model_info["support_check"] = (seg.support_check if support_check == "model"
                                        else support_check)
+        # "model": as recorded in the checkpoint; a list of multiples ([]: one factor)
+        scale_choice = params.get("scale_choice", "model")
+        if scale_choice != "model":
+            from emcopilot.particle_scale import check_scale_multiples
+
+            scale_choice = check_scale_multiples(scale_choice)
+        multiples = seg.scale_choice if scale_choice == "model" else scale_choice
+        model_info["scale_choice"] = list(multiples)
+        if multiples:
+            model_info["scale_multiples"] = {}
     else:
         from emcopilot.masking import coarse_mask, resolve_method
 
@@ -661,14 +686,16 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
         image01 = _image01(project, stem)
         labels = None
         if model == "segmentor":
-            labels, _ = seg.segment(image01, threshold=thr, polarity=_polarity(project, stem),
-                                    min_peak=min_peak, grow_to=grow_to, add_coarse=add_coarse,
-                                    support=support, support_check=support_check,
-                                    # the project's mask (coarse or edited): the particle
-                                    # scale, and the particles added with add_coarse
-                                    scale_labels=(_load_mask(project, stem)
-                                                  if seg.particle_diameter_px or add_coarse
-                                                  else None))
+            labels, _, info = seg.segment_detail(
+                image01, threshold=thr, polarity=_polarity(project, stem), min_peak=min_peak,
+                grow_to=grow_to, add_coarse=add_coarse, support=support,
+                support_check=support_check, scale_choice=multiples,
+                # the project's mask (coarse or edited): the particle scale, the particles
+                # added with add_coarse and the reference of the scale choice
+                scale_labels=(_load_mask(project, stem)
+                              if seg.particle_diameter_px or add_coarse or multiples else None))
+            if multiples:
+                model_info["scale_multiples"][stem] = info["scale_multiple"]
         else:
             if params.get("use_edited", True):
                 labels = _load_mask(project, stem)

@@ -99,6 +99,21 @@ if model == "segmentor":
              "It segments those images twice.")
     if check != checked and removal != "off":
         params["support_check"] = check
+    scales = job_kinds.segmentor_scale_choice(ckpt)
+    tried = ", ".join(f"{m:g}x" for m in scales) or "1.5x"
+    choose = st.checkbox(
+        f"Also segment each image at {tried} its particle scale and keep what matches its mask "
+        "best" + (" (chosen for this model)" if scales else ""), value=bool(scales),
+        help="The segmentor sees each image resized so that its typical mask particle has the "
+             "width it learnt; where the masks make particles look larger than they are, it "
+             "finds them too large and too few. With this, each image is also segmented at the "
+             "larger scale, and the particles that match its mask (edited, else the coarse "
+             "mask) better by object F1 are kept. On the S/TEM catalysts it lowered the count "
+             "error and brought sizes closer; on EMPS it raised object F1 but counted more "
+             "particles on images with one or two (BENCHMARKS.md, stops 26-27). It takes about "
+             "three times as long.")
+    if choose != bool(scales):
+        params["scale_choice"] = list(scales or (1.5,)) if choose else []
 if st.button("Segment all images and write the report", type="primary",
              icon=":material/play_arrow:"):
     _ui.submit_job(store, project, "segment", params)

@@ -621,6 +621,86 @@ def test_results_remove_the_support_as_recorded_or_as_chosen(store, masked):
         job_kinds.segment_job(masked, {"model": "segmentor", "support_check": "yes"}, Ctx())
 
 
+def test_results_choose_the_particle_scale_per_image_as_recorded_or_as_ticked(store, masked,
+                                                                               monkeypatch):
+    """The Results page's scale choice starts at what the model records (off without a record);
+    a tick sends [1.5] to the segment job, which segments each image as
+    Segmentor.segment_detail does with that choice (against the project's mask) and records the
+    multiple kept per image; a model that records it starts ticked, and an untick sends []."""
+    import numpy as np
+    import torch
+
+    from emcopilot import io, job_kinds
+    from emcopilot.inference import Segmentor
+    from emcopilot.nets import UNetPlusPlus
+    from emcopilot.training import save_checkpoint
+    from emcopilot.training.checkpoint import update_config
+
+    torch.manual_seed(0)
+    ckpt = job_kinds.segmentor_runs(masked) / "best_miou"
+    save_checkpoint(ckpt, UNetPlusPlus(base=4, depth=3), None,
+                    {"image_size": 64, "particle_diameter_px": 32}, epoch=1)
+    assert job_kinds.segmentor_scale_choice(ckpt) == ()
+    label = "Also segment each image at"
+    at = open_page(PAGES[6], masked.id)
+    ticks = [c for c in at.checkbox if c.label.startswith(label)]
+    assert len(ticks) == 1 and ticks[0].value is False and "1.5x" in ticks[0].label
+    button(at, "Segment all images and write the report").click().run()
+    assert "scale_choice" not in jobs_of(store, masked, "segment")[-1]["params"]
+    ticks[0].check().run()
+    button(at, "Segment all images and write the report").click().run()
+    params = jobs_of(store, masked, "segment")[-1]["params"]
+    assert params["scale_choice"] == [1.5]
+    job_kinds.segment_job(masked, params, Ctx())
+    results = job_kinds.project_path(masked, "results_dir")
+    model = json.loads((results / "provenance.json").read_text())["model"]
+    assert model["scale_choice"] == [1.5]
+    seg = Segmentor.load(ckpt, device="cpu")
+    stems = job_kinds._stems(masked)
+    assert set(model["scale_multiples"]) == set(stems)
+    for stem in stems:
+        labels, _, info = seg.segment_detail(
+            job_kinds._image01(masked, stem), threshold=0.5,
+            polarity=job_kinds._polarity(masked, stem),
+            scale_labels=job_kinds._load_mask(masked, stem), scale_choice=(1.5,))
+        assert model["scale_multiples"][stem] == info["scale_multiple"]
+        np.testing.assert_array_equal(io.read_label_map(results / "masks" / f"{stem}.png"),
+                                      labels)
+    # a referee that always prefers the larger scale: the job keeps x1.5 everywhere
+    import emcopilot.inference
+
+    with monkeypatch.context() as patch:
+        patch.setattr(emcopilot.inference, "best_matching", lambda cands, ref: len(cands) - 1)
+        job_kinds.segment_job(masked, params, Ctx())
+        model = json.loads((results / "provenance.json").read_text())["model"]
+        assert model["scale_multiples"] == {stem: 1.5 for stem in stems}
+        for stem in stems:
+            labels, _, _ = seg.segment_detail(
+                job_kinds._image01(masked, stem), threshold=0.5,
+                polarity=job_kinds._polarity(masked, stem),
+                scale_labels=job_kinds._load_mask(masked, stem), scale_choice=(1.5,))
+            np.testing.assert_array_equal(io.read_label_map(results / "masks" / f"{stem}.png"),
+                                          labels)
+    # without the choice: one factor, nothing recorded per image
+    job_kinds.segment_job(masked, {"model": "segmentor"}, Ctx())
+    model = json.loads((results / "provenance.json").read_text())["model"]
+    assert model["scale_choice"] == [] and "scale_multiples" not in model
+    update_config(ckpt, scale_choice=[1.5])
+    assert job_kinds.segmentor_scale_choice(ckpt) == (1.5,)
+    at = open_page(PAGES[6], masked.id)
+    ticks = [c for c in at.checkbox if c.label.startswith(label)]
+    assert ticks[0].value is True and "(chosen for this model)" in ticks[0].label
+    ticks[0].uncheck().run()
+    button(at, "Segment all images and write the report").click().run()
+    assert jobs_of(store, masked, "segment")[-1]["params"]["scale_choice"] == []
+    with pytest.raises(Exception, match="scale multiple"):
+        job_kinds.segment_job(masked, {"model": "segmentor", "scale_choice": "yes"}, Ctx())
+    with pytest.raises(Exception, match="scale multiple"):
+        job_kinds.segment_job(masked, {"model": "segmentor", "scale_choice": [0]}, Ctx())
+    update_config(ckpt, scale_choice=[1])  # not a valid record: read as none
+    assert job_kinds.segmentor_scale_choice(ckpt) == ()
+
+
 def test_job_panel_follows_the_store(store, project):
     """The job UI reads the store: queued (position), running (progress), failed (error),
     and Cancel on a queued job cancels it."""
