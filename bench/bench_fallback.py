@@ -15,18 +15,13 @@ the mixed folder (pixel Dice and KS are not recomputed).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
+from bench.common import per_image_rows
 from emcopilot.evaluate import count_agreement
 
 RATIOS = (0.25, 0.33, 0.5, 0.67, 1.0)
-
-
-def _rows(folder: Path) -> dict[str, dict[str, str]]:
-    with open(folder / "per_image.csv", newline="", encoding="utf-8") as fh:
-        return {r["name"]: r for r in csv.DictReader(fh)}
 
 
 def score(pred: dict, coarse: dict, ratio: float | None) -> dict:
@@ -51,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coarse-eval", required=True, type=Path)
     ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     args = ap.parse_args(argv)
-    pred, coarse = _rows(args.pred_eval), _rows(args.coarse_eval)
+    pred, coarse = per_image_rows(args.pred_eval), per_image_rows(args.coarse_eval)
     rows = [score(pred, coarse, None)] + [score(pred, coarse, r) for r in args.ratios]
     only = score(coarse, coarse, None)
     rows.append(dict(only, ratio="coarse masks only", images_from_coarse=only["images"]))

@@ -103,6 +103,15 @@ class Timer:
                 "mean_s": float(np.mean(self.times)), "max_s": float(max(self.times))}
 
 
+def per_image_rows(folder: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """The per-image rows of an ``emcopilot evaluate --out FOLDER`` report (``per_image.csv``),
+    by image name."""
+    import csv
+
+    with open(Path(folder) / "per_image.csv", newline="", encoding="utf-8") as fh:
+        return {r["name"]: r for r in csv.DictReader(fh)}
+
+
 def time_call(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> tuple[float, Any]:
     """Median wall time (s) of ``fn()`` over ``repeat`` runs after ``warmup`` runs; and a result."""
     out = None
