@@ -328,12 +328,9 @@ class Segmentor:
         (:func:`emcopilot.postprocess.best_matching`): the checkpoint config's
         ``scale_choice`` (the pipeline records it; BENCHMARKS.md, stop 26), none when absent or
         not valid."""
-        from .particle_scale import check_scale_multiples
+        from .particle_scale import recorded_scale_choice
 
-        try:
-            return check_scale_multiples(self.config.get("config", {}).get("scale_choice") or ())
-        except InputError:
-            return ()
+        return recorded_scale_choice(self.config.get("config", {}))
 
     @property
     def support_check(self) -> bool:

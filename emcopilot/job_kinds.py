@@ -208,14 +208,11 @@ def segmentor_support_check(ckpt: Path | None) -> bool:
 def segmentor_scale_choice(ckpt: Path | None) -> tuple[float, ...]:
     """The further multiples of the resize factor a checkpoint's config.json records
     (``scale_choice``: each image is also segmented at them and the factor whose particles match
-    its mask best is kept; none when absent, unreadable or invalid)."""
-    from emcopilot.particle_scale import check_scale_multiples
+    its mask best is kept; none when absent, unreadable or invalid), read without torch as
+    :attr:`emcopilot.inference.Segmentor.scale_choice` reads it."""
+    from emcopilot.particle_scale import recorded_scale_choice
 
-    try:
-        return check_scale_multiples(
-            (_checkpoint_config(ckpt) or {}).get("config", {}).get("scale_choice") or ())
-    except InputError:
-        return ()
+    return recorded_scale_choice((_checkpoint_config(ckpt) or {}).get("config", {}))
 
 
 def segmentor_support_scope(ckpt: Path | None) -> str:

@@ -18,7 +18,8 @@ import numpy as np
 from .errors import InputError
 
 __all__ = ["area_weighted_median", "typical_diameter", "normalising_scale", "resize_image", "resize_labels",
-           "estimate_scale", "check_scale_multiples", "multiplied_scale", "SCALE_LIMITS",
+           "estimate_scale", "check_scale_multiples", "multiplied_scale", "recorded_scale_choice",
+           "SCALE_LIMITS",
            "DEFAULT_DIAMETER_PX", "MAX_ENLARGED_PIXELS"]
 
 #: typical particle width (px) the pipeline's segmentor is trained and run at
@@ -66,9 +67,15 @@ def normalising_scale(labels: np.ndarray, target: float = DEFAULT_DIAMETER_PX,
     d = typical_diameter(lab)
     if d is None:
         return 1.0
-    s = float(np.clip(float(target) / d, limits[0], limits[1]))
+    return _held(float(target) / d, lab.size, limits, max_pixels)
+
+
+def _held(s: float, pixels: int, limits: tuple[float, float], max_pixels: int) -> float:
+    """Resize factor ``s`` clipped to ``limits`` and, when it enlarges an image of ``pixels``
+    pixels, to at most ``max_pixels`` pixels (none for an image already larger)."""
+    s = float(np.clip(s, limits[0], limits[1]))
     if s > 1.0:
-        s = min(s, max(1.0, float(np.sqrt(max_pixels / max(1, lab.size)))))
+        s = min(s, max(1.0, float(np.sqrt(max_pixels / max(1, pixels)))))
     return s
 
 
@@ -99,10 +106,17 @@ def multiplied_scale(factor: float | None, multiple: float, shape: tuple[int, ..
     """``factor`` (None: the image as it is, 1) times ``multiple``, held to the limits of
     :func:`normalising_scale` (``limits``; an enlargement to at most ``max_pixels`` pixels,
     none for an image already larger)."""
-    s = float(np.clip((1.0 if factor is None else float(factor)) * float(multiple), *limits))
-    if s > 1.0:
-        s = min(s, max(1.0, float(np.sqrt(max_pixels / max(1, shape[0] * shape[1])))))
-    return s
+    return _held((1.0 if factor is None else float(factor)) * float(multiple),
+                 shape[0] * shape[1], limits, max_pixels)
+
+
+def recorded_scale_choice(config: dict) -> tuple[float, ...]:
+    """The multiples a checkpoint's config (its ``"config"`` dict) records as ``scale_choice``,
+    validated; none when absent or not valid (:func:`check_scale_multiples`)."""
+    try:
+        return check_scale_multiples(config.get("scale_choice") or ())
+    except InputError:
+        return ()
 
 
 def _size(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
