@@ -27,6 +27,8 @@ __all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config
            "config_grow_to",
            "select_min_peak", "keep_confident", "grow_instances", "select_growth", "check_grow_to",
            "add_coarse_particles", "particle_contrast", "best_matching",
+           "noise_sigma", "particle_snr", "drop_faint_particles", "check_min_snr",
+           "MIN_SNR_DEFAULT",
            "THRESHOLD_GRID", "MIN_PEAK_GRID", "GROW_OPTIONS"]
 
 #: thresholds ``calibrate_threshold`` tries
@@ -35,6 +37,10 @@ THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 MIN_PEAK_GRID = (None, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 #: particle growth levels ``select_growth`` tries (None: no growth)
 GROW_OPTIONS = (None, "otsu")
+#: the pipeline's default :func:`drop_faint_particles` level (``min_snr``): chosen on the S/TEM
+#: catalysts by the mean count error, and the same by leave-one-image-out there (BENCHMARKS.md,
+#: "Stop 28: faint particles"); no change on EMPS
+MIN_SNR_DEFAULT = 25.0
 
 
 def config_threshold(checkpoint_config: dict, key: str = "calibrated_threshold") -> float | None:
@@ -419,3 +425,99 @@ def add_coarse_particles(labels: np.ndarray, coarse_labels: np.ndarray,
     take = add[co] & (out == 0)
     out[take] = new_id[co[take]]
     return out
+
+
+def noise_sigma(image01: np.ndarray) -> float:
+    """Standard deviation of an image's pixel noise, by Immerkaer's method (J. Immerkaer, "Fast
+    noise variance estimation", CVIU 64, 1996): the mean absolute response to the 3 x 3 mask
+    that cancels any plane and each 1-D second derivative, times sqrt(pi/2) / 6. NaNs count
+    as 0. scikit-image's ``estimate_sigma`` (wavelet, needs PyWavelets) was measured too and
+    separated the catalysts' support texture from particles less well (BENCHMARKS.md).
+
+    >>> rng = np.random.default_rng(0)
+    >>> round(noise_sigma(0.5 + 0.05 * rng.standard_normal((256, 256))), 2)
+    0.05
+    """
+    img = np.nan_to_num(np.asarray(image01, dtype=np.float64), nan=0.0)
+    if img.ndim != 2:
+        raise InputError(f"noise_sigma needs a 2-D image, got shape {img.shape}")
+    if min(img.shape) < 3:
+        return 0.0
+    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
+    response = ndi.convolve(img, mask)[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2.0) * np.abs(response).mean() / 6.0)
+
+
+def particle_snr(image01: np.ndarray, labels: np.ndarray, *, ring_px: int = 3) -> np.ndarray:
+    """Per particle of ``labels`` (index = id, index 0 unused): how far its mean intensity
+    stands above its surroundings in units of that mean's noise, ``contrast * sqrt(area) /
+    sigma`` (:func:`particle_contrast` with other particles left out of the ring,
+    :func:`noise_sigma`) -- the signal-to-noise ratio of the Rose criterion. NaN where a
+    particle has no ring; +inf for a contrast above 0 on a noise-free image.
+
+    >>> rng = np.random.default_rng(0)
+    >>> img = 0.3 + 0.05 * rng.standard_normal((40, 40)); img[5:15, 5:15] += 0.5
+    >>> lab = np.zeros((40, 40), np.int32); lab[5:15, 5:15] = 1
+    >>> round(float(particle_snr(img, lab)[1]))  # 0.5 * sqrt(100) / 0.05, edges add to sigma
+    98
+    """
+    lab = np.asarray(labels).astype(np.int64, copy=False)
+    contrast = particle_contrast(image01, lab, ring_px=ring_px, exclude=lab > 0)
+    area = np.bincount(lab.ravel(), minlength=len(contrast)).astype(np.float64)
+    sigma = noise_sigma(image01)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return contrast * np.sqrt(area) / sigma
+
+
+def check_min_snr(min_snr: float | None) -> float | None:
+    """``min_snr`` as :func:`drop_faint_particles` takes it: None (or 0: keep every particle)
+    or a finite number > 0; anything else raises InputError."""
+    if min_snr is None:
+        return None
+    try:
+        value = float(min_snr)
+    except (TypeError, ValueError):
+        raise InputError(f"min_snr must be a number >= 0, got {min_snr!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise InputError(f"min_snr must be a finite number >= 0, got {min_snr!r}")
+    return value or None
+
+
+def drop_faint_particles(image01: np.ndarray, labels: np.ndarray, min_snr: float | None,
+                         *, ring_px: int = 3) -> tuple[np.ndarray, int]:
+    """``labels`` without the particles whose :func:`particle_snr` is at most ``min_snr``
+    (None or 0: none dropped), renumbered 1..n, and how many were dropped. A particle with no
+    background ring around it is kept (nothing to compare it with).
+
+    ``image01``: the image the particles were found in, particles bright. On noisy supports
+    (the silica and alumina images of the S/TEM catalysts) the segmentor takes blobs of support
+    texture for particles; their contrast is a few times the pixel noise where real particles'
+    is tens of times (BENCHMARKS.md, "Stop 28: faint particles"). Returns an int32 label map.
+
+    >>> rng = np.random.default_rng(0)
+    >>> img = 0.3 + 0.05 * rng.standard_normal((40, 40))
+    >>> img[5:15, 5:15] += 0.5                     # a particle
+    >>> lab = np.zeros((40, 40), np.int32); lab[5:15, 5:15] = 1
+    >>> lab[25:30, 25:30] = 2                      # noise taken for a particle
+    >>> out, dropped = drop_faint_particles(img, lab, 30)
+    >>> int(out.max()), dropped, bool((out[5:15, 5:15] == 1).all())
+    (1, 1, True)
+    """
+    from skimage.segmentation import relabel_sequential
+
+    level = check_min_snr(min_snr)
+    lab = np.asarray(labels)
+    if np.shape(image01) != lab.shape:
+        raise InputError(f"image {np.shape(image01)} and labels {lab.shape} differ in shape")
+    out = lab.astype(np.int32, copy=True)
+    if level is None or out.max(initial=0) == 0:
+        return out, 0
+    snr = particle_snr(image01, out, ring_px=ring_px)
+    faint = np.zeros(len(snr), bool)
+    faint[1:] = snr[1:] <= level  # NaN (no ring) compares False: kept
+    present = np.bincount(out.ravel(), minlength=len(snr)) > 0
+    dropped = int((faint & present).sum())
+    if dropped:
+        out[faint[out]] = 0
+        out = relabel_sequential(out)[0].astype(np.int32, copy=False)
+    return out, dropped
