@@ -109,6 +109,9 @@ SUPPORT_RULE = ("a white top-hat whose disc has a radius of 1.5 typical particle
 #: ``emcopilot.support.SUPPORT_CHECK_DEFAULT``, written out for the same reason (a test keeps the
 #: two equal): the pipeline's default for --support-check
 SUPPORT_CHECK_DEFAULT = False
+#: ``emcopilot.postprocess.MIN_SNR_DEFAULT``, written out for the same reason (a test keeps the
+#: two equal): the pipeline's default for --min-snr
+MIN_SNR_DEFAULT = 25.0
 
 
 def _add_data_bar(p: argparse.ArgumentParser) -> None:
@@ -169,6 +172,28 @@ def _scale_choice(text: str) -> tuple[float, ...]:
 def _scale_choice_or_model(text: str) -> tuple[float, ...] | str:
     """argparse type: "model" (as recorded in the checkpoint) or :func:`_scale_choice`."""
     return "model" if text.strip().lower() == "model" else _scale_choice(text)
+
+
+def _min_snr(text: str) -> float | None:
+    """argparse type: a signal-to-noise level >= 0 ('none' or 0: keep every particle; as
+    ``emcopilot.postprocess.check_min_snr``, without numpy)."""
+    import math
+
+    t = text.strip().lower()
+    if t == "none":
+        return None
+    try:
+        value = float(t)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected none or a number >= 0, got {text!r}")
+    return value or None
+
+
+def _min_snr_or_model(text: str) -> float | str | None:
+    """argparse type: "model" (as recorded in the checkpoint) or :func:`_min_snr`."""
+    return "model" if text.strip().lower() == "model" else _min_snr(text)
 
 
 def _threshold(text: str) -> float | str:
@@ -472,7 +497,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                              data_bar=args.data_bar == "on",
                                              support=args.support_removal,
                                              support_check=args.support_check,
-                                             scale_choice=args.scale_choice)
+                                             scale_choice=args.scale_choice,
+                                             min_snr=args.min_snr)
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -507,6 +533,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         kept += ("; each image also segmented at " + ", ".join(f"{m:g}x" for m in multiples)
                  + " its resize factor, the particles matching the coarse mask best kept "
                    "(--scale-choice none: one factor)")
+    level = segmentor.min_snr if args.min_snr == "model" else args.min_snr
+    if level:
+        kept += (f"; particles standing out from their surroundings by at most {level:g} x "
+                 "their noise dropped (--min-snr none: kept)")
     if barred:
         kept += (f"; the data bar at the bottom of {barred} image(s) left out (--data-bar off: "
                  "every row)")
@@ -536,7 +566,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                support_removal=args.support_removal,
                                support_check=args.support_check == "on",
                                support_in_training=args.support_in_training == "on",
-                               scale_choice=args.scale_choice,
+                               scale_choice=args.scale_choice, min_snr=args.min_snr,
                                progress=bar)
     unsure = summary.get("stages", {}).get("images", {}).get("polarity_unsure") or []
     if unsure:
@@ -821,6 +851,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "1.5) and keep, per image, the particles that match the classical "
                         "coarse mask best (object F1; see BENCHMARKS.md, stop 26; each multiple "
                         "costs M^2 x the time); default: as recorded in the model, else none")
+    p.add_argument("--min-snr", type=_min_snr_or_model, default="model", metavar="model|none|S",
+                   help="drop the particles whose mean stands out from their surroundings by at "
+                        "most S times its noise (contrast x sqrt(area) / pixel noise: blobs of a "
+                        "noisy support; see BENCHMARKS.md, stop 28); none: keep every particle; "
+                        "default: as recorded in the model (the pipeline records "
+                        f"{MIN_SNR_DEFAULT:g}), else none")
     _add_data_bar(p)
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
@@ -898,6 +934,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "coarse mask best (object F1; BENCHMARKS.md, stop 26); default none. "
                         "Each multiple M costs M^2 x the segment stage's time. Recorded in the "
                         "segmentor for `segment`")
+    p.add_argument("--min-snr", type=_min_snr, default=MIN_SNR_DEFAULT, metavar="none|S",
+                   help="last, drop the particles whose mean stands out from their "
+                        "surroundings by at most S times its noise (contrast x sqrt(area) / "
+                        "pixel noise: blobs of a noisy support's texture; see BENCHMARKS.md, "
+                        f"stop 28); default {MIN_SNR_DEFAULT:g}; none: keep every particle. "
+                        "Recorded in the segmentor for `segment`")
     _add_data_bar(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")

@@ -29,11 +29,11 @@ from . import io
 from .device import autocast, channels_last, pick_device, set_cpu_threads
 from .data_bar import on_rows_above_bar, pad_below
 from .errors import InputError
-from .postprocess import (add_coarse_particles, best_matching, config_grow_to,
-                          config_threshold, prob_to_instances)
+from .postprocess import (add_coarse_particles, best_matching, check_min_snr, config_grow_to,
+                          config_threshold, drop_faint_particles, prob_to_instances)
 
 __all__ = ["Segmentor", "segment_folder", "choose_min_peak", "best_segmentor", "tiled_apply",
-           "blend_window",
+           "blend_window", "drop_faint_above_bar",
            "fuse_batchnorm", "MAX_TILE"]
 
 MAX_TILE = 1024
@@ -311,6 +311,13 @@ class Segmentor:
         return bool(self.config.get("config", {}).get("add_coarse", False))
 
     @property
+    def min_snr(self) -> float | None:
+        """The level below which :meth:`segment` drops faint particles by default
+        (:func:`emcopilot.postprocess.drop_faint_particles`): the checkpoint config's
+        ``min_snr`` (the pipeline records it), None (keep all) when absent."""
+        return check_min_snr(self.config.get("config", {}).get("min_snr"))
+
+    @property
     def support_removal(self) -> str:
         """Whether :meth:`probability` and :meth:`segment` take a textured support out of an
         image first (:mod:`emcopilot.support`): the checkpoint config's ``support_removal``
@@ -544,12 +551,14 @@ class Segmentor:
                        grow_to: float | str | None = "model",
                        add_coarse: bool | str = "model", data_bar: bool = True,
                        support: str | bool = "model", support_check: bool | str = "model",
-                       scale_choice: Sequence[float] | str = "model"
+                       scale_choice: Sequence[float] | str = "model",
+                       min_snr: float | str | None = "model"
                        ) -> tuple[np.ndarray, np.ndarray, dict]:
         """Instance label map (int32, 0 = background) and probability map of one image, both of
         the image's size, and what was chosen for it (``{"scale_multiple": the multiple of the
         resize factor kept, "coarse_added": coarse particles added, "support_removed": whether
-        the particles come from the image with its support removed}``).
+        the particles come from the image with its support removed, "faint_dropped": particles
+        dropped as faint}``).
 
         Steps: :meth:`probability`, then :meth:`instances`; with ``add_coarse``
         (``"model"``: :attr:`add_coarse`) plus the coarse particles the segmentor missed
@@ -563,7 +572,11 @@ class Segmentor:
         (:func:`emcopilot.support.removal_kept`). ``scale_choice`` (``"model"``:
         :attr:`scale_choice`): further multiples of the resize factor (e.g. ``(1.5,)``); the
         segmentor then runs at each, and the factor whose own particles (before coarse ones are
-        added) match the coarse mask best is kept (ties to the resize factor itself)."""
+        added) match the coarse mask best is kept (ties to the resize factor itself). Last, with
+        ``min_snr`` (``"model"``: :attr:`min_snr`; None or 0: off) the particles that stand out
+        from their surroundings by at most that many times their noise are dropped
+        (:func:`emcopilot.postprocess.drop_faint_particles`, on the image polarity-normalised
+        and without its data bar)."""
         from .particle_scale import check_scale_multiples, multiplied_scale
         from .support import removal_kept
 
@@ -571,6 +584,8 @@ class Segmentor:
         multiples = (self.scale_choice if isinstance(scale_choice, str) and scale_choice == "model"
                      else check_scale_multiples(scale_choice))
         check = self.support_check if support_check == "model" else bool(support_check)
+        level = self.min_snr if isinstance(min_snr, str) and min_snr == "model" \
+            else check_min_snr(min_snr)
         prepared = self.prepare(image01, polarity)  # polarity from the whole frame
         height = prepared.shape[0]
         top, prepared, scale_labels = _above_bar(prepared, scale_labels, data_bar)
@@ -611,7 +626,23 @@ class Segmentor:
             without = particles(False)
             if not removal_kept(labels, without[0], coarse):
                 labels, prob, info = without
+        bright = (prepared if self.input_polarity == "bright"
+                  else io.bright_particles(prepared, polarity))
+        labels, info["faint_dropped"] = drop_faint_particles(bright, labels, level)
         return (*pad_below(top, height, labels, prob), info)
+
+
+def drop_faint_above_bar(image01: np.ndarray, labels: np.ndarray, min_snr: float | None, *,
+                         data_bar: bool = True) -> tuple[np.ndarray, int]:
+    """:func:`emcopilot.postprocess.drop_faint_particles` of a whole frame's particles
+    (``image01``: bright particles) measured, as :meth:`Segmentor.segment_detail` measures
+    them, on the rows above an instrument data bar (with ``data_bar``); the label map keeps the
+    frame's size."""
+    if not check_min_snr(min_snr):
+        return np.asarray(labels).astype(np.int32, copy=False), 0
+    top, rows, lab = _above_bar(image01, labels, data_bar)
+    lab, dropped = drop_faint_particles(rows, lab, min_snr)
+    return pad_below(top, np.shape(labels)[0], lab)[0], dropped
 
 
 def _above_bar(image01: np.ndarray, labels: np.ndarray | None, data_bar: bool):

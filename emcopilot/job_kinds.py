@@ -205,6 +205,18 @@ def segmentor_support_check(ckpt: Path | None) -> bool:
     return _recorded_flag(ckpt, "support_check")
 
 
+def segmentor_min_snr(ckpt: Path | None) -> float | None:
+    """The faint-particle level a checkpoint's config.json records (``min_snr``; None when
+    absent, unreadable or invalid), read without torch as
+    :attr:`emcopilot.inference.Segmentor.min_snr` reads it."""
+    from emcopilot.postprocess import check_min_snr
+
+    try:
+        return check_min_snr((_checkpoint_config(ckpt) or {}).get("config", {}).get("min_snr"))
+    except InputError:
+        return None
+
+
 def segmentor_scale_choice(ckpt: Path | None) -> tuple[float, ...]:
     """The further multiples of the resize factor a checkpoint's config.json records
     (``scale_choice``: each image is also segmented at them and the factor whose particles match
@@ -379,7 +391,10 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     (:func:`coarse_masks_preset`, recorded as the model's ``scale_preset``);
     params["support_check"] (default :data:`emcopilot.support.SUPPORT_CHECK_DEFAULT`): record
     that the removal is kept per image only where it matches the masks at least as well (as
-    ``emcopilot pipeline --support-check``)."""
+    ``emcopilot pipeline --support-check``); params["min_snr"] (default
+    :data:`emcopilot.postprocess.MIN_SNR_DEFAULT`, None: off): record that segmenting drops the
+    particles that stand out from their surroundings by at most that many times their noise
+    (as ``emcopilot pipeline --min-snr``)."""
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
 
@@ -398,6 +413,9 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     support_check = params.get("support_check", SUPPORT_CHECK_DEFAULT)
     if not isinstance(support_check, bool):
         raise InputError(f"support_check must be true or false, got {support_check!r}")
+    from emcopilot.postprocess import MIN_SNR_DEFAULT, check_min_snr
+
+    min_snr = check_min_snr(params.get("min_snr", MIN_SNR_DEFAULT))
     data = params.get("data", "synthetic")
     if data not in ("synthetic", "masks", "synthetic+masks"):
         raise InputError(f"unknown training data {data!r}: synthetic, masks or synthetic+masks")
@@ -434,14 +452,14 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
         return _train_segmentor_seeds(project, ctx, img_dir, mask_dir, seeds, min_peak, device,
                                       train, kw, ensemble=bool(params.get("ensemble", True)),
                                       add_coarse=add_coarse, support_removal=support_removal,
-                                      support_check=support_check)
+                                      support_check=support_check, min_snr=min_snr)
     result = train_segmentor(img_dir, mask_dir, run, progress=_progress(ctx), **train, **kw)
     out = _small(result)
     ckpt = None if result.get("cancelled") else segmentor_checkpoint(project)
     if ckpt is not None:
         choice = _match_masks(project, ctx, ckpt, prefer_masks(project), device, min_peak,
                               add_coarse=add_coarse, support_removal=support_removal,
-                              support_check=support_check)
+                              support_check=support_check, min_snr=min_snr)
         out.update(min_peak=choice["min_peak"], grow_to=choice["grow_to"],
                    f1_vs_masks={f"seed{kw.get('seed', 0)}": choice["score"]})
     return out
@@ -450,7 +468,8 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
 def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path, seeds: int,
                            min_peak: str | None, device: str, train: dict, kw: dict, *,
                            ensemble: bool = True, add_coarse: bool = True,
-                           support_removal: str = "auto", support_check: bool = False) -> dict:
+                           support_removal: str = "auto", support_check: bool = False,
+                           min_snr: float | None = None) -> dict:
     """Train ``seeds`` segmentors (``candidates/seed<S>/``) and make the one whose particles
     best match the project's masks the project's segmentor (its ``best_miou/``, ``last/`` and
     log copied to the run folder), as ``emcopilot pipeline --segmentor-seeds`` does against
@@ -479,7 +498,7 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
         choices[seed] = _match_masks(project, ctx, ckpts[seed], masks, device, min_peak,
                                      keep=maps.setdefault(seed, []), add_coarse=add_coarse,
                                      support_removal=support_removal,
-                                     support_check=support_check)
+                                     support_check=support_check, min_snr=min_snr)
     if ensemble:  # the segmentors' mean: their maps averaged (as the pipeline does), no rerun
         from emcopilot import io
         from emcopilot.training.checkpoint import ensemble_checkpoint
@@ -490,7 +509,7 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
         choices["mean"] = _match_masks(project, ctx, mean, masks, device, min_peak,
                                        maps=averaged, add_coarse=add_coarse,
                                        support_removal=support_removal,
-                                       support_check=support_check)
+                                       support_check=support_check, min_snr=min_snr)
     best = best_segmentor({s: c["score"] for s, c in choices.items()})
     # the kept one's checkpoints (the mean has one: best_miou) and curves (the mean: the first's)
     winner = run / "candidates" / (f"seed{best}" if best != "mean" else f"seed{first}")
@@ -513,7 +532,8 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
                  device: str, min_peak: str | None = "auto", *,
                  maps: list[np.ndarray] | None = None,
                  keep: list[np.ndarray] | None = None, add_coarse: bool = False,
-                 support_removal: str = "off", support_check: bool = False) -> dict:
+                 support_removal: str = "off", support_check: bool = False,
+                 min_snr: float | None = None) -> dict:
     """A trained segmentor against the project's masks (edited where saved, else coarse):
     :func:`emcopilot.inference.choose_min_peak` on its probability maps of those images, which
     records the particle core probability ("auto": the one that best matches the masks; None:
@@ -527,12 +547,15 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
     recorded first, so the maps are made as segmenting will make them
     (:attr:`emcopilot.inference.Segmentor.support_removal`); ``support_check``: record that
     segmenting keeps an image's support removal only where it matches the masks at least as
-    well as without it (:attr:`emcopilot.inference.Segmentor.support_check`)."""
+    well as without it (:attr:`emcopilot.inference.Segmentor.support_check`); ``min_snr``:
+    record that segmenting drops faint particles (:attr:`emcopilot.inference.Segmentor.min_snr`,
+    None: none)."""
     from emcopilot import io
     from emcopilot.inference import Segmentor, choose_min_peak
     from emcopilot.training.checkpoint import update_config
 
-    update_config(ckpt, support_removal=support_removal, support_check=bool(support_check))
+    update_config(ckpt, support_removal=support_removal, support_check=bool(support_check),
+                  min_snr=min_snr)
     seg = Segmentor.load(ckpt, device=device)
 
     def probs():  # one map at a time (kept as 8-bit copies for the two choices)
@@ -594,9 +617,10 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
     params["use_edited"]: with "coarse", use the saved (edited) masks where they exist.
     With "segmentor", params["min_peak"], ["grow_to"], ["add_coarse"], ["support_removal"]
     ("auto", "on" or "off"), ["support_check"] (true or false) and ["scale_choice"] (a list of
-    further multiples of each image's resize factor, [] for none) override what the checkpoint
-    records ("model", the default); with multiples, the one kept for each image is in the
-    report's provenance (model.scale_multiples)."""
+    further multiples of each image's resize factor, [] for none) and ["min_snr"] (a number,
+    None or 0 for none) override what the checkpoint records ("model", the default); with
+    multiples, the one kept for each image is in the report's provenance
+    (model.scale_multiples); the particles dropped as faint are in model.faint_dropped."""
     from emcopilot.analysis import write_psd_report
     from emcopilot.io import write_label_map
 
@@ -669,6 +693,14 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
         model_info["scale_choice"] = list(multiples)
         if multiples:
             model_info["scale_multiples"] = {}
+        # "model": as recorded in the checkpoint; None/0: keep every particle
+        min_snr = params.get("min_snr", "model")
+        if not (isinstance(min_snr, str) and min_snr == "model"):
+            from emcopilot.postprocess import check_min_snr
+
+            min_snr = check_min_snr(min_snr)
+        model_info["min_snr"] = seg.min_snr if min_snr == "model" else min_snr
+        model_info["faint_dropped"] = {}
     else:
         from emcopilot.masking import coarse_mask, resolve_method
 
@@ -687,12 +719,14 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
                 image01, threshold=thr, polarity=_polarity(project, stem), min_peak=min_peak,
                 grow_to=grow_to, add_coarse=add_coarse, support=support,
                 support_check=support_check, scale_choice=multiples,
+                min_snr=model_info["min_snr"],
                 # the project's mask (coarse or edited): the particle scale, the particles
                 # added with add_coarse and the reference of the scale choice
                 scale_labels=(_load_mask(project, stem)
                               if seg.particle_diameter_px or add_coarse or multiples else None))
             if multiples:
                 model_info["scale_multiples"][stem] = info["scale_multiple"]
+            model_info["faint_dropped"][stem] = info["faint_dropped"]
         else:
             if params.get("use_edited", True):
                 labels = _load_mask(project, stem)

@@ -30,6 +30,7 @@ import numpy as np
 
 from emcopilot.atomic import atomic_write_text
 from emcopilot.errors import InputError
+from emcopilot.postprocess import MIN_SNR_DEFAULT
 from emcopilot.support import SUPPORT_CHECK_DEFAULT
 
 Progress = Callable[[int, int, str], None]
@@ -88,7 +89,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  grow_to: float | str | None = "auto", ensemble: bool = True,
                  add_coarse: bool = True, data_bar: bool = True, support_removal: str = "auto",
                  support_check: bool = SUPPORT_CHECK_DEFAULT, support_in_training: bool = False,
-                 scale_choice: Sequence[float] = (),
+                 scale_choice: Sequence[float] = (), min_snr: float | None = MIN_SNR_DEFAULT,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -198,7 +199,14 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     with the run's other choices; the multiples kept are listed in the segment record as
     ``scale_multiples``); recorded in the checkpoint for ``emcopilot segment`` and the app. Off
     by default: measured with one run's segmentor only (BENCHMARKS.md, stop 26), and each
-    multiple M costs M^2 x the segment stage's time."""
+    multiple M costs M^2 x the segment stage's time.
+
+    ``min_snr`` (default :data:`emcopilot.postprocess.MIN_SNR_DEFAULT`; None or 0: off): last,
+    drop the particles that stand out from their surroundings by at most that many times their
+    noise (:func:`emcopilot.postprocess.drop_faint_particles`: blobs of a noisy support's
+    texture); the number dropped is in the segment record as ``faint_dropped``; recorded in the
+    checkpoint for ``emcopilot segment`` and the app. Measured in BENCHMARKS.md ("Stop 28:
+    faint particles")."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -224,6 +232,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     from emcopilot.particle_scale import check_scale_multiples
 
     scale_choice = check_scale_multiples(scale_choice)
+    from emcopilot.postprocess import check_min_snr
+
+    min_snr = check_min_snr(min_snr)
     if profile not in PER_MASK:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")
     per_mask = per_mask or PER_MASK[profile]
@@ -392,7 +403,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     if step(7, "segment"):
         from emcopilot.analysis import write_psd_report
         from emcopilot.evaluate import read_probability_map
-        from emcopilot.inference import Segmentor, best_segmentor, choose_min_peak
+        from emcopilot.inference import (Segmentor, best_segmentor, choose_min_peak,
+                                         drop_faint_above_bar)
         from emcopilot.postprocess import add_coarse_particles
         from emcopilot.training.checkpoint import update_config
 
@@ -466,7 +478,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             for stem in meta:
                 shutil.copyfile(maps[best] / f"{stem}.png", prob_dir / f"{stem}.png")
         update_config(ckpt, add_coarse=bool(add_coarse), support_removal=support_removal,
-                      support_check=bool(support_check), scale_choice=list(scale_choice))
+                      support_check=bool(support_check), scale_choice=list(scale_choice),
+                      min_snr=min_snr)
         kept = Segmentor.load(ckpt, device=device) if support_check or scale_choice else None
         unremoved_dir = result_dir / "candidates" / "without_support_removal"
 
@@ -477,7 +490,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 labels = add_coarse_particles(labels, coarse, prob)
             return labels, int(labels.max()) - found
 
-        items, added, dropped, multiples = [], 0, [], {}
+        items, added, dropped, multiples, faint = [], 0, [], {}, 0
         for i, stem in enumerate(meta):
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
             coarse = io.read_label_map(mask_dir / f"{stem}.png")
@@ -491,7 +504,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 labels, prob, info = kept.segment_detail(
                     image01, polarity="bright",
                     scale_labels=coarse if kept.particle_diameter_px else None,
-                    data_bar=data_bar, support=takes_out[stem])
+                    data_bar=data_bar, support=takes_out[stem], min_snr=None)
                 io.write_image(prob_dir / f"{stem}.png", prob)
                 multiples[stem] = info["scale_multiple"]
                 more = info["coarse_added"]
@@ -514,6 +527,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                     shutil.copyfile(unremoved_dir / f"{stem}.png", prob_dir / f"{stem}.png")
                     dropped.append(stem)
             added += more
+            labels, n_faint = drop_faint_above_bar(image01, labels, min_snr, data_bar=data_bar)
+            faint += n_faint
             io.write_label_map(result_dir / f"{stem}.png", labels)
             items.append((stem, labels, meta[stem]["pixel_size_nm"], image01))
         summary = write_psd_report(items, result_dir)
@@ -525,6 +540,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                    support_check=bool(support_check),
                    **({"support_removal_dropped": dropped} if support_check else {}),
                    **({"scale_multiples": multiples} if scale_choice else {}),
+                   min_snr=min_snr, faint_dropped=faint,
                    f1_vs_coarse={(s if s == "mean" else f"seed{s}"): c["score"]
                                  for s, c in choices.items()})
     report(len(STAGES), len(STAGES), "done")

@@ -114,6 +114,24 @@ if model == "segmentor":
              "three times as long.")
     if choose != bool(scales):
         params["scale_choice"] = list(scales or (1.5,)) if choose else []
+    from emcopilot.postprocess import MIN_SNR_DEFAULT  # noqa: E402
+
+    recorded_snr = job_kinds.segmentor_min_snr(ckpt)
+    drop_faint = st.checkbox(
+        "Drop faint particles (blobs of a noisy support)"
+        + (" (chosen for this model)" if recorded_snr else ""), value=bool(recorded_snr),
+        help="A particle is dropped when its mean brightness stands out from the ring of "
+             "background around it by at most the level below times the noise of that mean "
+             "(contrast x sqrt(area) / the image's pixel noise). On noisy silica and alumina "
+             "supports the segmentor takes blobs of the support's texture for particles; on "
+             "the S/TEM catalysts this lowered the count error and raised object F1, on EMPS "
+             "it changed nothing (BENCHMARKS.md, stop 28).")
+    level = st.number_input("Faint: signal-to-noise at most", min_value=1.0, max_value=1000.0,
+                            value=float(recorded_snr or MIN_SNR_DEFAULT), step=5.0,
+                            disabled=not drop_faint)
+    wanted = float(level) if drop_faint else None
+    if wanted != recorded_snr:
+        params["min_snr"] = wanted
 if st.button("Segment all images and write the report", type="primary",
              icon=":material/play_arrow:"):
     _ui.submit_job(store, project, "segment", params)

@@ -294,6 +294,10 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
     from emcopilot.support import SUPPORT_CHECK_DEFAULT
 
     assert recorded["support_check"] is SUPPORT_CHECK_DEFAULT
+    # and the faint-particle level (the pipeline's default), read back as the page reads it
+    from emcopilot.postprocess import MIN_SNR_DEFAULT
+
+    assert recorded["min_snr"] == MIN_SNR_DEFAULT == job_kinds.segmentor_min_snr(ckpt)
     mixed = job_kinds.segmentor_runs(masked) / "training_data"
     names = sorted(p.name for p in (mixed / "masks").glob("*.png"))
     assert names == sorted([f"{s}_syn000.png" for s in own] + [f"real_{s}.png" for s in own])
@@ -699,6 +703,79 @@ def test_results_choose_the_particle_scale_per_image_as_recorded_or_as_ticked(st
         job_kinds.segment_job(masked, {"model": "segmentor", "scale_choice": [0]}, Ctx())
     update_config(ckpt, scale_choice=[1])  # not a valid record: read as none
     assert job_kinds.segmentor_scale_choice(ckpt) == ()
+
+
+def test_results_drop_faint_particles_as_recorded_or_as_chosen(store, masked):
+    """The Results page's faint-particle choice starts at what the model records (off without
+    a record); a tick sends the level to the segment job, which drops the particles
+    Segmentor.segment_detail drops at it and lists how many per image in the provenance; a
+    model that records a level starts ticked at it, another level or an untick is sent."""
+    import numpy as np
+    import torch
+
+    from emcopilot import io, job_kinds
+    from emcopilot.inference import Segmentor
+    from emcopilot.nets import UNetPlusPlus
+    from emcopilot.postprocess import MIN_SNR_DEFAULT
+    from emcopilot.training import save_checkpoint
+    from emcopilot.training.checkpoint import update_config
+
+    torch.manual_seed(0)
+    ckpt = job_kinds.segmentor_runs(masked) / "best_miou"
+    save_checkpoint(ckpt, UNetPlusPlus(base=4, depth=3), None, {"image_size": 64}, epoch=1)
+    assert job_kinds.segmentor_min_snr(ckpt) is None
+    label, level_label = "Drop faint particles", "Faint: signal-to-noise at most"
+    at = open_page(PAGES[6], masked.id)
+    ticks = [c for c in at.checkbox if c.label.startswith(label)]
+    levels = [n for n in at.number_input if n.label == level_label]
+    assert len(ticks) == 1 and ticks[0].value is False
+    assert levels[0].value == MIN_SNR_DEFAULT and levels[0].disabled
+    button(at, "Segment all images and write the report").click().run()
+    assert "min_snr" not in jobs_of(store, masked, "segment")[-1]["params"]
+    ticks[0].check().run()
+    button(at, "Segment all images and write the report").click().run()
+    params = jobs_of(store, masked, "segment")[-1]["params"]
+    assert params["min_snr"] == MIN_SNR_DEFAULT
+    # the job at a level that drops some of this untrained net's particles
+    seg = Segmentor.load(ckpt, device="cpu")
+    stems = job_kinds._stems(masked)
+    results = job_kinds.project_path(masked, "results_dir")
+    for level in (MIN_SNR_DEFAULT, 1000.0):
+        job_kinds.segment_job(masked, {**params, "min_snr": level, "threshold": "otsu"}, Ctx())
+        model = json.loads((results / "provenance.json").read_text())["model"]
+        assert model["min_snr"] == level and set(model["faint_dropped"]) == set(stems)
+        for stem in stems:
+            labels, _, info = seg.segment_detail(
+                job_kinds._image01(masked, stem), threshold="otsu",
+                polarity=job_kinds._polarity(masked, stem), min_snr=level)
+            assert model["faint_dropped"][stem] == info["faint_dropped"]
+            np.testing.assert_array_equal(
+                io.read_label_map(results / "masks" / f"{stem}.png"), labels)
+    assert sum(model["faint_dropped"].values()) > 0  # at 1000 the choice is a real one
+    job_kinds.segment_job(masked, {"model": "segmentor"}, Ctx())
+    model = json.loads((results / "provenance.json").read_text())["model"]
+    assert model["min_snr"] is None and not any(model["faint_dropped"].values())
+    # recorded: ticked at the recorded level; another level, or an untick, is sent
+    update_config(ckpt, min_snr=40.0)
+    at = open_page(PAGES[6], masked.id)
+    ticks = [c for c in at.checkbox if c.label.startswith(label)]
+    levels = [n for n in at.number_input if n.label == level_label]
+    assert ticks[0].value is True and "(chosen for this model)" in ticks[0].label
+    assert levels[0].value == 40.0 and not levels[0].disabled
+    button(at, "Segment all images and write the report").click().run()
+    assert "min_snr" not in jobs_of(store, masked, "segment")[-1]["params"]
+    levels[0].set_value(60.0).run()
+    button(at, "Segment all images and write the report").click().run()
+    assert jobs_of(store, masked, "segment")[-1]["params"]["min_snr"] == 60.0
+    ticks = [c for c in at.checkbox if c.label.startswith(label)]
+    ticks[0].uncheck().run()
+    button(at, "Segment all images and write the report").click().run()
+    assert jobs_of(store, masked, "segment")[-1]["params"]["min_snr"] is None
+    for bad in ("x", -5):
+        with pytest.raises(Exception, match="min_snr"):
+            job_kinds.segment_job(masked, {"model": "segmentor", "min_snr": bad}, Ctx())
+    update_config(ckpt, min_snr="loud")  # not a valid record: read as none
+    assert job_kinds.segmentor_min_snr(ckpt) is None
 
 
 def test_job_panel_follows_the_store(store, project):

@@ -509,3 +509,63 @@ def test_scale_choice_keeps_per_image_the_factor_matching_the_coarse_mask(segmen
         main(["segment", str(tmp_path / "crop.png"), "--model", str(ck), "--out",
               str(tmp_path / "bad"), "--scale-choice", "1"])
     assert exc.value.code == 2
+
+
+def test_min_snr_drops_the_faint_particles_last_as_recorded_or_as_given(segmentor, real,
+                                                                        tmp_path, capsys):
+    """min_snr: the particles segment_detail would return, less those
+    drop_faint_particles calls faint in the (bright-particle) image, counted in the info; a
+    checkpoint's ``min_snr`` is the default (None: off); with a data bar the rows above it are
+    measured, as drop_faint_above_bar does for the pipeline; `segment --min-snr`."""
+    from emcopilot.inference import drop_faint_above_bar
+    from emcopilot.postprocess import drop_faint_particles, particle_snr
+    from tests.conftest import with_data_bar
+
+    img, _ = real
+    assert segmentor.min_snr is None
+    plain, prob, info = segmentor.segment_detail(img)
+    assert info["faint_dropped"] == 0
+    np.testing.assert_array_equal(segmentor.segment_detail(img, min_snr=None)[0], plain)
+    bright = io.bright_particles(segmentor.prepare(img), "auto")
+    snr = particle_snr(bright, plain)
+    assert plain.max() >= 6
+    level = float(np.nanmedian(snr[1:]))  # about half of them faint at this level
+    labels, prob2, info = segmentor.segment_detail(img, min_snr=level)
+    expected, n = drop_faint_particles(bright, plain, level)
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(prob2, prob)
+    assert info["faint_dropped"] == n and 0 < n < plain.max()
+    # recorded in the checkpoint: the default, overridden by None
+    ck = save_checkpoint(tmp_path / "ck", segmentor.model, None,
+                         {"image_size": 64, "min_snr": level}, epoch=1)
+    loaded = Segmentor.load(ck, device="cpu")
+    assert loaded.min_snr == level
+    np.testing.assert_array_equal(loaded.segment(img)[0], expected)
+    np.testing.assert_array_equal(loaded.segment(img, min_snr=None)[0], plain)
+    with pytest.raises(InputError, match="min_snr"):
+        segmentor.segment(img, min_snr=-1)
+    # a data bar below: the bar's rows are neither measured nor hold particles
+    h = img.shape[0]
+    img255 = io.normalize(np.round(img * 255))
+    barred = io.normalize(with_data_bar(np.round(img * 255).astype(np.uint8), level=0))
+    on_bar = segmentor.segment(barred, min_snr=level)[0]
+    assert not on_bar[h:].any()
+    np.testing.assert_array_equal(on_bar[:h], segmentor.segment(img255, min_snr=level)[0])
+    bright_barred = np.concatenate([io.bright_particles(img255, "auto"), barred[h:]])
+    np.testing.assert_array_equal(drop_faint_above_bar(
+        bright_barred, segmentor.segment(barred, min_snr=None)[0], level)[0], on_bar)
+    # `emcopilot segment`: the recorded level, said in the summary; "none" keeps every particle
+    from emcopilot.cli import main
+
+    io.write_image(tmp_path / "im.png", img)
+    image01 = io.normalize(io.read_micrograph(tmp_path / "im.png").image)
+    assert main(["segment", str(tmp_path / "im.png"), "--model", str(ck), "--out",
+                 str(tmp_path / "cli"), "--device", "cpu", "-q"]) == 0
+    assert f"at most {level:g} x their noise dropped" in capsys.readouterr().out
+    np.testing.assert_array_equal(io.read_label_map(tmp_path / "cli" / "im.png"),
+                                  loaded.segment(image01)[0])
+    assert main(["segment", str(tmp_path / "im.png"), "--model", str(ck), "--out",
+                 str(tmp_path / "none"), "--min-snr", "none", "--device", "cpu", "-q"]) == 0
+    assert "dropped" not in capsys.readouterr().out
+    np.testing.assert_array_equal(io.read_label_map(tmp_path / "none" / "im.png"),
+                                  loaded.segment(image01, min_snr=None)[0])

@@ -40,6 +40,26 @@ def pipeline_run(tmp_path_factory, examples_dir):
     return src, out, result, calls
 
 
+def _without_faint(out, stem, labels):
+    """``labels`` of a run's image less its faint particles at the level the run's segment
+    stage records (its last step: drop_faint_above_bar on the run's bright-particle image)."""
+    from emcopilot.inference import drop_faint_above_bar
+
+    level = load_state(out)["stages"]["segment"]["min_snr"]
+    image01 = io.normalize(io.read_micrograph(out / "images" / f"{stem}.png").image)
+    return drop_faint_above_bar(image01, labels, level)
+
+
+def _segment_again(pipeline_run, tmp_path, **options):
+    """The fixture's run copied and its segment stage redone with ``options`` ->
+    (images folder, the fixture's run, the copy, the copy's segment record)."""
+    src, first, _, _ = pipeline_run
+    out = tmp_path / "run"
+    _copy_run(first, out)
+    run_pipeline(src, out, **{**TINY, **options})
+    return src, first, out, load_state(out)["stages"]["segment"]
+
+
 def _copy_run(first, out, *, redo=("segment",)) -> dict:
     """A copy of a finished run with the records of the stages ``redo`` deleted (the next
     run_pipeline redoes them); returns the copy's state as written."""
@@ -112,6 +132,10 @@ def test_cli_pipeline_warns_about_unsure_polarity(monkeypatch, tmp_path, capsys)
 
     assert seen[-1]["support_check"] is SUPPORT_CHECK_DEFAULT
     assert seen[-1]["segmentor_options"] is None and seen[-1]["scale_choice"] == ()
+    from emcopilot.cli import MIN_SNR_DEFAULT as CLI_MIN_SNR
+    from emcopilot.postprocess import MIN_SNR_DEFAULT
+
+    assert seen[-1]["min_snr"] == MIN_SNR_DEFAULT == CLI_MIN_SNR
     err = capsys.readouterr().err
     assert "polarity detected for 1 image(s) is unsure: noise" in err and "--polarity" in err
     assert "no particle" not in err
@@ -120,8 +144,9 @@ def test_cli_pipeline_warns_about_unsure_polarity(monkeypatch, tmp_path, capsys)
     assert cli.main(["pipeline", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q",
                      "--support-in-training", "on", "--segmentor-base", "16",
                      "--support-check", "off" if SUPPORT_CHECK_DEFAULT else "on",
-                     "--scale-choice", "1.5,0.75"]) == 0
+                     "--scale-choice", "1.5,0.75", "--min-snr", "none"]) == 0
     assert seen[-1]["support_in_training"] is True and seen[-1]["scale_choice"] == (1.5, 0.75)
+    assert seen[-1]["min_snr"] is None
     assert seen[-1]["support_check"] is not SUPPORT_CHECK_DEFAULT
     assert seen[-1]["segmentor_options"] == {"base": 16}
     err = capsys.readouterr().err
@@ -241,13 +266,22 @@ def test_particles_follow_the_stored_maps_and_the_chosen_core_probability(pipeli
     # the support removal (default auto), recorded in both places too
     assert seg.support_removal == "auto"
     assert load_state(out)["stages"]["segment"]["support_removal"] == "auto"
-    added = 0
+    # and last, the faint particles dropped (default level; recorded in both places too)
+    from emcopilot.postprocess import MIN_SNR_DEFAULT
+
+    record = load_state(out)["stages"]["segment"]
+    assert seg.min_snr == record["min_snr"] == MIN_SNR_DEFAULT
+    added = faint = 0
     for stem, prob, co in zip(stems, probs, coarse):
         own = seg.instances(prob)
+        with_coarse = add_coarse_particles(own, co, prob)
+        expected, dropped = _without_faint(out, stem, with_coarse)
         got = io.read_label_map(out / "segmentation" / f"{stem}.png")
-        np.testing.assert_array_equal(got, add_coarse_particles(own, co, prob))
-        added += int(got.max()) - int(own.max())
-    assert load_state(out)["stages"]["segment"]["coarse_particles_added"] == added
+        np.testing.assert_array_equal(got, expected)
+        added += int(with_coarse.max()) - int(own.max())
+        faint += dropped
+    assert record["coarse_particles_added"] == added
+    assert record["faint_dropped"] == faint
 
 
 @pytest.mark.slow
@@ -257,18 +291,14 @@ def test_add_coarse_off_keeps_the_segmentors_particles_only(pipeline_run, tmp_pa
     from emcopilot.evaluate import read_probability_map
     from emcopilot.inference import Segmentor
 
-    src, first, _, _ = pipeline_run
-    out = tmp_path / "run"
-    _copy_run(first, out)
-    run_pipeline(src, out, **{**TINY, "add_coarse": False})
-    record = load_state(out)["stages"]["segment"]
+    src, _, out, record = _segment_again(pipeline_run, tmp_path, add_coarse=False)
     assert record["add_coarse"] is False and record["coarse_particles_added"] == 0
     seg = Segmentor.load(record["model"], device="cpu")
     assert seg.add_coarse is False
     for p in sorted(src.iterdir()):
         prob = read_probability_map(out / "segmentation" / "prob" / f"{p.stem}.png")
         np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{p.stem}.png"),
-                                      seg.instances(prob))
+                                      _without_faint(out, p.stem, seg.instances(prob))[0])
 
 
 @pytest.mark.slow
@@ -388,8 +418,9 @@ def test_several_segmentor_seeds_keep_the_one_that_best_matches_the_coarse_masks
         got = out / "segmentation" / "prob" / f"{stem}.png"
         assert got.read_bytes() == (cand / winner / f"{stem}.png").read_bytes()
         prob = read_probability_map(got)
-        np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
-                                      add_coarse_particles(seg.instances(prob), co, prob))
+        np.testing.assert_array_equal(
+            io.read_label_map(out / "segmentation" / f"{stem}.png"),
+            _without_faint(out, stem, add_coarse_particles(seg.instances(prob), co, prob))[0])
     # the ensemble's checkpoint runs both segmentors: its map is their maps' mean
     both = Segmentor.load(out / "segmentor" / "mean", device="cpu")
     image01 = io.normalize(io.read_micrograph(out / "images" / f"{stems[0]}.png").image)
@@ -470,11 +501,7 @@ def test_a_given_core_probability_is_recorded_for_segment(pipeline_run, tmp_path
     from emcopilot.evaluate import read_probability_map
     from emcopilot.inference import Segmentor
 
-    src, first, _, _ = pipeline_run
-    out = tmp_path / "run"
-    _copy_run(first, out)
-    run_pipeline(src, out, **{**TINY, "min_peak": 0.8})
-    record = load_state(out)["stages"]["segment"]
+    src, _, out, record = _segment_again(pipeline_run, tmp_path, min_peak=0.8)
     assert record["min_peak"] == 0.8
     seg = Segmentor.load(record["model"], device="cpu")
     assert seg.min_peak == 0.8
@@ -483,8 +510,34 @@ def test_a_given_core_probability_is_recorded_for_segment(pipeline_run, tmp_path
     for stem in sorted(p.stem for p in src.iterdir()):
         prob = read_probability_map(out / "segmentation" / "prob" / f"{stem}.png")
         coarse = io.read_label_map(out / "coarse_masks" / f"{stem}.png")
-        np.testing.assert_array_equal(io.read_label_map(out / "segmentation" / f"{stem}.png"),
-                                      add_coarse_particles(seg.instances(prob), coarse, prob))
+        np.testing.assert_array_equal(
+            io.read_label_map(out / "segmentation" / f"{stem}.png"),
+            _without_faint(out, stem, add_coarse_particles(seg.instances(prob), coarse, prob))[0])
+
+
+@pytest.mark.slow
+def test_min_snr_none_keeps_the_faint_particles_and_says_so_for_segment(pipeline_run, tmp_path):
+    """min_snr None: nothing dropped, the record and the checkpoint say none (so `segment`
+    keeps them too), and the particles are the default run's plus the ones it dropped; a bad
+    level is refused."""
+    from emcopilot.errors import InputError
+    from emcopilot.inference import Segmentor
+
+    src, first, out, record = _segment_again(pipeline_run, tmp_path, min_snr=None)
+    assert record["min_snr"] is None and record["faint_dropped"] == 0
+    assert Segmentor.load(record["model"], device="cpu").min_snr is None
+    default = load_state(first)["stages"]["segment"]
+    dropped = 0
+    for stem in sorted(p.stem for p in src.iterdir()):
+        kept = io.read_label_map(out / "segmentation" / f"{stem}.png")
+        expected, n = _without_faint(first, stem, kept)
+        np.testing.assert_array_equal(
+            io.read_label_map(first / "segmentation" / f"{stem}.png"), expected)
+        dropped += n
+    assert dropped == default["faint_dropped"]
+    for bad in (-1, float("inf")):
+        with pytest.raises(InputError, match="min_snr"):
+            run_pipeline(src, tmp_path / "bad", **{**TINY, "min_snr": bad})
 
 
 @pytest.mark.slow
@@ -515,7 +568,7 @@ def test_support_check_keeps_the_removal_only_where_it_matches_the_coarse_masks(
         out = tmp_path / name
         _copy_run(first, out)
         # every particle, no growth: the three runs make particles from their maps alike
-        options = dict(min_peak=None, grow_to=None, **(
+        options = dict(min_peak=None, grow_to=None, min_snr=None, **(
             {"support_removal": "off"} if support_check is None else
             {"support_removal": "on", "support_check": support_check}))
         run_pipeline(src, out, **{**TINY, **options})
@@ -545,7 +598,7 @@ def test_support_check_keeps_the_removal_only_where_it_matches_the_coarse_masks(
     monkeypatch.setattr(emcopilot.support, "removal_kept", lambda *_: False)
     out = tmp_path / "refused"
     _copy_run(first, out)
-    run_pipeline(src, out, **{**TINY, "min_peak": None, "grow_to": None,
+    run_pipeline(src, out, **{**TINY, "min_peak": None, "grow_to": None, "min_snr": None,
                               "support_removal": "on", "support_check": True})
     assert load_state(out)["stages"]["segment"]["support_removal_dropped"] == stems
     for stem in stems:
