@@ -37,9 +37,9 @@ THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 MIN_PEAK_GRID = (None, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 #: particle growth levels ``select_growth`` tries (None: no growth)
 GROW_OPTIONS = (None, "otsu")
-#: the pipeline's default :func:`drop_faint_particles` level (``min_snr``): chosen on the S/TEM
-#: catalysts by the mean count error, and the same by leave-one-image-out there (BENCHMARKS.md,
-#: "Stop 28: faint particles"); no change on EMPS
+#: the pipeline's default :func:`drop_faint_particles` level (``min_snr``): the one with the
+#: lowest mean count error on the S/TEM catalysts (each image left out in turn, the others pick
+#: 25 or 30; BENCHMARKS.md, "Stop 28: faint particles"); it changes next to nothing on EMPS
 MIN_SNR_DEFAULT = 25.0
 
 
