@@ -279,7 +279,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
         print("emcopilot: SAM weights not found; using the classical masker "
               "(see `emcopilot mask --help` for SAM weights)", file=sys.stderr)
     filters = {"intensity_threshold": args.intensity_threshold, "edge_margin": args.edge_margin,
-               "min_area": args.min_area, "max_area": args.max_area}
+               "min_area": args.min_area, "max_area": args.max_area,
+               "min_snr": args.min_snr or 0}
     sam_options = None
     if method == "sam":
         sam_options = {"model_type": args.sam_model, "checkpoint": args.sam_checkpoint,
@@ -713,6 +714,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=0, help="drop regions smaller than this, px (default 0)")
     p.add_argument("--max-area", type=int, default=None,
                    help="drop regions larger than this, px (SAM: support regions; default none)")
+    p.add_argument("--min-snr", type=_min_snr, default=None, metavar="none|S",
+                   help="drop regions whose mean stands out from their surroundings by at most S "
+                        "times its noise (contrast x sqrt(area) / pixel noise: blobs of a noisy "
+                        "support's texture; see BENCHMARKS.md, stop 28); default none")
     _add_data_bar(p)
     p.add_argument("--classical-preset", choices=("auto", "isolated", "supported"), default="auto",
                    help="classical masker settings: isolated (free particles on a flat background), "

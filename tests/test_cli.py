@@ -263,3 +263,34 @@ def test_mask_leaves_out_a_data_bar_unless_told_not_to(tmp_path, examples_dir):
         assert manifest["data_bar"] == setting
         assert manifest["images"]["barred"]["data_bar_row"] == (516 if setting == "on" else None)
     assert counts == {"on": False, "off": True}
+
+
+def test_mask_min_snr_drops_the_faint_regions_of_a_real_noisy_image(tmp_path, examples_dir):
+    """`mask --min-snr 25` on a bundled catalyst image with added noise: the regions kept are
+    the filter's (coarse_mask with the filter on), fewer than without it, and masks.json
+    records the level; a bad level is a usage error."""
+    from emcopilot import io
+    from emcopilot.masking import coarse_mask
+
+    grey = io.read_micrograph(examples_dir / "catalysts" / "images" / "Cu3.jpg").image
+    rng = np.random.default_rng(0)
+    noisy = np.clip(np.asarray(grey, np.float64) + rng.normal(0, 25, np.shape(grey)), 0, 255)
+    src = tmp_path / "noisy.png"
+    Image.fromarray(noisy.astype(np.uint8)).save(src)
+    counts = {}
+    for level in (None, "25"):
+        out = tmp_path / f"snr{level}"
+        proc = run("mask", src, "--method", "classical", "--out", out, "-q",
+                   *(["--min-snr", level] if level else []))
+        assert proc.returncode == 0, proc.stderr
+        labels = io.read_label_map(out / "noisy.png")
+        counts[level] = int(labels.max())
+        assert json.loads((out / "masks.json").read_text())["filters"]["min_snr"] == \
+            (float(level) if level else 0)
+    image01 = io.normalize(io.read_micrograph(src).image)
+    np.testing.assert_array_equal(
+        io.read_label_map(tmp_path / "snr25" / "noisy.png"),
+        coarse_mask(image01, method="classical", filters={"min_snr": 25.0}))
+    assert 0 < counts["25"] < counts[None]
+    assert_clean_error(run("mask", src, "--method", "classical", "--out", tmp_path / "bad",
+                           "--min-snr", "-2"))

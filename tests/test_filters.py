@@ -201,3 +201,29 @@ def test_remove_small_instances_relabels():
     lab[10:12, 10:12] = 9
     out = remove_small_instances(lab, 5)
     assert sorted(np.unique(out)) == [0, 1] and (out == 1).sum() == 25
+
+
+def test_min_snr_drops_the_faint_regions_only_when_asked():
+    """The faint-particle filter (off by default): on a noisy image, regions of plain noise go
+    and bright particles stay, as postprocess.drop_faint_particles decides; dark particles are
+    judged in the bright-particle image."""
+    from emcopilot.postprocess import drop_faint_particles
+
+    rng = np.random.default_rng(0)
+    img = (0.3 + 0.04 * rng.standard_normal((80, 80))).astype(np.float32)
+    labels = np.zeros((80, 80), np.int32)
+    img[10:20, 10:20] += 0.3
+    labels[10:20, 10:20] = 1
+    img[40:50, 40:50] += 0.3
+    labels[40:50, 40:50] = 2
+    labels[60:64, 20:24] = 3  # plain noise
+    labels[25:29, 60:64] = 4  # plain noise
+    off = dict(intensity_threshold=0, edge_margin=0)
+    np.testing.assert_array_equal(filter_regions(labels, img, **off), labels)
+    out = filter_regions(labels, img, **off, min_snr=25)
+    assert _kept_values(out, labels) == {1, 2}
+    np.testing.assert_array_equal(out, drop_faint_particles(img, labels, 25)[0])
+    dark = filter_regions(labels, 1.0 - img, polarity="dark", **off, min_snr=25)
+    np.testing.assert_array_equal(dark, out)
+    with pytest.raises(InputError, match="min_snr"):
+        filter_regions(labels, img, min_snr=-1)

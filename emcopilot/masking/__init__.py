@@ -19,12 +19,14 @@ __all__ = ["METHODS", "DEFAULT_FILTERS", "resolve_method", "coarse_mask", "filte
 METHODS = ("auto", "sam", "classical")
 
 #: Algorithm 1 defaults (DESIGN.md): mean intensity below 60 of 255 -> dropped; regions within
-#: 5 px of the border -> dropped; no area limits.
+#: 5 px of the border -> dropped; no area limits; and no faint-particle test (``min_snr`` 0: an
+#: option, see ``filter_regions``).
 DEFAULT_FILTERS: dict[str, Any] = {
     "intensity_threshold": 60,
     "edge_margin": 5,
     "min_area": 0,
     "max_area": None,
+    "min_snr": 0,
 }
 
 

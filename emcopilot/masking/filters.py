@@ -5,7 +5,10 @@ A region is dropped when
   is below ``intensity_threshold`` (support or noise: real particles are bright in that image);
 - it comes within ``edge_margin`` px of the image border (particles cut by the border would bias
   the size distribution);
-- its area is outside ``[min_area, max_area]`` px.
+- its area is outside ``[min_area, max_area]`` px;
+- (off by default) it stands out from its surroundings by at most ``min_snr`` times its noise
+  (:func:`emcopilot.postprocess.particle_snr`: blobs of a noisy support's texture; not in the
+  paper, measured in BENCHMARKS.md, stop 28).
 
 The paper resizes every image to 512x512 first; here the filters act on the image at its own
 resolution, so ``edge_margin`` and the area limits are in pixels of the image given.
@@ -54,6 +57,7 @@ def filter_regions(
     edge_margin: int = 5,
     min_area: int = 0,
     max_area: int | None = None,
+    min_snr: float | None = 0,
 ) -> np.ndarray:
     """Drop dim, border and out-of-size regions from a label map (Algorithm 1).
 
@@ -68,6 +72,9 @@ def filter_regions(
             distance 0) is dropped; 0 disables.
         min_area: regions with fewer pixels are dropped.
         max_area: regions with more pixels are dropped (None = no limit).
+        min_snr: regions whose :func:`emcopilot.postprocess.particle_snr` in the bright-particle
+            image is at most this are dropped (0 or None disables; a region with no background
+            ring around it is kept).
 
     Returns:
         ``numpy.int32`` label map relabelled 1..N in the order of the input labels.
@@ -100,6 +107,14 @@ def filter_regions(
         mean = np.divide(total, area, out=np.zeros(n + 1), where=area > 0)
         # float32 images carry rounding of ~1e-5 on the 0-255 scale; do not let it flip the test.
         keep &= mean >= intensity_threshold - 1e-4
+    from emcopilot.postprocess import check_min_snr
+
+    level = check_min_snr(min_snr)
+    if level is not None:
+        from emcopilot.postprocess import particle_snr
+
+        snr = particle_snr(bright_image(image01, polarity), labels)
+        keep[1:] &= ~(snr[1:] <= level)  # NaN (no ring) compares False: kept
     if edge_margin > 0:
         m = int(edge_margin)
         band = np.concatenate([labels[:m].ravel(), labels[-m:].ravel(),
