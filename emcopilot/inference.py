@@ -314,8 +314,10 @@ class Segmentor:
     def min_snr(self) -> float | None:
         """The level below which :meth:`segment` drops faint particles by default
         (:func:`emcopilot.postprocess.drop_faint_particles`): the checkpoint config's
-        ``min_snr`` (the pipeline records it), None (keep all) when absent."""
-        return check_min_snr(self.config.get("config", {}).get("min_snr"))
+        ``min_snr`` (the pipeline records it), None (keep all) when absent or invalid."""
+        from .postprocess import recorded_min_snr
+
+        return recorded_min_snr(self.config.get("config", {}))
 
     @property
     def support_removal(self) -> str:

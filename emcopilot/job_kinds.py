@@ -209,12 +209,9 @@ def segmentor_min_snr(ckpt: Path | None) -> float | None:
     """The faint-particle level a checkpoint's config.json records (``min_snr``; None when
     absent, unreadable or invalid), read without torch as
     :attr:`emcopilot.inference.Segmentor.min_snr` reads it."""
-    from emcopilot.postprocess import check_min_snr
+    from emcopilot.postprocess import recorded_min_snr
 
-    try:
-        return check_min_snr((_checkpoint_config(ckpt) or {}).get("config", {}).get("min_snr"))
-    except InputError:
-        return None
+    return recorded_min_snr((_checkpoint_config(ckpt) or {}).get("config", {}))
 
 
 def segmentor_scale_choice(ckpt: Path | None) -> tuple[float, ...]:

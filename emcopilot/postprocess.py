@@ -28,6 +28,7 @@ __all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config
            "select_min_peak", "keep_confident", "grow_instances", "select_growth", "check_grow_to",
            "add_coarse_particles", "particle_contrast", "best_matching",
            "noise_sigma", "particle_snr", "drop_faint_particles", "check_min_snr",
+           "recorded_min_snr",
            "MIN_SNR_DEFAULT",
            "THRESHOLD_GRID", "MIN_PEAK_GRID", "GROW_OPTIONS"]
 
@@ -481,6 +482,15 @@ def check_min_snr(min_snr: float | None) -> float | None:
     if not np.isfinite(value) or value < 0:
         raise InputError(f"min_snr must be a finite number >= 0, got {min_snr!r}")
     return value or None
+
+
+def recorded_min_snr(config: dict) -> float | None:
+    """The ``min_snr`` a checkpoint's config records (None when absent or not a valid level: a
+    bad record keeps every particle rather than stopping segmentation)."""
+    try:
+        return check_min_snr(config.get("min_snr"))
+    except InputError:
+        return None
 
 
 def drop_faint_particles(image01: np.ndarray, labels: np.ndarray, min_snr: float | None,

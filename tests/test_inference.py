@@ -542,6 +542,9 @@ def test_min_snr_drops_the_faint_particles_last_as_recorded_or_as_given(segmento
     assert loaded.min_snr == level
     np.testing.assert_array_equal(loaded.segment(img)[0], expected)
     np.testing.assert_array_equal(loaded.segment(img, min_snr=None)[0], plain)
+    bad = save_checkpoint(tmp_path / "bad", segmentor.model, None,
+                          {"image_size": 64, "min_snr": "loud"}, epoch=1)
+    assert Segmentor.load(bad, device="cpu").min_snr is None  # an invalid record: off
     with pytest.raises(InputError, match="min_snr"):
         segmentor.segment(img, min_snr=-1)
     # a data bar below: the bar's rows are neither measured nor hold particles
