@@ -628,9 +628,11 @@ class Segmentor:
             without = particles(False)
             if not removal_kept(labels, without[0], coarse):
                 labels, prob, info = without
-        bright = (prepared if self.input_polarity == "bright"
-                  else io.bright_particles(prepared, polarity))
-        labels, info["faint_dropped"] = drop_faint_particles(bright, labels, level)
+        info["faint_dropped"] = 0
+        if level is not None:  # measured in the bright-particle image
+            bright = (prepared if self.input_polarity == "bright"
+                      else io.bright_particles(prepared, polarity))
+            labels, info["faint_dropped"] = drop_faint_particles(bright, labels, level)
         return (*pad_below(top, height, labels, prob), info)
 
 

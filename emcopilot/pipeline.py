@@ -30,7 +30,7 @@ import numpy as np
 
 from emcopilot.atomic import atomic_write_text
 from emcopilot.errors import InputError
-from emcopilot.postprocess import MIN_SNR_DEFAULT
+from emcopilot.postprocess import MIN_SNR_DEFAULT, check_min_snr
 from emcopilot.support import SUPPORT_CHECK_DEFAULT
 
 Progress = Callable[[int, int, str], None]
@@ -232,8 +232,6 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     from emcopilot.particle_scale import check_scale_multiples
 
     scale_choice = check_scale_multiples(scale_choice)
-    from emcopilot.postprocess import check_min_snr
-
     min_snr = check_min_snr(min_snr)
     if profile not in PER_MASK:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")

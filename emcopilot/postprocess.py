@@ -27,7 +27,8 @@ __all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config
            "config_grow_to",
            "select_min_peak", "keep_confident", "grow_instances", "select_growth", "check_grow_to",
            "add_coarse_particles", "particle_contrast", "best_matching",
-           "noise_sigma", "particle_snr", "drop_faint_particles", "check_min_snr",
+           "noise_sigma", "particle_snr", "faint_particles", "drop_faint_particles",
+           "check_min_snr",
            "recorded_min_snr",
            "MIN_SNR_DEFAULT",
            "THRESHOLD_GRID", "MIN_PEAK_GRID", "GROW_OPTIONS"]
@@ -493,6 +494,20 @@ def recorded_min_snr(config: dict) -> float | None:
         return None
 
 
+def faint_particles(image01: np.ndarray, labels: np.ndarray, min_snr: float | None, *,
+                    ring_px: int = 3) -> np.ndarray:
+    """Per particle id of ``labels`` (index 0: background, False): whether its
+    :func:`particle_snr` is at most ``min_snr`` (None or 0: none is). A particle with no
+    background ring around it (NaN) is not faint: there is nothing to compare it with."""
+    level = check_min_snr(min_snr)
+    n = int(np.asarray(labels).max(initial=0))
+    faint = np.zeros(n + 1, bool)
+    if level is not None and n:
+        snr = particle_snr(image01, labels, ring_px=ring_px)
+        faint[1:] = snr[1:n + 1] <= level  # NaN compares False
+    return faint
+
+
 def drop_faint_particles(image01: np.ndarray, labels: np.ndarray, min_snr: float | None,
                          *, ring_px: int = 3) -> tuple[np.ndarray, int]:
     """``labels`` without the particles whose :func:`particle_snr` is at most ``min_snr``
@@ -515,17 +530,12 @@ def drop_faint_particles(image01: np.ndarray, labels: np.ndarray, min_snr: float
     """
     from skimage.segmentation import relabel_sequential
 
-    level = check_min_snr(min_snr)
     lab = np.asarray(labels)
     if np.shape(image01) != lab.shape:
         raise InputError(f"image {np.shape(image01)} and labels {lab.shape} differ in shape")
     out = lab.astype(np.int32, copy=True)
-    if level is None or out.max(initial=0) == 0:
-        return out, 0
-    snr = particle_snr(image01, out, ring_px=ring_px)
-    faint = np.zeros(len(snr), bool)
-    faint[1:] = snr[1:] <= level  # NaN (no ring) compares False: kept
-    present = np.bincount(out.ravel(), minlength=len(snr)) > 0
+    faint = faint_particles(image01, out, min_snr, ring_px=ring_px)
+    present = np.bincount(out.ravel(), minlength=len(faint)) > 0
     dropped = int((faint & present).sum())
     if dropped:
         out[faint[out]] = 0

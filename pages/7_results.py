@@ -126,7 +126,7 @@ if model == "segmentor":
              "supports the segmentor takes blobs of the support's texture for particles; on "
              "the S/TEM catalysts this lowered the count error and raised object F1, on EMPS "
              "it changed nothing (BENCHMARKS.md, stop 28).")
-    level = st.number_input("Faint: signal-to-noise at most", min_value=1.0, max_value=1000.0,
+    level = st.number_input("Faint: signal-to-noise at most", min_value=0.1, max_value=1e6,
                             value=float(recorded_snr or MIN_SNR_DEFAULT), step=5.0,
                             disabled=not drop_faint)
     wanted = float(level) if drop_faint else None

@@ -50,11 +50,11 @@ def _without_faint(out, stem, labels):
     return drop_faint_above_bar(image01, labels, level)
 
 
-def _segment_again(pipeline_run, tmp_path, **options):
-    """The fixture's run copied and its segment stage redone with ``options`` ->
-    (images folder, the fixture's run, the copy, the copy's segment record)."""
+def _segment_again(pipeline_run, tmp_path, name="run", **options):
+    """The fixture's run copied to ``tmp_path / name`` and its segment stage redone with
+    ``options`` -> (images folder, the fixture's run, the copy, the copy's segment record)."""
     src, first, _, _ = pipeline_run
-    out = tmp_path / "run"
+    out = tmp_path / name
     _copy_run(first, out)
     run_pipeline(src, out, **{**TINY, **options})
     return src, first, out, load_state(out)["stages"]["segment"]
@@ -516,25 +516,46 @@ def test_a_given_core_probability_is_recorded_for_segment(pipeline_run, tmp_path
 
 
 @pytest.mark.slow
-def test_min_snr_none_keeps_the_faint_particles_and_says_so_for_segment(pipeline_run, tmp_path):
-    """min_snr None: nothing dropped, the record and the checkpoint say none (so `segment`
-    keeps them too), and the particles are the default run's plus the ones it dropped; a bad
-    level is refused."""
+def test_min_snr_drops_the_faint_particles_last_and_none_keeps_them(pipeline_run, tmp_path,
+                                                                     monkeypatch):
+    """min_snr None: nothing dropped, and the record and the checkpoint say none (so `segment`
+    keeps them too); the default run's particles are the None run's less
+    drop_faint_above_bar's at the recorded level. This tiny run makes one particle per image
+    (no background ring: never faint), so what the stage does with a drop is checked with
+    drop_faint_above_bar replaced: its output is written, its count recorded, and it gets each
+    image, the level and the data-bar setting (test_inference checks the function itself). A
+    bad level is refused."""
+    import emcopilot.inference
     from emcopilot.errors import InputError
     from emcopilot.inference import Segmentor
 
-    src, first, out, record = _segment_again(pipeline_run, tmp_path, min_snr=None)
+    src, first, plain, record = _segment_again(pipeline_run, tmp_path, "plain", min_snr=None)
     assert record["min_snr"] is None and record["faint_dropped"] == 0
     assert Segmentor.load(record["model"], device="cpu").min_snr is None
+    stems = sorted(p.stem for p in src.iterdir())
+    plain_labels = {s: io.read_label_map(plain / "segmentation" / f"{s}.png") for s in stems}
     default = load_state(first)["stages"]["segment"]
+    assert Segmentor.load(default["model"], device="cpu").min_snr == default["min_snr"]
     dropped = 0
-    for stem in sorted(p.stem for p in src.iterdir()):
-        kept = io.read_label_map(out / "segmentation" / f"{stem}.png")
-        expected, n = _without_faint(first, stem, kept)
+    for stem in stems:
+        expected, n = _without_faint(first, stem, plain_labels[stem])
         np.testing.assert_array_equal(
             io.read_label_map(first / "segmentation" / f"{stem}.png"), expected)
         dropped += n
-    assert dropped == default["faint_dropped"]
+    assert default["faint_dropped"] == dropped
+    calls = []
+
+    def drop_all(image01, labels, min_snr, *, data_bar=True):
+        calls.append((image01.shape, min_snr, data_bar))
+        return np.zeros(labels.shape, np.int32), int(labels.max())
+
+    monkeypatch.setattr(emcopilot.inference, "drop_faint_above_bar", drop_all)
+    _, _, spied, record = _segment_again(pipeline_run, tmp_path, "spied", min_snr=7.0)
+    assert calls == [(plain_labels[s].shape, 7.0, True) for s in stems]
+    assert record["min_snr"] == 7.0
+    assert record["faint_dropped"] == sum(int(plain_labels[s].max()) for s in stems) > 0
+    for stem in stems:
+        assert not io.read_label_map(spied / "segmentation" / f"{stem}.png").any()
     for bad in (-1, float("inf")):
         with pytest.raises(InputError, match="min_snr"):
             run_pipeline(src, tmp_path / "bad", **{**TINY, "min_snr": bad})

@@ -107,14 +107,10 @@ def filter_regions(
         mean = np.divide(total, area, out=np.zeros(n + 1), where=area > 0)
         # float32 images carry rounding of ~1e-5 on the 0-255 scale; do not let it flip the test.
         keep &= mean >= intensity_threshold - 1e-4
-    from emcopilot.postprocess import check_min_snr
+    from emcopilot.postprocess import check_min_snr, faint_particles
 
-    level = check_min_snr(min_snr)
-    if level is not None:
-        from emcopilot.postprocess import particle_snr
-
-        snr = particle_snr(bright_image(image01, polarity), labels)
-        keep[1:] &= ~(snr[1:] <= level)  # NaN (no ring) compares False: kept
+    if check_min_snr(min_snr) is not None:
+        keep &= ~faint_particles(bright_image(image01, polarity), labels, min_snr)
     if edge_margin > 0:
         m = int(edge_margin)
         band = np.concatenate([labels[:m].ravel(), labels[-m:].ravel(),
