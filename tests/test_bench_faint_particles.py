@@ -34,12 +34,17 @@ def test_the_grid_drops_the_noise_particles_and_scores_each_level(tmp_path):
     run, truth = _run(tmp_path)
     out = tmp_path / "out"
     got = main(["--run", str(run), "--truth", str(truth), "--truth-format", "instance",
-                "--grid", "0,25", "--out", str(out)])
+                "--grid", "0,25,1000", "--out", str(out)])
     rows = {r["min_snr"]: r for r in got["grid"]}
     assert rows[0.0]["dropped"] == 0 and rows[0.0]["n_pred"] == 12 + 9
     # the noise patches go, the bright particles stay
     assert rows[25.0]["dropped"] == 9 and rows[25.0]["n_pred"] == 12
     assert rows[25.0]["obj_f1"] == pytest.approx(1.0)
+    # the labelled particles are bright: none of the 12 would be dropped at either level
+    assert rows[0.0]["labelled"] == rows[25.0]["labelled"] == 12
+    assert rows[25.0]["labelled_faint"] == 0
+    assert rows[1000.0]["labelled_faint"] == 12  # their SNR is about 90: all go at 1000
+    assert got["labelled_faint_per_image"]["25"] == {f"im{i}": [0, 4] for i in range(3)}
     assert rows[0.0]["obj_f1"] == pytest.approx(2 * 12 / (21 + 12))
     for i in range(3):
         kept = io.read_label_map(out / "snr25" / f"im{i}.png")
@@ -48,6 +53,8 @@ def test_the_grid_drops_the_noise_particles_and_scores_each_level(tmp_path):
     assert got["leave_one_out"]["levels_chosen"] == [25.0]
     assert got["leave_one_out"]["count_rel_abs_error_mean"] == pytest.approx(0.0)
     assert (out / "faint_particles.json").is_file()
+    assert set(got["seconds"]) == {"im0", "im1", "im2"}
+    assert all(v[0] > 0 and v[1:3] == [96, 96] for v in got["seconds"].values())
 
 
 def test_leave_one_out_chooses_on_the_other_images_only():

@@ -404,21 +404,10 @@ def test_drop_faint_particles_drops_what_noise_makes_and_keeps_what_stands_out()
         drop_faint_particles(img[:50], lab, 25)
 
 
-def _boxes_as_particles(boxes, shape):
-    """YOLO boxes -> label map: the ellipse inscribed in each box (later boxes on top)."""
-    from skimage.draw import ellipse
-
-    lab = np.zeros(shape, np.int32)
-    for k, (x0, y0, x1, y1) in enumerate(boxes, 1):
-        rr, cc = ellipse((y0 + y1) / 2 - 0.5, (x0 + x1) / 2 - 0.5, max((y1 - y0) / 2, 1),
-                         max((x1 - x0) / 2, 1), shape=shape)
-        lab[rr, cc] = k
-    return lab
-
-
 def test_the_labelled_particles_of_real_catalyst_images_are_not_faint(examples_dir):
     """The bundled S/TEM catalyst images' labelled particles (their YOLO boxes' ellipses) stand
     out at the pipeline's level: at most 5 % of them would be dropped."""
+    from bench.bench_faint_particles import boxes_as_particles
     from emcopilot.evaluate import read_yolo_boxes
     from emcopilot.postprocess import MIN_SNR_DEFAULT, drop_faint_particles
 
@@ -427,7 +416,7 @@ def test_the_labelled_particles_of_real_catalyst_images_are_not_faint(examples_d
         image = io.bright_particles(io.normalize(io.read_micrograph(path).image), "auto")
         boxes = read_yolo_boxes(examples_dir / "catalysts" / "labels" / f"{path.stem}.txt",
                                 image.shape)
-        lab = _boxes_as_particles(boxes, image.shape)
+        lab = boxes_as_particles(boxes, image.shape)
         total += len(np.unique(lab)) - 1
         dropped += drop_faint_particles(image, lab, MIN_SNR_DEFAULT)[1]
     assert total > 400
