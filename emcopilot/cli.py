@@ -568,7 +568,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                support_check=args.support_check == "on",
                                support_in_training=args.support_in_training == "on",
                                scale_choice=args.scale_choice, min_snr=args.min_snr,
-                               progress=bar)
+                               coarse_min_snr=args.coarse_min_snr, progress=bar)
     unsure = summary.get("stages", {}).get("images", {}).get("polarity_unsure") or []
     if unsure:
         print(f"warning: the particle polarity detected for {len(unsure)} image(s) is unsure: "
@@ -945,6 +945,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "pixel noise: blobs of a noisy support's texture; see BENCHMARKS.md, "
                         f"stop 28); default {MIN_SNR_DEFAULT:g}; none: keep every particle. "
                         "Recorded in the segmentor for `segment`")
+    p.add_argument("--coarse-min-snr", type=_min_snr, default=None, metavar="none|S",
+                   help="the same test on the coarse masks (as `emcopilot mask --min-snr`), so "
+                        "the priors, the generator and the segmentor learn without the faint "
+                        "blobs; default none (see BENCHMARKS.md, stop 29)")
     _add_data_bar(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")

@@ -90,6 +90,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  add_coarse: bool = True, data_bar: bool = True, support_removal: str = "auto",
                  support_check: bool = SUPPORT_CHECK_DEFAULT, support_in_training: bool = False,
                  scale_choice: Sequence[float] = (), min_snr: float | None = MIN_SNR_DEFAULT,
+                 coarse_min_snr: float | None = None,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -206,7 +207,12 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     noise (:func:`emcopilot.postprocess.drop_faint_particles`: blobs of a noisy support's
     texture); the number dropped is in the segment record as ``faint_dropped``; recorded in the
     checkpoint for ``emcopilot segment`` and the app. Measured in BENCHMARKS.md ("Stop 28:
-    faint particles")."""
+    faint particles").
+
+    ``coarse_min_snr`` (default None: off): the same test on the coarse masks, as their filter
+    (:func:`emcopilot.masking.filters.filter_regions`), so the priors, the generator and the
+    segmentor learn without the faint blobs; recorded in the masks record. Measured in
+    BENCHMARKS.md ("Stop 29: faint particles in the coarse masks")."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -233,6 +239,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
 
     scale_choice = check_scale_multiples(scale_choice)
     min_snr = check_min_snr(min_snr)
+    coarse_min_snr = check_min_snr(coarse_min_snr)
     if profile not in PER_MASK:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")
     per_mask = per_mask or PER_MASK[profile]
@@ -304,12 +311,14 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
                 labels = coarse_mask(image01, method=resolved, polarity="bright",
                                      classical_options={"preset": classical_preset},
+                                     filters=({"min_snr": coarse_min_snr}
+                                              if coarse_min_snr else None),
                                      data_bar=data_bar)
                 io.write_label_map(target, labels)
             if not labels.any():
                 empty.append(stem)
         _mark_done(out, state, "masks", method=resolved, classical_preset=classical_preset,
-                   no_particles=empty)
+                   coarse_min_snr=coarse_min_snr, no_particles=empty)
 
     # 3. priors
     if step(2, "priors"):

@@ -665,3 +665,63 @@ def test_scale_choice_segments_each_image_as_segment_does_and_records_the_factor
     assert Segmentor.load(plain["model"], device="cpu").scale_choice == ()
     with pytest.raises(InputError):
         run_pipeline(src, tmp_path / "bad", **{**TINY, "scale_choice": (1.0,)})
+
+
+def test_coarse_min_snr_filters_the_coarse_masks_and_is_recorded(pipeline_run, tmp_path):
+    """coarse_min_snr: the masks stage drops the coarse particles at most that level above their
+    noise (coarse_mask's min_snr filter, on the run's bright-particle image), records the level,
+    and its default keeps them. The level is the median SNR of the fixture's own coarse
+    particles, so some are dropped and some kept."""
+    from emcopilot.masking import coarse_mask
+    from emcopilot.postprocess import particle_snr
+
+    src, first, _, _ = pipeline_run
+    assert load_state(first)["stages"]["masks"]["coarse_min_snr"] is None
+    snrs = []
+    for path in sorted((first / "coarse_masks").glob("*.png")):
+        image01 = io.normalize(io.read_micrograph(first / "images" / path.name).image)
+        snr = particle_snr(image01, io.read_label_map(path))[1:]
+        snrs.extend(snr[np.isfinite(snr)])
+    assert len(snrs) >= 3
+    level = float(np.median(snrs))
+
+    out = tmp_path / "run"
+    _copy_run(first, out, redo=("masks",))
+    shutil.rmtree(out / "coarse_masks")
+    run_pipeline(src, out, **{**TINY, "coarse_min_snr": level})
+    assert load_state(out)["stages"]["masks"]["coarse_min_snr"] == level
+    before = after = 0
+    for path in sorted((first / "coarse_masks").glob("*.png")):
+        image01 = io.normalize(io.read_micrograph(first / "images" / path.name).image)
+        filtered = io.read_label_map(out / "coarse_masks" / path.name)
+        expected = coarse_mask(image01, method="classical", polarity="bright",
+                               classical_options={"preset": "isolated"},
+                               filters={"min_snr": level})
+        np.testing.assert_array_equal(filtered, expected)  # the filter itself: test_masking
+        before += int(io.read_label_map(path).max())
+        after += int(filtered.max())
+    assert 0 < after < before
+
+
+def test_cli_pipeline_passes_coarse_min_snr(monkeypatch, tmp_path, examples_dir):
+    """`pipeline --coarse-min-snr S` reaches run_pipeline; none and the default are off; a bad
+    level exits non-zero before any work."""
+    import emcopilot.pipeline
+    from emcopilot.cli import main
+
+    seen = []
+    monkeypatch.setattr(emcopilot.pipeline, "run_pipeline",
+                        lambda *a, **k: seen.append(k) or {"stages": {}})
+    images = str(examples_dir / "emps" / "images")
+    assert main(["pipeline", images, "--out", str(tmp_path / "a"), "-q"]) == 0
+    assert seen[-1]["coarse_min_snr"] is None
+    assert main(["pipeline", images, "--out", str(tmp_path / "b"), "-q",
+                 "--coarse-min-snr", "25"]) == 0
+    assert seen[-1]["coarse_min_snr"] == 25
+    assert main(["pipeline", images, "--out", str(tmp_path / "c"), "-q",
+                 "--coarse-min-snr", "none"]) == 0
+    assert seen[-1]["coarse_min_snr"] is None
+    with pytest.raises(SystemExit) as exc:
+        main(["pipeline", images, "--out", str(tmp_path / "d"), "-q", "--coarse-min-snr", "-1"])
+    assert exc.value.code != 0
+    assert len(seen) == 3
