@@ -312,8 +312,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
                 labels = coarse_mask(image01, method=resolved, polarity="bright",
                                      classical_options={"preset": classical_preset},
-                                     filters=({"min_snr": coarse_min_snr}
-                                              if coarse_min_snr else None),
+                                     filters={"min_snr": coarse_min_snr},
                                      data_bar=data_bar)
                 io.write_label_map(target, labels)
             if not labels.any():

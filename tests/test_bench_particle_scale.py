@@ -41,3 +41,8 @@ def test_bench_scores_every_estimate_on_a_bundled_image(tmp_path, examples_dir):
     assert result["plain_median"]["n"] == len(stems)
     assert result["plain_median"]["median_ratio_true_over_estimate"] == 1.0
     assert result["split_area_weighted_median"]["n"] == len(stems)
+    rows = result["per_image"]
+    assert [r["name"] for r in rows] == stems
+    for row in rows:  # the manual masks' own widths, split or not, near their median width
+        assert row["true_median_width_px"] > 0
+        assert 0.5 < row["area_weighted_median_px"] / row["true_median_width_px"] < 3
