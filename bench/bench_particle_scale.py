@@ -9,7 +9,7 @@ go through a mask: scale-space blob widths (the scale of the largest scale-norma
 Laplacian-of-Gaussian response at its spatial peaks, widths 2 sqrt(2) sigma; tried at stop 17
 and not used by the pipeline). ``--truth-format yolo`` reads YOLO boxes (widths sqrt(w h)).
 It also scores the area-weighted median after touching coarse particles are split
-(:func:`split_touching`; stop 29: the catalysts' small-particle images).
+(:func:`emcopilot.particle_scale.split_touching`; stop 29: the catalysts' small-particle images).
 
     python -m bench.bench_particle_scale --coarse runs/emps/coarse_masks \
         --truth ../shared/data/emps_test/segmaps
@@ -29,8 +29,7 @@ import numpy as np
 
 from emcopilot import io
 from emcopilot.evaluate import _box_diameters, read_yolo_boxes
-from emcopilot.instances import binary_to_instances
-from emcopilot.particle_scale import area_weighted_median, typical_diameter
+from emcopilot.particle_scale import area_weighted_median, split_touching, typical_diameter
 
 
 def _median_diameter(labels: np.ndarray) -> float | None:
@@ -54,15 +53,6 @@ def scale_space_widths(image01: np.ndarray, min_sigma: float = 1.0, max_sigma: f
     floor = max(1e-6, rel * float(np.percentile(best, 99.9)))
     peaks = peak_local_max(best, min_distance=2, threshold_abs=floor, exclude_border=False)
     return 2 * np.sqrt(2) * sigmas[which[peaks[:, 0], peaks[:, 1]]]
-
-
-def split_touching(labels: np.ndarray, min_distance: int = 2) -> np.ndarray:
-    """``labels`` with touching particles split: the project's distance-transform watershed
-    (:func:`emcopilot.instances.binary_to_instances`) on the mask's foreground, every local
-    maximum of the distance at least ``min_distance`` px apart a particle (no h-maxima merge,
-    no size limit: the classical masker already split at its own, coarser settings)."""
-    return binary_to_instances(np.asarray(labels) > 0, min_distance=min_distance, h=0,
-                               min_area=1)
 
 
 def _truth_widths(truth: Path, name: str, shape: tuple[int, int], fmt: str) -> np.ndarray:

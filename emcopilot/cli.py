@@ -499,7 +499,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                              support=args.support_removal,
                                              support_check=args.support_check,
                                              scale_choice=args.scale_choice,
-                                             min_snr=args.min_snr)
+                                             min_snr=args.min_snr,
+                                             scale_split=args.scale_split)
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -529,6 +530,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if check:
             kept += (", kept only where its particles match the coarse mask at least as well "
                      "as without it (--support-check off: always kept)")
+    split = segmentor.scale_split if args.scale_split == "model" else args.scale_split
+    if segmentor.particle_diameter_px is not None:
+        from emcopilot.support import scope
+
+        split_reach = scope(split, segmentor.support_preset)
+        if split_reach != "none":
+            kept += ("; each image's particle width measured with touching coarse particles "
+                     "split, on " + ("every image" if split_reach == "all" else
+                                     "the images where the classical masker sees a support")
+                     + " (--scale-split off: not split)")
     multiples = (segmentor.scale_choice if args.scale_choice == "model" else args.scale_choice)
     if multiples:
         kept += ("; each image also segmented at " + ", ".join(f"{m:g}x" for m in multiples)
@@ -568,7 +579,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                support_check=args.support_check == "on",
                                support_in_training=args.support_in_training == "on",
                                scale_choice=args.scale_choice, min_snr=args.min_snr,
-                               coarse_min_snr=args.coarse_min_snr, progress=bar)
+                               coarse_min_snr=args.coarse_min_snr,
+                               scale_split=args.scale_split, progress=bar)
     unsure = summary.get("stages", {}).get("images", {}).get("polarity_unsure") or []
     if unsure:
         print(f"warning: the particle polarity detected for {len(unsure)} image(s) is unsure: "
@@ -862,6 +874,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "noisy support; see BENCHMARKS.md, stop 28); none: keep every particle; "
                         "default: as recorded in the model (the pipeline records "
                         f"{MIN_SNR_DEFAULT:g}), else none")
+    p.add_argument("--scale-split", choices=("model", "auto", "on", "off"), default="model",
+                   help="split touching particles of the classical coarse mask before measuring "
+                        "the particle width that sets each image's resize factor (models trained "
+                        "at a common particle width; see BENCHMARKS.md, stop 30); auto: on the "
+                        "images --support-removal auto reaches; default: as recorded in the "
+                        "model, else off")
     _add_data_bar(p)
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
@@ -949,6 +967,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same test on the coarse masks (as `emcopilot mask --min-snr`), so "
                         "the priors, the generator and the segmentor learn without the faint "
                         "blobs; default none (see BENCHMARKS.md, stop 29)")
+    p.add_argument("--scale-split", choices=("auto", "on", "off"), default="off",
+                   help="in the segment stage, split touching particles of each image's coarse "
+                        "mask before measuring the particle width that sets its resize factor: "
+                        "auto = on the images --support-removal auto reaches (a support seen), "
+                        "on = every image; default off (see BENCHMARKS.md, stop 30). Recorded "
+                        "in the segmentor for `segment`")
     _add_data_bar(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")

@@ -342,6 +342,51 @@ class Segmentor:
         return recorded_scale_choice(self.config.get("config", {}))
 
     @property
+    def scale_split(self) -> str:
+        """Whether :meth:`resolve_scale` splits touching particles of the mask it measures
+        before taking their typical width (:func:`emcopilot.particle_scale.split_touching`):
+        the checkpoint config's ``scale_split`` ("auto": on the images the classical masker
+        judges to show a support, as support removal's "auto"; "on"; "off"), recorded by the
+        pipeline; "off" when absent (checkpoints from before it)."""
+        from .particle_scale import recorded_scale_split
+
+        return recorded_scale_split(self.config.get("config", {}))
+
+    def resolve_scale_split(self, prepared01: np.ndarray, scale_split: str | bool = "model",
+                            *, shows_support: bool | None = None) -> bool:
+        """Whether to split touching particles before measuring one image's particle width
+        (image already in the segmentor's conventions, data bar cut off): ``scale_split`` True/
+        False, "on"/"off", "auto" or "model" (:attr:`scale_split`). "auto" reaches the images
+        support removal's "auto" would (:func:`emcopilot.support.scope` with
+        :attr:`support_preset`; per image :func:`emcopilot.support.shows_support`, or the
+        judgement ``shows_support`` already made). False for a segmentor that does not work
+        at a common particle width."""
+        from .particle_scale import check_scale_split
+        from .support import scope
+        from .support import shows_support as judged
+
+        if isinstance(scale_split, bool):
+            return scale_split and self.particle_diameter_px is not None
+        mode = self.scale_split if scale_split == "model" else check_scale_split(scale_split)
+        if self.particle_diameter_px is None:
+            return False
+        reach = scope(mode, self.support_preset)
+        if reach != "per image":
+            return reach == "all"
+        if shows_support is not None:
+            return bool(shows_support)
+        return judged(prepared01, "bright" if self.input_polarity == "bright" else "auto")
+
+    def splits_for_scale(self, image01: np.ndarray, *, polarity: str = "auto",
+                         data_bar: bool = True, scale_split: str | bool = "model") -> bool:
+        """Whether :meth:`probability` and :meth:`segment` split touching particles before
+        measuring this image's particle width (:meth:`resolve_scale_split` on the image in the
+        segmentor's conventions, the rows of a data bar left out with ``data_bar``)."""
+        prepared = self.prepare(image01, polarity)
+        _, prepared, _ = _above_bar(prepared, None, data_bar)
+        return self.resolve_scale_split(prepared, scale_split)
+
+    @property
     def support_check(self) -> bool:
         """Whether :meth:`segment` keeps an image's support removal only where its particles
         match the image's coarse mask at least as well as without it
@@ -483,13 +528,14 @@ class Segmentor:
         return np.asarray(image01, dtype=np.float32)
 
     def resolve_scale(self, prepared01: np.ndarray, scale: float | None = None,
-                      labels: np.ndarray | None = None, *, data_bar: bool = True
-                      ) -> float | None:
+                      labels: np.ndarray | None = None, *, data_bar: bool = True,
+                      split: bool = False) -> float | None:
         """Resize factor for one image: ``scale`` when given; for a segmentor trained at a common
         particle scale, the factor that brings this image's typical particle to
         :attr:`particle_diameter_px`, measured on ``labels`` (e.g. its coarse mask) or, without
         them, on the classical masker's particles (:meth:`coarse_labels`, as
-        :func:`emcopilot.particle_scale.estimate_scale` does); None otherwise (the image's own
+        :func:`emcopilot.particle_scale.estimate_scale` does), with touching particles split
+        first when ``split`` (:meth:`resolve_scale_split`); None otherwise (the image's own
         pixel scale)."""
         if scale is not None:
             return float(scale)
@@ -500,25 +546,38 @@ class Segmentor:
 
         return normalising_scale(self.coarse_labels(prepared01, data_bar=data_bar)
                                  if labels is None else labels,
-                                 target)
+                                 target, split=bool(split))
 
     def probability(self, image01: np.ndarray, *, polarity: str = "auto",
                     scale: float | None = None, scale_labels: np.ndarray | None = None,
-                    data_bar: bool = True, support: str | bool = "model") -> np.ndarray:
+                    data_bar: bool = True, support: str | bool = "model",
+                    scale_split: str | bool = "model") -> np.ndarray:
         """Particle probability map (the image's size) after bringing the image to the
         segmentor's conventions (:meth:`prepare`: particle polarity; :meth:`resolve_scale`:
         particle scale, from ``scale``, ``scale_labels`` or an estimate). With ``data_bar``
         (default) an instrument data bar at the bottom
         (:func:`emcopilot.data_bar.find_data_bar`) is left out: the map is 0 there. ``support``:
-        take a textured support out of the image first (:meth:`resolve_support`)."""
+        take a textured support out of the image first (:meth:`resolve_support`).
+        ``scale_split``: split touching particles before measuring the particle width
+        (:meth:`resolve_scale_split`)."""
         prepared = self.prepare(image01, polarity)  # polarity from the whole frame
         height = prepared.shape[0]
         top, prepared, scale_labels = _above_bar(prepared, scale_labels, data_bar)
         # the rows left are the micrograph (bar cut off) or every row on purpose (data_bar off)
+        remove = self.resolve_support(prepared, support)
+        split = self._split_as_support(prepared, scale_split, support, remove)
         prob = self._predict(prepared, self.resolve_scale(prepared, scale, scale_labels,
-                                                          data_bar=False),
-                             self.resolve_support(prepared, support))
+                                                          data_bar=False, split=split),
+                             remove)
         return pad_below(top, height, prob)[0]
+
+    def _split_as_support(self, prepared01: np.ndarray, scale_split: str | bool,
+                          support: str | bool, removes: bool) -> bool:
+        """:meth:`resolve_scale_split`, reusing the per-image support judgement (``removes``,
+        :meth:`resolve_support`'s answer for ``support``) when both reach images one by one."""
+        per_image = not isinstance(support, bool) and self.support_scope(support) == "per image"
+        return self.resolve_scale_split(prepared01, scale_split,
+                                        shows_support=removes if per_image else None)
 
     def instances(self, prob: np.ndarray, threshold: float | str | None = None, *,
                   min_distance: int = 3, min_area: int = 10,
@@ -554,7 +613,8 @@ class Segmentor:
                        add_coarse: bool | str = "model", data_bar: bool = True,
                        support: str | bool = "model", support_check: bool | str = "model",
                        scale_choice: Sequence[float] | str = "model",
-                       min_snr: float | str | None = "model"
+                       min_snr: float | str | None = "model",
+                       scale_split: str | bool = "model"
                        ) -> tuple[np.ndarray, np.ndarray, dict]:
         """Instance label map (int32, 0 = background) and probability map of one image, both of
         the image's size, and what was chosen for it (``{"scale_multiple": the multiple of the
@@ -578,7 +638,7 @@ class Segmentor:
         ``min_snr`` (``"model"``: :attr:`min_snr`; None or 0: off) the particles that stand out
         from their surroundings by at most that many times their noise are dropped
         (:func:`emcopilot.postprocess.drop_faint_particles`, on the image polarity-normalised
-        and without its data bar)."""
+        and without its data bar). ``scale_split``: as :meth:`probability`'s."""
         from .particle_scale import check_scale_multiples, multiplied_scale
         from .support import removal_kept
 
@@ -598,7 +658,9 @@ class Segmentor:
             # also measures the scale (no second pass); the rows left are the micrograph (bar
             # cut off) or every row on purpose (data_bar off)
             coarse = self.coarse_labels(prepared, data_bar=False)
-        factor = self.resolve_scale(prepared, scale, coarse, data_bar=False)
+        factor = self.resolve_scale(prepared, scale, coarse, data_bar=False,
+                                    split=self._split_as_support(prepared, scale_split, support,
+                                                                 remove))
 
         scales, multiples_run = [factor], [1.0]
         for m in multiples:  # the same factor twice (held at a limit) is run once

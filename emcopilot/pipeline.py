@@ -90,7 +90,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  add_coarse: bool = True, data_bar: bool = True, support_removal: str = "auto",
                  support_check: bool = SUPPORT_CHECK_DEFAULT, support_in_training: bool = False,
                  scale_choice: Sequence[float] = (), min_snr: float | None = MIN_SNR_DEFAULT,
-                 coarse_min_snr: float | None = None,
+                 coarse_min_snr: float | None = None, scale_split: str = "off",
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -213,7 +213,15 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     (:func:`emcopilot.masking.filters.filter_regions`), so the priors, the generator and the
     segmentor learn without the faint blobs; recorded in the masks record. Measured in
     BENCHMARKS.md ("Stop 29: faint particles taken out of the coarse masks too": catalyst box
-    F1 and sizes better, counts lower; off by default)."""
+    F1 and sizes better, counts lower; off by default).
+
+    ``scale_split`` ("auto", "on" or "off", default "off"): in the segment stage, split the
+    touching particles of each image's coarse mask before measuring the typical width that sets
+    its resize factor (:func:`emcopilot.particle_scale.split_touching`): "auto" on the images
+    support removal's "auto" reaches (the classical masker judges them to show a support), "on"
+    every image. The images it reaches are listed in the segment record as ``scale_split``;
+    recorded in the checkpoint for ``emcopilot segment`` and the app. Measured in BENCHMARKS.md
+    ("Stop 30")."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -241,6 +249,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     scale_choice = check_scale_multiples(scale_choice)
     min_snr = check_min_snr(min_snr)
     coarse_min_snr = check_min_snr(coarse_min_snr)
+    from emcopilot.particle_scale import check_scale_split
+
+    scale_split = check_scale_split(scale_split)
     if profile not in PER_MASK:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")
     per_mask = per_mask or PER_MASK[profile]
@@ -433,6 +444,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         # whether each image has its support taken out: judged once (the candidates share the
         # run's settings), for every segmentor and for support_check
         takes_out: dict[str, bool] = {}
+        splits: dict[str, bool] = {}  # and whether its coarse particles are split for its scale
         maps = {s: prob_dir if len(candidates) == 1 else result_dir / "candidates" / f"seed{s}"
                 for s in candidates}
         for k, (s, cdir) in enumerate(candidates.items()):
@@ -447,8 +459,14 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 if stem not in takes_out:
                     takes_out[stem] = segmentor.removes_support(
                         image01, polarity="bright", data_bar=data_bar, support=support_removal)
+                    splits[stem] = (takes_out[stem] if scale_split == "auto"
+                                    and support_removal == "auto" else
+                                    segmentor.splits_for_scale(image01, polarity="bright",
+                                                               data_bar=data_bar,
+                                                               scale_split=scale_split))
                 prob = segmentor.probability(image01, polarity="bright", scale_labels=coarse,
-                                             data_bar=data_bar, support=takes_out[stem])
+                                             data_bar=data_bar, support=takes_out[stem],
+                                             scale_split=splits[stem])
                 io.write_image(maps[s] / f"{stem}.png", prob)
             report(7, len(STAGES), "segment: matching the particles with the coarse masks")
             choices[s] = choose_min_peak(
@@ -486,7 +504,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 shutil.copyfile(maps[best] / f"{stem}.png", prob_dir / f"{stem}.png")
         update_config(ckpt, add_coarse=bool(add_coarse), support_removal=support_removal,
                       support_check=bool(support_check), scale_choice=list(scale_choice),
-                      min_snr=min_snr)
+                      min_snr=min_snr, scale_split=scale_split)
         kept = Segmentor.load(ckpt, device=device) if support_check or scale_choice else None
         unremoved_dir = result_dir / "candidates" / "without_support_removal"
 
@@ -511,7 +529,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 labels, prob, info = kept.segment_detail(
                     image01, polarity="bright",
                     scale_labels=coarse if kept.particle_diameter_px else None,
-                    data_bar=data_bar, support=takes_out[stem], min_snr=None)
+                    data_bar=data_bar, support=takes_out[stem], min_snr=None,
+                    scale_split=splits[stem])
                 io.write_image(prob_dir / f"{stem}.png", prob)
                 multiples[stem] = info["scale_multiple"]
                 more = info["coarse_added"]
@@ -527,7 +546,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 io.write_image(unremoved_dir / f"{stem}.png", kept.probability(
                     image01, polarity="bright",
                     scale_labels=coarse if kept.particle_diameter_px else None,
-                    data_bar=data_bar, support=False))
+                    data_bar=data_bar, support=False, scale_split=splits[stem]))
                 without, more_without = particles(stored(stem, unremoved_dir), coarse)
                 if not removal_kept(labels, without, coarse):
                     labels, more = without, more_without
@@ -547,7 +566,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                    support_check=bool(support_check),
                    **({"support_removal_dropped": dropped} if support_check else {}),
                    **({"scale_multiples": multiples} if scale_choice else {}),
-                   min_snr=min_snr, faint_dropped=faint,
+                   min_snr=min_snr, faint_dropped=faint, scale_split_mode=scale_split,
+                   scale_split=[x for x in meta if splits.get(x)],
                    f1_vs_coarse={(s if s == "mean" else f"seed{s}"): c["score"]
                                  for s, c in choices.items()})
     report(len(STAGES), len(STAGES), "done")

@@ -1,5 +1,5 @@
-"""bench_particle_scale's split of touching coarse particles, and the bench end to end on a
-bundled real image."""
+"""bench_particle_scale end to end on a bundled real image (the split it scores:
+test_particle_scale)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,8 @@ import json
 
 import numpy as np
 
-from bench.bench_particle_scale import main, split_touching
+from bench.bench_particle_scale import main
 from emcopilot import io
-
-
-def _disc(shape, cy, cx, r):
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
-
-
-def test_two_touching_discs_become_two_and_a_lone_disc_stays_one():
-    lab = np.zeros((60, 90), np.int32)
-    lab[_disc(lab.shape, 30, 25, 10) | _disc(lab.shape, 30, 43, 10)] = 1  # touching pair
-    lab[_disc(lab.shape, 30, 75, 8)] = 2
-    out = split_touching(lab)
-    assert out.max() == 3
-    assert out[30, 25] != out[30, 43] and out[30, 25] > 0 and out[30, 43] > 0
-    assert (out > 0).sum() == (lab > 0).sum()
-    areas = np.bincount(out.ravel())[1:]
-    assert abs(int(areas[out[30, 25] - 1]) - int(areas[out[30, 43] - 1])) < 0.1 * areas.max()
 
 
 def test_bench_scores_every_estimate_on_a_bundled_image(tmp_path, examples_dir):

@@ -10,8 +10,9 @@ import pytest
 
 from emcopilot import io
 from emcopilot.errors import InputError
-from emcopilot.particle_scale import (SCALE_LIMITS, estimate_scale, normalising_scale,
-                                      resize_image, resize_labels, typical_diameter)
+from emcopilot.particle_scale import (SCALE_LIMITS, check_scale_split, estimate_scale,
+                                      normalising_scale, recorded_scale_split, resize_image,
+                                      resize_labels, split_touching, typical_diameter)
 from emcopilot.training.datasets import gather_pairs
 
 
@@ -137,3 +138,40 @@ def test_scale_multiples_are_validated_and_held_to_the_scale_limits():
     assert multiplied_scale(1.5, 2.0, (side, side)) == pytest.approx(
         np.sqrt(MAX_ENLARGED_PIXELS) / side)
     assert multiplied_scale(1.0, 1.5, (4096, 4096)) == 1.0
+
+
+def test_two_touching_discs_become_two_and_a_lone_disc_stays_one():
+    yy, xx = np.mgrid[:60, :90]
+    lab = np.zeros((60, 90), np.int32)
+    lab[((yy - 30) ** 2 + (xx - 25) ** 2 <= 100) | ((yy - 30) ** 2 + (xx - 43) ** 2 <= 100)] = 1
+    lab[(yy - 30) ** 2 + (xx - 75) ** 2 <= 64] = 2
+    out = split_touching(lab)
+    assert out.max() == 3
+    assert out[30, 25] != out[30, 43] and out[30, 25] > 0 and out[30, 43] > 0
+    assert (out > 0).sum() == (lab > 0).sum()
+    areas = np.bincount(out.ravel())[1:]
+    assert abs(int(areas[out[30, 25] - 1]) - int(areas[out[30, 43] - 1])) < 0.1 * areas.max()
+
+
+def test_split_measures_clusters_of_touching_particles_one_by_one():
+    """Clusters of touching 16 px particles masked as one particle each (as a coarse masker
+    leaves them on a support): the plain width is the cluster's, the split one the particles'."""
+    lab = np.zeros((240, 240), np.int32)
+    for k, (cy, cx) in enumerate([(50, 50), (50, 170), (170, 110)], 1):
+        chain = discs((240, 240), [(cy, cx + d) for d in (-28, -14, 0, 14, 28)], 8) > 0
+        lab[chain] = k
+    assert typical_diameter(lab) > 2 * 16
+    assert typical_diameter(lab, split=True) == pytest.approx(16, rel=0.15)
+    assert normalising_scale(lab, 32, split=True) == pytest.approx(2.0, rel=0.15)
+    assert normalising_scale(lab, 32) < 1.0
+    # free round particles are measured alike either way
+    free = discs((200, 200), [(40, 40), (40, 120), (120, 80)], 15)
+    assert typical_diameter(free, split=True) == pytest.approx(typical_diameter(free), rel=0.05)
+
+
+def test_scale_split_modes_are_checked_and_old_records_are_off():
+    assert [check_scale_split(m) for m in ("auto", "on", "off")] == ["auto", "on", "off"]
+    with pytest.raises(InputError):
+        check_scale_split("sometimes")
+    assert recorded_scale_split({}) == "off" and recorded_scale_split({"scale_split": "x"}) == "off"
+    assert recorded_scale_split({"scale_split": "auto"}) == "auto"

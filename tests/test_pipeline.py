@@ -40,6 +40,18 @@ def pipeline_run(tmp_path_factory, examples_dir):
     return src, out, result, calls
 
 
+@pytest.fixture(scope="module")
+def scaled_run(pipeline_run, tmp_path_factory):
+    """A copy of the fixture's run with its segmentor retrained at the common particle width
+    (another test retrains the fixture's own without it) and its segment stage redone."""
+    src, fixture_run, _, _ = pipeline_run
+    first = tmp_path_factory.mktemp("scaled") / "run"
+    _copy_run(fixture_run, first, redo=("segmentor", "segment"))
+    shutil.rmtree(first / "segmentor")
+    run_pipeline(src, first, **TINY)
+    return first
+
+
 def _without_faint(out, stem, labels):
     """``labels`` of a run's image less its faint particles at the level the run's segment
     stage records (its last step: drop_faint_above_bar on the run's bright-particle image)."""
@@ -563,6 +575,7 @@ def test_min_snr_drops_the_faint_particles_last_and_none_keeps_them(pipeline_run
 
 @pytest.mark.slow
 def test_support_check_keeps_the_removal_only_where_it_matches_the_coarse_masks(pipeline_run,
+                                                                              scaled_run,
                                                                               tmp_path,
                                                                               monkeypatch):
     """The segment stage with the support removed from every image, with and without the check:
@@ -572,14 +585,9 @@ def test_support_check_keeps_the_removal_only_where_it_matches_the_coarse_masks(
     from emcopilot.inference import Segmentor
     from emcopilot.support import removal_kept
 
-    src, fixture_run, _, _ = pipeline_run
+    src, _, _, _ = pipeline_run
     stems = sorted(p.stem for p in src.iterdir())
-    # a segmentor at the common particle width of its own (another test retrains the fixture's
-    # without it, and only such a segmentor can size the support removal's disc)
-    first = tmp_path / "first"
-    _copy_run(fixture_run, first, redo=("segmentor", "segment"))
-    shutil.rmtree(first / "segmentor")
-    run_pipeline(src, first, **TINY)
+    first = scaled_run  # only a segmentor at a common particle width sizes the removal's disc
     seg = Segmentor.load(load_state(first)["stages"]["segment"]["model"], device="cpu")
     for stem in stems:  # the removal reaches every image, so each is checked
         image01 = io.normalize(io.read_micrograph(first / "images" / f"{stem}.png").image)
@@ -725,3 +733,72 @@ def test_cli_pipeline_passes_coarse_min_snr(monkeypatch, tmp_path, examples_dir)
         main(["pipeline", images, "--out", str(tmp_path / "d"), "-q", "--coarse-min-snr", "-1"])
     assert exc.value.code != 0
     assert len(seen) == 3
+
+
+@pytest.mark.slow
+def test_scale_split_sets_each_factor_on_the_split_coarse_mask_and_is_recorded(pipeline_run,
+                                                                               scaled_run,
+                                                                               tmp_path,
+                                                                               monkeypatch):
+    """scale_split="on": the segment stage maps each image at the factor measured on its coarse
+    mask with touching particles split (as the kept checkpoint's Segmentor.probability does),
+    lists the images reached and records the mode for `segment`; the default ("off") reaches
+    none and measures the plain width."""
+    from emcopilot.errors import InputError
+    from emcopilot.inference import Segmentor
+
+    src, _, _, _ = pipeline_run
+    stems = sorted(p.stem for p in src.iterdir())
+    first = scaled_run
+    factors = []  # the resize factor of every map the segment stage makes
+    predict = Segmentor._predict
+    monkeypatch.setattr(Segmentor, "_predict",
+                        lambda self, img, scale, support: factors.append(scale)
+                        or predict(self, img, scale, support))
+    runs = {}
+    for mode in ("off", "on"):
+        factors.clear()
+        out = runs[mode] = tmp_path / mode
+        _copy_run(first, out)
+        run_pipeline(src, out, **{**TINY, **({} if mode == "off" else {"scale_split": mode})})
+        coarse = {stem: io.read_label_map(out / "coarse_masks" / f"{stem}.png") for stem in stems}
+        # the bar's rows are left out of the measure
+        rows = {stem: lab[:BAR_ROW] if stem == BAR_STEM else lab for stem, lab in coarse.items()}
+        expected = [normalising_scale(rows[stem], split=mode == "on") for stem in stems]
+        assert sorted(factors) == pytest.approx(sorted(expected)), mode
+        record = load_state(out)["stages"]["segment"]
+        assert record["scale_split_mode"] == mode
+        assert record["scale_split"] == (stems if mode == "on" else [])
+        seg = Segmentor.load(record["model"], device="cpu")
+        assert seg.scale_split == mode and seg.particle_diameter_px == DEFAULT_DIAMETER_PX
+        for stem in stems:  # the stored maps are the kept checkpoint's
+            image01 = io.normalize(io.read_micrograph(out / "images" / f"{stem}.png").image)
+            np.testing.assert_array_equal(
+                io.read_micrograph(out / "segmentation" / "prob" / f"{stem}.png").image,
+                io.to_uint8(seg.probability(image01, polarity="bright",
+                                            scale_labels=coarse[stem])))
+    # the fixture's coarse masks hold touching particles: some factors move
+    assert sum(normalising_scale(lab, split=True) != normalising_scale(lab)
+               for lab in rows.values()) >= 1
+    with pytest.raises(InputError):
+        run_pipeline(src, tmp_path / "bad", **{**TINY, "scale_split": "sometimes"})
+
+
+def test_cli_pipeline_passes_scale_split(monkeypatch, tmp_path, examples_dir):
+    import emcopilot.pipeline
+    from emcopilot.cli import main
+
+    seen = []
+    monkeypatch.setattr(emcopilot.pipeline, "run_pipeline",
+                        lambda *a, **k: seen.append(k) or {"stages": {}})
+    images = str(examples_dir / "emps" / "images")
+    assert main(["pipeline", images, "--out", str(tmp_path / "a"), "-q"]) == 0
+    assert seen[-1]["scale_split"] == "off"
+    for mode in ("auto", "on", "off"):
+        assert main(["pipeline", images, "--out", str(tmp_path / mode), "-q",
+                     "--scale-split", mode]) == 0
+        assert seen[-1]["scale_split"] == mode
+    with pytest.raises(SystemExit) as exc:
+        main(["pipeline", images, "--out", str(tmp_path / "b"), "-q", "--scale-split", "x"])
+    assert exc.value.code != 0
+    assert len(seen) == 4
