@@ -112,6 +112,9 @@ SUPPORT_CHECK_DEFAULT = False
 #: ``emcopilot.postprocess.MIN_SNR_DEFAULT``, written out for the same reason (a test keeps the
 #: two equal): the pipeline's default for --min-snr
 MIN_SNR_DEFAULT = 25.0
+#: ``emcopilot.particle_scale.SCALE_SPLIT_DEFAULT``, written out for the same reason (a test
+#: keeps the two equal): the pipeline's default for --scale-split
+SCALE_SPLIT_DEFAULT = "off"
 
 
 def _add_data_bar(p: argparse.ArgumentParser) -> None:
@@ -967,12 +970,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same test on the coarse masks (as `emcopilot mask --min-snr`), so "
                         "the priors, the generator and the segmentor learn without the faint "
                         "blobs; default none (see BENCHMARKS.md, stop 29)")
-    p.add_argument("--scale-split", choices=("auto", "on", "off"), default="off",
+    p.add_argument("--scale-split", choices=("auto", "on", "off"), default=SCALE_SPLIT_DEFAULT,
                    help="in the segment stage, split touching particles of each image's coarse "
                         "mask before measuring the particle width that sets its resize factor: "
                         "auto = on the images --support-removal auto reaches (a support seen), "
-                        "on = every image; default off (see BENCHMARKS.md, stop 30). Recorded "
-                        "in the segmentor for `segment`")
+                        f"on = every image; default {SCALE_SPLIT_DEFAULT} (see BENCHMARKS.md, "
+                        "stop 30). Recorded in the segmentor for `segment`")
     _add_data_bar(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")

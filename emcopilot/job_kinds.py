@@ -224,6 +224,16 @@ def segmentor_scale_choice(ckpt: Path | None) -> tuple[float, ...]:
     return recorded_scale_choice((_checkpoint_config(ckpt) or {}).get("config", {}))
 
 
+def segmentor_scale_split(ckpt: Path | None) -> str:
+    """Whether a checkpoint's config.json records that each image's particle width is measured
+    with touching mask particles split (``scale_split``: "auto", "on", "off"; "off" when absent
+    or unreadable), read without torch as :attr:`emcopilot.inference.Segmentor.scale_split`
+    reads it."""
+    from emcopilot.particle_scale import recorded_scale_split
+
+    return recorded_scale_split((_checkpoint_config(ckpt) or {}).get("config", {}))
+
+
 def segmentor_support_scope(ckpt: Path | None) -> str:
     """Which images a checkpoint's recorded support removal reaches: "none", "all" or "per
     image" (:meth:`emcopilot.inference.Segmentor.support_scope`, read without torch)."""
@@ -391,7 +401,10 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     ``emcopilot pipeline --support-check``); params["min_snr"] (default
     :data:`emcopilot.postprocess.MIN_SNR_DEFAULT`, None: off): record that segmenting drops the
     particles that stand out from their surroundings by at most that many times their noise
-    (as ``emcopilot pipeline --min-snr``)."""
+    (as ``emcopilot pipeline --min-snr``); params["scale_split"] (default
+    :data:`emcopilot.particle_scale.SCALE_SPLIT_DEFAULT`): record whether each image's particle
+    width is measured with touching mask particles split (as ``emcopilot pipeline
+    --scale-split``)."""
     from emcopilot.training.datasets import gather_pairs
     from emcopilot.training.segmentor import train_segmentor
 
@@ -413,6 +426,9 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
     from emcopilot.postprocess import MIN_SNR_DEFAULT, check_min_snr
 
     min_snr = check_min_snr(params.get("min_snr", MIN_SNR_DEFAULT))
+    from emcopilot.particle_scale import SCALE_SPLIT_DEFAULT, check_scale_split
+
+    scale_split = check_scale_split(params.get("scale_split", SCALE_SPLIT_DEFAULT))
     data = params.get("data", "synthetic")
     if data not in ("synthetic", "masks", "synthetic+masks"):
         raise InputError(f"unknown training data {data!r}: synthetic, masks or synthetic+masks")
@@ -449,14 +465,16 @@ def train_segmentor_job(project: Any, params: dict, ctx: Any) -> dict:
         return _train_segmentor_seeds(project, ctx, img_dir, mask_dir, seeds, min_peak, device,
                                       train, kw, ensemble=bool(params.get("ensemble", True)),
                                       add_coarse=add_coarse, support_removal=support_removal,
-                                      support_check=support_check, min_snr=min_snr)
+                                      support_check=support_check, min_snr=min_snr,
+                                      scale_split=scale_split)
     result = train_segmentor(img_dir, mask_dir, run, progress=_progress(ctx), **train, **kw)
     out = _small(result)
     ckpt = None if result.get("cancelled") else segmentor_checkpoint(project)
     if ckpt is not None:
         choice = _match_masks(project, ctx, ckpt, prefer_masks(project), device, min_peak,
                               add_coarse=add_coarse, support_removal=support_removal,
-                              support_check=support_check, min_snr=min_snr)
+                              support_check=support_check, min_snr=min_snr,
+                              scale_split=scale_split)
         out.update(min_peak=choice["min_peak"], grow_to=choice["grow_to"],
                    f1_vs_masks={f"seed{kw.get('seed', 0)}": choice["score"]})
     return out
@@ -466,7 +484,7 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
                            min_peak: str | None, device: str, train: dict, kw: dict, *,
                            ensemble: bool = True, add_coarse: bool = True,
                            support_removal: str = "auto", support_check: bool = False,
-                           min_snr: float | None = None) -> dict:
+                           min_snr: float | None = None, scale_split: str = "off") -> dict:
     """Train ``seeds`` segmentors (``candidates/seed<S>/``) and make the one whose particles
     best match the project's masks the project's segmentor (its ``best_miou/``, ``last/`` and
     log copied to the run folder), as ``emcopilot pipeline --segmentor-seeds`` does against
@@ -495,7 +513,8 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
         choices[seed] = _match_masks(project, ctx, ckpts[seed], masks, device, min_peak,
                                      keep=maps.setdefault(seed, []), add_coarse=add_coarse,
                                      support_removal=support_removal,
-                                     support_check=support_check, min_snr=min_snr)
+                                     support_check=support_check, min_snr=min_snr,
+                                     scale_split=scale_split)
     if ensemble:  # the segmentors' mean: their maps averaged (as the pipeline does), no rerun
         from emcopilot import io
         from emcopilot.training.checkpoint import ensemble_checkpoint
@@ -506,7 +525,8 @@ def _train_segmentor_seeds(project: Any, ctx: Any, img_dir: Path, mask_dir: Path
         choices["mean"] = _match_masks(project, ctx, mean, masks, device, min_peak,
                                        maps=averaged, add_coarse=add_coarse,
                                        support_removal=support_removal,
-                                       support_check=support_check, min_snr=min_snr)
+                                       support_check=support_check, min_snr=min_snr,
+                                       scale_split=scale_split)
     best = best_segmentor({s: c["score"] for s, c in choices.items()})
     # the kept one's checkpoints (the mean has one: best_miou) and curves (the mean: the first's)
     winner = run / "candidates" / (f"seed{best}" if best != "mean" else f"seed{first}")
@@ -530,7 +550,7 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
                  maps: list[np.ndarray] | None = None,
                  keep: list[np.ndarray] | None = None, add_coarse: bool = False,
                  support_removal: str = "off", support_check: bool = False,
-                 min_snr: float | None = None) -> dict:
+                 min_snr: float | None = None, scale_split: str = "off") -> dict:
     """A trained segmentor against the project's masks (edited where saved, else coarse):
     :func:`emcopilot.inference.choose_min_peak` on its probability maps of those images, which
     records the particle core probability ("auto": the one that best matches the masks; None:
@@ -546,13 +566,14 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
     segmenting keeps an image's support removal only where it matches the masks at least as
     well as without it (:attr:`emcopilot.inference.Segmentor.support_check`); ``min_snr``:
     record that segmenting drops faint particles (:attr:`emcopilot.inference.Segmentor.min_snr`,
-    None: none)."""
+    None: none); ``scale_split``: recorded first too, as the particle width is then measured
+    (:attr:`emcopilot.inference.Segmentor.scale_split`)."""
     from emcopilot import io
     from emcopilot.inference import Segmentor, choose_min_peak
     from emcopilot.training.checkpoint import update_config
 
     update_config(ckpt, support_removal=support_removal, support_check=bool(support_check),
-                  min_snr=min_snr)
+                  min_snr=min_snr, scale_split=scale_split)
     seg = Segmentor.load(ckpt, device=device)
 
     def probs():  # one map at a time (kept as 8-bit copies for the two choices)
@@ -698,6 +719,13 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
             min_snr = check_min_snr(min_snr)
         model_info["min_snr"] = seg.min_snr if min_snr == "model" else min_snr
         model_info["faint_dropped"] = {}
+        # "model": as recorded in the checkpoint; "auto", "on" or "off"
+        scale_split = params.get("scale_split", "model")
+        if scale_split != "model":
+            from emcopilot.particle_scale import check_scale_split
+
+            scale_split = check_scale_split(scale_split)
+        model_info["scale_split"] = seg.scale_split if scale_split == "model" else scale_split
     else:
         from emcopilot.masking import coarse_mask, resolve_method
 
@@ -716,7 +744,7 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
                 image01, threshold=thr, polarity=_polarity(project, stem), min_peak=min_peak,
                 grow_to=grow_to, add_coarse=add_coarse, support=support,
                 support_check=support_check, scale_choice=multiples,
-                min_snr=model_info["min_snr"],
+                min_snr=model_info["min_snr"], scale_split=model_info["scale_split"],
                 # the project's mask (coarse or edited): the particle scale, the particles
                 # added with add_coarse and the reference of the scale choice
                 scale_labels=(_load_mask(project, stem)

@@ -20,7 +20,7 @@ from .errors import InputError
 __all__ = ["area_weighted_median", "typical_diameter", "split_touching", "normalising_scale",
            "resize_image", "resize_labels", "estimate_scale", "check_scale_multiples",
            "multiplied_scale", "recorded_scale_choice", "check_scale_split",
-           "recorded_scale_split", "SCALE_LIMITS", "SCALE_SPLIT_MODES", "SPLIT_MIN_DISTANCE",
+           "recorded_scale_split", "SCALE_LIMITS", "SCALE_SPLIT_MODES", "SCALE_SPLIT_DEFAULT", "SPLIT_MIN_DISTANCE",
            "DEFAULT_DIAMETER_PX", "MAX_ENLARGED_PIXELS"]
 
 #: typical particle width (px) the pipeline's segmentor is trained and run at
@@ -36,6 +36,8 @@ MAX_ENLARGED_PIXELS = 2048 * 2048
 #: on a support (as support removal's "auto", :func:`emcopilot.support.scope`), "on" every
 #: image, "off" none
 SCALE_SPLIT_MODES = ("auto", "on", "off")
+#: the pipeline's and the app's training's default (BENCHMARKS.md, stop 30)
+SCALE_SPLIT_DEFAULT = "off"
 #: distance (px) between two maxima of the distance transform that :func:`split_touching` keeps
 #: apart
 SPLIT_MIN_DISTANCE = 2

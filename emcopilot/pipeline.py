@@ -90,7 +90,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  add_coarse: bool = True, data_bar: bool = True, support_removal: str = "auto",
                  support_check: bool = SUPPORT_CHECK_DEFAULT, support_in_training: bool = False,
                  scale_choice: Sequence[float] = (), min_snr: float | None = MIN_SNR_DEFAULT,
-                 coarse_min_snr: float | None = None, scale_split: str = "off",
+                 coarse_min_snr: float | None = None, scale_split: str | None = None,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -215,7 +215,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     BENCHMARKS.md ("Stop 29: faint particles taken out of the coarse masks too": catalyst box
     F1 and sizes better, counts lower; off by default).
 
-    ``scale_split`` ("auto", "on" or "off", default "off"): in the segment stage, split the
+    ``scale_split`` ("auto", "on" or "off"; None: :data:`emcopilot.particle_scale.SCALE_SPLIT_DEFAULT`):
+    in the segment stage, split the
     touching particles of each image's coarse mask before measuring the typical width that sets
     its resize factor (:func:`emcopilot.particle_scale.split_touching`): "auto" on the images
     support removal's "auto" reaches (the classical masker judges them to show a support), "on"
@@ -249,9 +250,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     scale_choice = check_scale_multiples(scale_choice)
     min_snr = check_min_snr(min_snr)
     coarse_min_snr = check_min_snr(coarse_min_snr)
-    from emcopilot.particle_scale import check_scale_split
+    from emcopilot.particle_scale import SCALE_SPLIT_DEFAULT, check_scale_split
 
-    scale_split = check_scale_split(scale_split)
+    scale_split = check_scale_split(SCALE_SPLIT_DEFAULT if scale_split is None else scale_split)
     if profile not in PER_MASK:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")
     per_mask = per_mask or PER_MASK[profile]

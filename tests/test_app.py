@@ -303,6 +303,10 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
     from emcopilot.postprocess import MIN_SNR_DEFAULT
 
     assert recorded["min_snr"] == MIN_SNR_DEFAULT == job_kinds.segmentor_min_snr(ckpt)
+    # and the scale split (the pipeline's default)
+    from emcopilot.particle_scale import SCALE_SPLIT_DEFAULT
+
+    assert recorded["scale_split"] == SCALE_SPLIT_DEFAULT == job_kinds.segmentor_scale_split(ckpt)
     mixed = job_kinds.segmentor_runs(masked) / "training_data"
     names = sorted(p.name for p in (mixed / "masks").glob("*.png"))
     assert names == sorted([f"{s}_syn000.png" for s in own] + [f"real_{s}.png" for s in own])
@@ -708,6 +712,57 @@ def test_results_choose_the_particle_scale_per_image_as_recorded_or_as_ticked(st
         job_kinds.segment_job(masked, {"model": "segmentor", "scale_choice": [0]}, Ctx())
     update_config(ckpt, scale_choice=[1])  # not a valid record: read as none
     assert job_kinds.segmentor_scale_choice(ckpt) == ()
+
+
+def test_results_split_for_the_particle_scale_as_recorded_or_as_chosen(store, masked):
+    """The Results page's scale split starts at what the model records (off without a record);
+    another choice goes into the segment job's params, and the job segments each image as
+    Segmentor.segment_detail does with it (the width measured on the project's mask, split) and
+    says so in the report's provenance."""
+    import numpy as np
+    import torch
+
+    from emcopilot import io, job_kinds
+    from emcopilot.inference import Segmentor
+    from emcopilot.nets import UNetPlusPlus
+    from emcopilot.training import save_checkpoint
+    from emcopilot.training.checkpoint import update_config
+
+    torch.manual_seed(0)
+    ckpt = job_kinds.segmentor_runs(masked) / "best_miou"
+    save_checkpoint(ckpt, UNetPlusPlus(base=4, depth=3), None,
+                    {"image_size": 64, "particle_diameter_px": 32}, epoch=1)
+    assert job_kinds.segmentor_scale_split(ckpt) == "off"
+    label = "Measure the particle width with touching mask particles split, for"
+    at = open_page(PAGES[6], masked.id)
+    box = [b for b in at.selectbox if b.label == label]
+    assert len(box) == 1 and box[0].value == "off"
+    button(at, "Segment all images and write the report").click().run()
+    assert "scale_split" not in jobs_of(store, masked, "segment")[-1]["params"]
+    box[0].set_value("on").run()
+    button(at, "Segment all images and write the report").click().run()
+    params = jobs_of(store, masked, "segment")[-1]["params"]
+    assert params["scale_split"] == "on"
+    job_kinds.segment_job(masked, params, Ctx())
+    results = job_kinds.project_path(masked, "results_dir")
+    assert json.loads((results / "provenance.json").read_text())["model"]["scale_split"] == "on"
+    seg = Segmentor.load(ckpt, device="cpu")
+    for stem in job_kinds._stems(masked):
+        labels, _, _ = seg.segment_detail(
+            job_kinds._image01(masked, stem), threshold=0.5,
+            polarity=job_kinds._polarity(masked, stem),
+            scale_labels=job_kinds._load_mask(masked, stem), scale_split="on")
+        np.testing.assert_array_equal(io.read_label_map(results / "masks" / f"{stem}.png"),
+                                      labels)
+    update_config(ckpt, scale_split="auto")
+    assert job_kinds.segmentor_scale_split(ckpt) == "auto"
+    at = open_page(PAGES[6], masked.id)
+    box = [b for b in at.selectbox if b.label == label]
+    assert box[0].value == "auto"
+    job_kinds.segment_job(masked, {"model": "segmentor"}, Ctx())
+    assert json.loads((results / "provenance.json").read_text())["model"]["scale_split"] == "auto"
+    with pytest.raises(Exception, match="scale split"):
+        job_kinds.segment_job(masked, {"model": "segmentor", "scale_split": "yes"}, Ctx())
 
 
 def test_results_drop_faint_particles_as_recorded_or_as_chosen(store, masked):

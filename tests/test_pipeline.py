@@ -742,8 +742,8 @@ def test_scale_split_sets_each_factor_on_the_split_coarse_mask_and_is_recorded(p
                                                                                monkeypatch):
     """scale_split="on": the segment stage maps each image at the factor measured on its coarse
     mask with touching particles split (as the kept checkpoint's Segmentor.probability does),
-    lists the images reached and records the mode for `segment`; the default ("off") reaches
-    none and measures the plain width."""
+    lists the images reached and records the mode for `segment`; "off" reaches none and
+    measures the plain width."""
     from emcopilot.errors import InputError
     from emcopilot.inference import Segmentor
 
@@ -760,7 +760,7 @@ def test_scale_split_sets_each_factor_on_the_split_coarse_mask_and_is_recorded(p
         factors.clear()
         out = runs[mode] = tmp_path / mode
         _copy_run(first, out)
-        run_pipeline(src, out, **{**TINY, **({} if mode == "off" else {"scale_split": mode})})
+        run_pipeline(src, out, **{**TINY, "scale_split": mode})
         coarse = {stem: io.read_label_map(out / "coarse_masks" / f"{stem}.png") for stem in stems}
         # the bar's rows are left out of the measure
         rows = {stem: lab[:BAR_ROW] if stem == BAR_STEM else lab for stem, lab in coarse.items()}
@@ -780,6 +780,10 @@ def test_scale_split_sets_each_factor_on_the_split_coarse_mask_and_is_recorded(p
     # the fixture's coarse masks hold touching particles: some factors move
     assert sum(normalising_scale(lab, split=True) != normalising_scale(lab)
                for lab in rows.values()) >= 1
+    # without the option: the default, recorded
+    from emcopilot.particle_scale import SCALE_SPLIT_DEFAULT
+
+    assert load_state(first)["stages"]["segment"]["scale_split_mode"] == SCALE_SPLIT_DEFAULT
     with pytest.raises(InputError):
         run_pipeline(src, tmp_path / "bad", **{**TINY, "scale_split": "sometimes"})
 
@@ -793,7 +797,10 @@ def test_cli_pipeline_passes_scale_split(monkeypatch, tmp_path, examples_dir):
                         lambda *a, **k: seen.append(k) or {"stages": {}})
     images = str(examples_dir / "emps" / "images")
     assert main(["pipeline", images, "--out", str(tmp_path / "a"), "-q"]) == 0
-    assert seen[-1]["scale_split"] == "off"
+    from emcopilot.cli import SCALE_SPLIT_DEFAULT as CLI_DEFAULT
+    from emcopilot.particle_scale import SCALE_SPLIT_DEFAULT
+
+    assert seen[-1]["scale_split"] == SCALE_SPLIT_DEFAULT == CLI_DEFAULT
     for mode in ("auto", "on", "off"):
         assert main(["pipeline", images, "--out", str(tmp_path / mode), "-q",
                      "--scale-split", mode]) == 0
