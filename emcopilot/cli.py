@@ -114,7 +114,10 @@ SUPPORT_CHECK_DEFAULT = False
 MIN_SNR_DEFAULT = 25.0
 #: ``emcopilot.particle_scale.SCALE_SPLIT_DEFAULT``, written out for the same reason (a test
 #: keeps the two equal): the pipeline's default for --scale-split
-SCALE_SPLIT_DEFAULT = "off"
+SCALE_SPLIT_DEFAULT = "auto"
+#: ``emcopilot.postprocess.COARSE_MIN_SNR_DEFAULT``, written out for the same reason (a test
+#: keeps the two equal): the pipeline's default for --coarse-min-snr
+COARSE_MIN_SNR_DEFAULT = 25.0
 
 
 def _add_data_bar(p: argparse.ArgumentParser) -> None:
@@ -966,10 +969,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "pixel noise: blobs of a noisy support's texture; see BENCHMARKS.md, "
                         f"stop 28); default {MIN_SNR_DEFAULT:g}; none: keep every particle. "
                         "Recorded in the segmentor for `segment`")
-    p.add_argument("--coarse-min-snr", type=_min_snr, default=None, metavar="none|S",
+    p.add_argument("--coarse-min-snr", type=_min_snr, default=COARSE_MIN_SNR_DEFAULT,
+                   metavar="none|S",
                    help="the same test on the coarse masks (as `emcopilot mask --min-snr`), so "
                         "the priors, the generator and the segmentor learn without the faint "
-                        "blobs; default none (see BENCHMARKS.md, stop 29)")
+                        f"blobs; default {COARSE_MIN_SNR_DEFAULT:g}; none: keep them (see "
+                        "BENCHMARKS.md, stops 29-30)")
     p.add_argument("--scale-split", choices=("auto", "on", "off"), default=SCALE_SPLIT_DEFAULT,
                    help="in the segment stage, split touching particles of each image's coarse "
                         "mask before measuring the particle width that sets its resize factor: "

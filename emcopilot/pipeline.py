@@ -30,7 +30,7 @@ import numpy as np
 
 from emcopilot.atomic import atomic_write_text
 from emcopilot.errors import InputError
-from emcopilot.postprocess import MIN_SNR_DEFAULT, check_min_snr
+from emcopilot.postprocess import COARSE_MIN_SNR_DEFAULT, MIN_SNR_DEFAULT, check_min_snr
 from emcopilot.support import SUPPORT_CHECK_DEFAULT
 
 Progress = Callable[[int, int, str], None]
@@ -90,7 +90,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  add_coarse: bool = True, data_bar: bool = True, support_removal: str = "auto",
                  support_check: bool = SUPPORT_CHECK_DEFAULT, support_in_training: bool = False,
                  scale_choice: Sequence[float] = (), min_snr: float | None = MIN_SNR_DEFAULT,
-                 coarse_min_snr: float | None = None, scale_split: str | None = None,
+                 coarse_min_snr: float | None = COARSE_MIN_SNR_DEFAULT, scale_split: str | None = None,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -209,20 +209,21 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     checkpoint for ``emcopilot segment`` and the app. Measured in BENCHMARKS.md ("Stop 28:
     faint particles").
 
-    ``coarse_min_snr`` (default None: off): the same test on the coarse masks, as their filter
+    ``coarse_min_snr`` (default :data:`emcopilot.postprocess.COARSE_MIN_SNR_DEFAULT`; None or
+    0: off): the same test on the coarse masks, as their filter
     (:func:`emcopilot.masking.filters.filter_regions`), so the priors, the generator and the
     segmentor learn without the faint blobs; recorded in the masks record. Measured in
-    BENCHMARKS.md ("Stop 29: faint particles taken out of the coarse masks too": catalyst box
-    F1 and sizes better, counts lower; off by default).
+    BENCHMARKS.md ("Stop 29: faint particles taken out of the coarse masks too" and "Stop 30",
+    where it became the default).
 
-    ``scale_split`` ("auto", "on" or "off"; None: :data:`emcopilot.particle_scale.SCALE_SPLIT_DEFAULT`):
-    in the segment stage, split the
-    touching particles of each image's coarse mask before measuring the typical width that sets
-    its resize factor (:func:`emcopilot.particle_scale.split_touching`): "auto" on the images
-    support removal's "auto" reaches (the classical masker judges them to show a support), "on"
-    every image. The images it reaches are listed in the segment record as ``scale_split``;
-    recorded in the checkpoint for ``emcopilot segment`` and the app. Measured in BENCHMARKS.md
-    ("Stop 30")."""
+    ``scale_split`` ("auto", "on" or "off"; None:
+    :data:`emcopilot.particle_scale.SCALE_SPLIT_DEFAULT`, "auto"): in the segment stage, split
+    the touching particles of each image's coarse mask before measuring the typical width that
+    sets its resize factor (:func:`emcopilot.particle_scale.split_touching`): "auto" on the
+    images support removal's "auto" reaches (the classical masker judges them to show a
+    support), "on" every image. The images it reaches are listed in the segment record as
+    ``scale_split``; recorded in the checkpoint for ``emcopilot segment`` and the app. Measured
+    in BENCHMARKS.md ("Stop 30")."""
     from emcopilot import io
 
     images_dir, out = Path(images_dir), Path(out_dir)

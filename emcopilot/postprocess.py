@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from .errors import InputError
 from .instances import binary_to_instances, remove_small_instances
 
-__all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config_threshold",
+__all__ = ["COARSE_MIN_SNR_DEFAULT", "prob_to_instances", "calibrate_threshold", "otsu_threshold", "config_threshold",
            "config_grow_to",
            "select_min_peak", "keep_confident", "grow_instances", "select_growth", "check_grow_to",
            "add_coarse_particles", "particle_contrast", "best_matching",
@@ -43,6 +43,11 @@ GROW_OPTIONS = (None, "otsu")
 #: lowest mean count error on the S/TEM catalysts (each image left out in turn, the others pick
 #: 25 or 30; BENCHMARKS.md, "Stop 28: faint particles"); it changes next to nothing on EMPS
 MIN_SNR_DEFAULT = 25.0
+#: the pipeline's default level for the same test on its coarse masks (``coarse_min_snr``), so
+#: the priors, the generator and the segmentor learn without the faint blobs: with the scale
+#: split it gave the best catalyst run and, on EMPS, object F1 0.553 -> 0.575 and the count
+#: error down, pixel Dice 0.753 -> 0.740 (BENCHMARKS.md, stop 30)
+COARSE_MIN_SNR_DEFAULT = 25.0
 
 
 def config_threshold(checkpoint_config: dict, key: str = "calibrated_threshold") -> float | None:

@@ -181,11 +181,14 @@ def test_coarse_masks_preview_and_job(store, project):
     jobs = jobs_of(store, project, "coarse_masks")
     assert len(jobs) == 1 and jobs[0]["state"] == "queued"
     assert jobs[0]["params"]["method"] == "classical"
-    assert jobs[0]["params"]["filters"]["min_snr"] == 0  # the faint-particle filter: off
+    from emcopilot.postprocess import COARSE_MIN_SNR_DEFAULT
+
+    # the faint-particle filter at the pipeline's default; 0 switches it off
+    assert jobs[0]["params"]["filters"]["min_snr"] == COARSE_MIN_SNR_DEFAULT == 25.0
     faint = [n for n in at.number_input if n.label.startswith("Faint: signal-to-noise")]
-    faint[0].set_value(25.0).run()
+    faint[0].set_value(0.0).run()
     button(at, "Run on all images").click().run()
-    assert jobs_of(store, project, "coarse_masks")[-1]["params"]["filters"]["min_snr"] == 25.0
+    assert jobs_of(store, project, "coarse_masks")[-1]["params"]["filters"]["min_snr"] == 0
 
 
 def test_apply_strokes_adds_and_erases():

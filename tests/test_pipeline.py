@@ -681,9 +681,23 @@ def test_coarse_min_snr_filters_the_coarse_masks_and_is_recorded(pipeline_run, t
     and its default keeps them. The level is the median SNR of the fixture's own coarse
     particles, so some are dropped and some kept."""
     from emcopilot.masking import coarse_mask
-    from emcopilot.postprocess import particle_snr
+    from emcopilot.postprocess import COARSE_MIN_SNR_DEFAULT, particle_snr
 
-    src, first, _, _ = pipeline_run
+    src, fixture_run, _, _ = pipeline_run
+    # the fixture's run, at the default level (recorded, and its masks so filtered)
+    assert load_state(fixture_run)["stages"]["masks"]["coarse_min_snr"] == COARSE_MIN_SNR_DEFAULT
+    for path in sorted((fixture_run / "coarse_masks").glob("*.png")):
+        image01 = io.normalize(io.read_micrograph(fixture_run / "images" / path.name).image)
+        np.testing.assert_array_equal(
+            io.read_label_map(path),
+            coarse_mask(image01, method="classical", polarity="bright",
+                        classical_options={"preset": "isolated"},
+                        filters={"min_snr": COARSE_MIN_SNR_DEFAULT}))
+    # the masks without the filter: the reference of the level chosen below
+    first = tmp_path / "unfiltered"
+    _copy_run(fixture_run, first, redo=("masks",))
+    shutil.rmtree(first / "coarse_masks")
+    run_pipeline(src, first, **{**TINY, "coarse_min_snr": None})
     assert load_state(first)["stages"]["masks"]["coarse_min_snr"] is None
     snrs = []
     for path in sorted((first / "coarse_masks").glob("*.png")):
@@ -712,8 +726,8 @@ def test_coarse_min_snr_filters_the_coarse_masks_and_is_recorded(pipeline_run, t
 
 
 def test_cli_pipeline_passes_coarse_min_snr(monkeypatch, tmp_path, examples_dir):
-    """`pipeline --coarse-min-snr S` reaches run_pipeline; none and the default are off; a bad
-    level exits non-zero before any work."""
+    """`pipeline --coarse-min-snr S` reaches run_pipeline; the default is the library's, none
+    is off; a bad level exits non-zero before any work."""
     import emcopilot.pipeline
     from emcopilot.cli import main
 
@@ -722,7 +736,10 @@ def test_cli_pipeline_passes_coarse_min_snr(monkeypatch, tmp_path, examples_dir)
                         lambda *a, **k: seen.append(k) or {"stages": {}})
     images = str(examples_dir / "emps" / "images")
     assert main(["pipeline", images, "--out", str(tmp_path / "a"), "-q"]) == 0
-    assert seen[-1]["coarse_min_snr"] is None
+    from emcopilot.cli import COARSE_MIN_SNR_DEFAULT as CLI_DEFAULT
+    from emcopilot.postprocess import COARSE_MIN_SNR_DEFAULT
+
+    assert seen[-1]["coarse_min_snr"] == COARSE_MIN_SNR_DEFAULT == CLI_DEFAULT
     assert main(["pipeline", images, "--out", str(tmp_path / "b"), "-q",
                  "--coarse-min-snr", "25"]) == 0
     assert seen[-1]["coarse_min_snr"] == 25
