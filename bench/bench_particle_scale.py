@@ -29,7 +29,7 @@ import numpy as np
 
 from emcopilot import io
 from emcopilot.evaluate import _box_diameters, read_yolo_boxes
-from emcopilot.particle_scale import area_weighted_median, split_touching, typical_diameter
+from emcopilot.particle_scale import area_weighted_median, typical_diameter
 
 
 def _median_diameter(labels: np.ndarray) -> float | None:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         true_w.append(area_weighted_median(t))
         weighted.append(typical_diameter(coarse))
         plain.append(_median_diameter(coarse))
-        split.append(typical_diameter(split_touching(coarse)))
+        split.append(typical_diameter(coarse, split=True))
         if args.images is not None:
             found = sorted(args.images.glob(f.stem + ".*"))
             if found:

@@ -536,16 +536,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if check:
             kept += (", kept only where its particles match the coarse mask at least as well "
                      "as without it (--support-check off: always kept)")
-    split = segmentor.scale_split if args.scale_split == "model" else args.scale_split
-    if segmentor.particle_diameter_px is not None:
-        from emcopilot.support import scope
-
-        split_reach = scope(split, segmentor.support_preset)
-        if split_reach != "none":
-            kept += ("; each image's particle width measured with touching coarse particles "
-                     "split, on " + ("every image" if split_reach == "all" else
-                                     "the images where the classical masker sees a support")
-                     + " (--scale-split off: not split)")
+    split_reach = segmentor.split_scope(args.scale_split)
+    if split_reach != "none":
+        kept += ("; each image's particle width measured with touching coarse particles split, "
+                 "on " + ("every image" if split_reach == "all" else
+                          "the images where the classical masker sees a support")
+                 + " (--scale-split off: not split)")
     multiples = (segmentor.scale_choice if args.scale_choice == "model" else args.scale_choice)
     if multiples:
         kept += ("; each image also segmented at " + ", ".join(f"{m:g}x" for m in multiples)

@@ -352,39 +352,36 @@ class Segmentor:
 
         return recorded_scale_split(self.config.get("config", {}))
 
+    def split_scope(self, scale_split: str = "model") -> str:
+        """Which images ``scale_split`` ("model": :attr:`scale_split`; "auto", "on", "off")
+        reaches for this segmentor: "none", "all" or "per image", as support removal's modes
+        reach them (:func:`emcopilot.support.scope` with :attr:`support_preset`); "none" for a
+        segmentor that does not work at a common particle width."""
+        from .particle_scale import check_scale_split
+        from .support import scope
+
+        mode = self.scale_split if scale_split == "model" else check_scale_split(scale_split)
+        if self.particle_diameter_px is None:
+            return "none"
+        return scope(mode, self.support_preset)
+
     def resolve_scale_split(self, prepared01: np.ndarray, scale_split: str | bool = "model",
                             *, shows_support: bool | None = None) -> bool:
         """Whether to split touching particles before measuring one image's particle width
         (image already in the segmentor's conventions, data bar cut off): ``scale_split`` True/
-        False, "on"/"off", "auto" or "model" (:attr:`scale_split`). "auto" reaches the images
-        support removal's "auto" would (:func:`emcopilot.support.scope` with
-        :attr:`support_preset`; per image :func:`emcopilot.support.shows_support`, or the
-        judgement ``shows_support`` already made). False for a segmentor that does not work
-        at a common particle width."""
-        from .particle_scale import check_scale_split
-        from .support import scope
-        from .support import shows_support as judged
-
+        False, or a mode (:meth:`split_scope`); per image the classical masker's judgement
+        (:func:`emcopilot.support.shows_support`, or the one ``shows_support`` already made).
+        False for a segmentor that does not work at a common particle width."""
         if isinstance(scale_split, bool):
             return scale_split and self.particle_diameter_px is not None
-        mode = self.scale_split if scale_split == "model" else check_scale_split(scale_split)
-        if self.particle_diameter_px is None:
-            return False
-        reach = scope(mode, self.support_preset)
+        reach = self.split_scope(scale_split)
         if reach != "per image":
             return reach == "all"
         if shows_support is not None:
             return bool(shows_support)
-        return judged(prepared01, "bright" if self.input_polarity == "bright" else "auto")
+        from .support import shows_support as judged
 
-    def splits_for_scale(self, image01: np.ndarray, *, polarity: str = "auto",
-                         data_bar: bool = True, scale_split: str | bool = "model") -> bool:
-        """Whether :meth:`probability` and :meth:`segment` split touching particles before
-        measuring this image's particle width (:meth:`resolve_scale_split` on the image in the
-        segmentor's conventions, the rows of a data bar left out with ``data_bar``)."""
-        prepared = self.prepare(image01, polarity)
-        _, prepared, _ = _above_bar(prepared, None, data_bar)
-        return self.resolve_scale_split(prepared, scale_split)
+        return judged(prepared01, "bright" if self.input_polarity == "bright" else "auto")
 
     @property
     def support_check(self) -> bool:
@@ -452,11 +449,22 @@ class Segmentor:
     def removes_support(self, image01: np.ndarray, *, polarity: str = "auto",
                         data_bar: bool = True, support: str | bool = "model") -> bool:
         """Whether :meth:`probability` and :meth:`segment` take this image's support out
-        (:meth:`resolve_support` on the image in the segmentor's conventions, the rows of a data
-        bar left out with ``data_bar``)."""
+        (:meth:`removes_and_splits`' first answer)."""
+        return self.removes_and_splits(image01, polarity=polarity, data_bar=data_bar,
+                                       support=support, scale_split=False)[0]
+
+    def removes_and_splits(self, image01: np.ndarray, *, polarity: str = "auto",
+                           data_bar: bool = True, support: str | bool = "model",
+                           scale_split: str | bool = "model") -> tuple[bool, bool]:
+        """Whether :meth:`probability` and :meth:`segment` take this image's support out
+        (:meth:`resolve_support`) and split its mask's touching particles before measuring its
+        particle width (:meth:`resolve_scale_split`), judged on the image in the segmentor's
+        conventions with the rows of a data bar left out (``data_bar``); the classical
+        masker's judgement is made once for both."""
         prepared = self.prepare(image01, polarity)
         _, prepared, _ = _above_bar(prepared, None, data_bar)
-        return self.resolve_support(prepared, support)
+        remove = self.resolve_support(prepared, support)
+        return remove, self._split_as_support(prepared, scale_split, support, remove)
 
     def _predict(self, prepared01: np.ndarray, scale: float | None, support: bool) -> np.ndarray:
         """:meth:`predict_proba` at ``scale``; with ``support`` the resized image has its support
@@ -565,7 +573,8 @@ class Segmentor:
         top, prepared, scale_labels = _above_bar(prepared, scale_labels, data_bar)
         # the rows left are the micrograph (bar cut off) or every row on purpose (data_bar off)
         remove = self.resolve_support(prepared, support)
-        split = self._split_as_support(prepared, scale_split, support, remove)
+        # a given factor is not measured: no split to judge
+        split = scale is None and self._split_as_support(prepared, scale_split, support, remove)
         prob = self._predict(prepared, self.resolve_scale(prepared, scale, scale_labels,
                                                           data_bar=False, split=split),
                              remove)
@@ -659,8 +668,8 @@ class Segmentor:
             # cut off) or every row on purpose (data_bar off)
             coarse = self.coarse_labels(prepared, data_bar=False)
         factor = self.resolve_scale(prepared, scale, coarse, data_bar=False,
-                                    split=self._split_as_support(prepared, scale_split, support,
-                                                                 remove))
+                                    split=scale is None and self._split_as_support(
+                                        prepared, scale_split, support, remove))
 
         scales, multiples_run = [factor], [1.0]
         for m in multiples:  # the same factor twice (held at a limit) is run once

@@ -20,7 +20,7 @@ from .errors import InputError
 __all__ = ["area_weighted_median", "typical_diameter", "split_touching", "normalising_scale",
            "resize_image", "resize_labels", "estimate_scale", "check_scale_multiples",
            "multiplied_scale", "recorded_scale_choice", "check_scale_split",
-           "recorded_scale_split", "SCALE_LIMITS", "SCALE_SPLIT_MODES", "SCALE_SPLIT_DEFAULT", "SPLIT_MIN_DISTANCE",
+           "recorded_scale_split", "SCALE_LIMITS", "SCALE_SPLIT_DEFAULT", "SPLIT_MIN_DISTANCE",
            "DEFAULT_DIAMETER_PX", "MAX_ENLARGED_PIXELS"]
 
 #: typical particle width (px) the pipeline's segmentor is trained and run at
@@ -31,11 +31,6 @@ SCALE_LIMITS = (0.125, 4.0)
 #: an image is never enlarged beyond this many pixels (memory and time of training and
 #: inference); images already larger are not enlarged at all
 MAX_ENLARGED_PIXELS = 2048 * 2048
-#: whether touching particles of a mask are split before its typical width is measured
-#: (:func:`split_touching`): "auto" on the images the classical masker judges to show particles
-#: on a support (as support removal's "auto", :func:`emcopilot.support.scope`), "on" every
-#: image, "off" none
-SCALE_SPLIT_MODES = ("auto", "on", "off")
 #: the pipeline's and the app's training's default: "auto" gave the catalysts' small particles
 #: their width (box F1 0.390 -> 0.404, median size +22 % -> +11 %) and reaches no image of a
 #: run whose coarse masks say the particles are free (BENCHMARKS.md, stop 30)
@@ -70,18 +65,22 @@ def split_touching(labels: np.ndarray, min_distance: int = SPLIT_MIN_DISTANCE) -
 
 
 def check_scale_split(mode: str) -> str:
-    """``mode`` checked against :data:`SCALE_SPLIT_MODES`; InputError otherwise."""
-    if mode not in SCALE_SPLIT_MODES:
-        raise InputError(f"scale split must be one of {', '.join(SCALE_SPLIT_MODES)}, "
-                         f"got {mode!r}")
-    return mode
+    """A scale split mode checked: whether touching particles of a mask are split before its
+    typical width is measured (:func:`split_touching`), with support removal's modes and reach
+    (:data:`emcopilot.support.SUPPORT_MODES`, :func:`emcopilot.support.scope`): "auto" on the
+    images the classical masker judges to show particles on a support, "on" every image, "off"
+    none; InputError otherwise."""
+    from .support import resolve_support_mode
+
+    return resolve_support_mode(mode, "scale split")
 
 
 def recorded_scale_split(config: dict) -> str:
     """The scale split a checkpoint's ``config`` section records (``scale_split``); "off" when
-    absent (models from before it) or not one of :data:`SCALE_SPLIT_MODES`."""
-    mode = config.get("scale_split", "off")
-    return mode if mode in SCALE_SPLIT_MODES else "off"
+    absent (models from before it) or not valid."""
+    from .support import recorded_mode
+
+    return recorded_mode(config, "scale_split")
 
 
 def typical_diameter(labels: np.ndarray, min_area: int = 4, split: bool = False) -> float | None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from emcopilot.atomic import atomic_write_text
 from emcopilot.errors import InputError
+from emcopilot.particle_scale import SCALE_SPLIT_DEFAULT
 from emcopilot.postprocess import COARSE_MIN_SNR_DEFAULT, MIN_SNR_DEFAULT, check_min_snr
 from emcopilot.support import SUPPORT_CHECK_DEFAULT
 
@@ -90,7 +91,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  add_coarse: bool = True, data_bar: bool = True, support_removal: str = "auto",
                  support_check: bool = SUPPORT_CHECK_DEFAULT, support_in_training: bool = False,
                  scale_choice: Sequence[float] = (), min_snr: float | None = MIN_SNR_DEFAULT,
-                 coarse_min_snr: float | None = COARSE_MIN_SNR_DEFAULT, scale_split: str | None = None,
+                 coarse_min_snr: float | None = COARSE_MIN_SNR_DEFAULT,
+                 scale_split: str = SCALE_SPLIT_DEFAULT,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -216,7 +218,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     BENCHMARKS.md ("Stop 29: faint particles taken out of the coarse masks too" and "Stop 30",
     where it became the default).
 
-    ``scale_split`` ("auto", "on" or "off"; None:
+    ``scale_split`` ("auto", "on" or "off"; default
     :data:`emcopilot.particle_scale.SCALE_SPLIT_DEFAULT`, "auto"): in the segment stage, split
     the touching particles of each image's coarse mask before measuring the typical width that
     sets its resize factor (:func:`emcopilot.particle_scale.split_touching`): "auto" on the
@@ -251,9 +253,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     scale_choice = check_scale_multiples(scale_choice)
     min_snr = check_min_snr(min_snr)
     coarse_min_snr = check_min_snr(coarse_min_snr)
-    from emcopilot.particle_scale import SCALE_SPLIT_DEFAULT, check_scale_split
+    from emcopilot.particle_scale import check_scale_split
 
-    scale_split = check_scale_split(SCALE_SPLIT_DEFAULT if scale_split is None else scale_split)
+    scale_split = check_scale_split(scale_split)
     if profile not in PER_MASK:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PER_MASK)}")
     per_mask = per_mask or PER_MASK[profile]
@@ -445,8 +447,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         choices, segmentors = {}, {}
         # whether each image has its support taken out: judged once (the candidates share the
         # run's settings), for every segmentor and for support_check
+        # (and whether its coarse particles are split for its scale)
         takes_out: dict[str, bool] = {}
-        splits: dict[str, bool] = {}  # and whether its coarse particles are split for its scale
+        splits: dict[str, bool] = {}
         maps = {s: prob_dir if len(candidates) == 1 else result_dir / "candidates" / f"seed{s}"
                 for s in candidates}
         for k, (s, cdir) in enumerate(candidates.items()):
@@ -459,13 +462,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 coarse = (io.read_label_map(mask_dir / f"{stem}.png")
                           if segmentor.particle_diameter_px else None)
                 if stem not in takes_out:
-                    takes_out[stem] = segmentor.removes_support(
-                        image01, polarity="bright", data_bar=data_bar, support=support_removal)
-                    splits[stem] = (takes_out[stem] if scale_split == "auto"
-                                    and support_removal == "auto" else
-                                    segmentor.splits_for_scale(image01, polarity="bright",
-                                                               data_bar=data_bar,
-                                                               scale_split=scale_split))
+                    takes_out[stem], splits[stem] = segmentor.removes_and_splits(
+                        image01, polarity="bright", data_bar=data_bar, support=support_removal,
+                        scale_split=scale_split)
                 prob = segmentor.probability(image01, polarity="bright", scale_labels=coarse,
                                              data_bar=data_bar, support=takes_out[stem],
                                              scale_split=splits[stem])

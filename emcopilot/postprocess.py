@@ -23,10 +23,10 @@ from scipy import ndimage as ndi
 from .errors import InputError
 from .instances import binary_to_instances, remove_small_instances
 
-__all__ = ["COARSE_MIN_SNR_DEFAULT", "prob_to_instances", "calibrate_threshold", "otsu_threshold", "config_threshold",
+__all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config_threshold",
            "config_grow_to",
            "select_min_peak", "keep_confident", "grow_instances", "select_growth", "check_grow_to",
-           "add_coarse_particles", "particle_contrast", "best_matching",
+           "add_coarse_particles", "particle_contrast", "best_matching", "COARSE_MIN_SNR_DEFAULT",
            "noise_sigma", "particle_snr", "faint_particles", "drop_faint_particles",
            "check_min_snr",
            "recorded_min_snr",

@@ -143,10 +143,11 @@ def preset_followed(config: dict) -> str:
     return preset if preset in ("auto", "isolated", "supported") else "auto"
 
 
-def recorded_mode(config: dict) -> str:
-    """The support removal a checkpoint's ``config`` section records; "off" when absent (models
-    from before it) or not one of :data:`SUPPORT_MODES`."""
-    mode = config.get("support_removal", "off")
+def recorded_mode(config: dict, key: str = "support_removal") -> str:
+    """The support removal (or another choice with the same reach, ``key``: e.g. the
+    ``scale_split`` of :mod:`emcopilot.particle_scale`) a checkpoint's ``config`` section
+    records; "off" when absent (models from before it) or not one of :data:`SUPPORT_MODES`."""
+    mode = config.get(key, "off")
     return mode if mode in SUPPORT_MODES else "off"
 
 
@@ -161,11 +162,11 @@ def scope(mode: str, preset: str) -> str:
     return "none" if preset == "isolated" else "per image"
 
 
-def resolve_support_mode(mode: str) -> str:
-    """``mode`` checked against :data:`SUPPORT_MODES`."""
+def resolve_support_mode(mode: str, what: str = "support removal") -> str:
+    """``mode`` checked against :data:`SUPPORT_MODES` (``what``: the choice named in the
+    error)."""
     if mode not in SUPPORT_MODES:
-        raise InputError(f"support removal must be one of {', '.join(SUPPORT_MODES)}, "
-                         f"got {mode!r}")
+        raise InputError(f"{what} must be one of {', '.join(SUPPORT_MODES)}, got {mode!r}")
     return mode
 
 

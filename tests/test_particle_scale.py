@@ -171,7 +171,8 @@ def test_split_measures_clusters_of_touching_particles_one_by_one():
 
 def test_scale_split_modes_are_checked_and_old_records_are_off():
     assert [check_scale_split(m) for m in ("auto", "on", "off")] == ["auto", "on", "off"]
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="scale split"):
         check_scale_split("sometimes")
     assert recorded_scale_split({}) == "off" and recorded_scale_split({"scale_split": "x"}) == "off"
+    assert recorded_scale_split({"support_removal": "on"}) == "off"  # its own key
     assert recorded_scale_split({"scale_split": "auto"}) == "auto"

@@ -725,16 +725,23 @@ def test_coarse_min_snr_filters_the_coarse_masks_and_is_recorded(pipeline_run, t
     assert 0 < after < before
 
 
-def test_cli_pipeline_passes_coarse_min_snr(monkeypatch, tmp_path, examples_dir):
-    """`pipeline --coarse-min-snr S` reaches run_pipeline; the default is the library's, none
-    is off; a bad level exits non-zero before any work."""
+@pytest.fixture
+def cli_pipeline(monkeypatch, examples_dir):
+    """`emcopilot pipeline` on bundled images with run_pipeline replaced by a recorder:
+    ``(main, images, seen)``, ``seen`` the keyword arguments of each call."""
     import emcopilot.pipeline
     from emcopilot.cli import main
 
     seen = []
     monkeypatch.setattr(emcopilot.pipeline, "run_pipeline",
                         lambda *a, **k: seen.append(k) or {"stages": {}})
-    images = str(examples_dir / "emps" / "images")
+    return main, str(examples_dir / "emps" / "images"), seen
+
+
+def test_cli_pipeline_passes_coarse_min_snr(cli_pipeline, tmp_path):
+    """`pipeline --coarse-min-snr S` reaches run_pipeline; the default is the library's, none
+    is off; a bad level exits non-zero before any work."""
+    main, images, seen = cli_pipeline
     assert main(["pipeline", images, "--out", str(tmp_path / "a"), "-q"]) == 0
     from emcopilot.cli import COARSE_MIN_SNR_DEFAULT as CLI_DEFAULT
     from emcopilot.postprocess import COARSE_MIN_SNR_DEFAULT
@@ -805,14 +812,10 @@ def test_scale_split_sets_each_factor_on_the_split_coarse_mask_and_is_recorded(p
         run_pipeline(src, tmp_path / "bad", **{**TINY, "scale_split": "sometimes"})
 
 
-def test_cli_pipeline_passes_scale_split(monkeypatch, tmp_path, examples_dir):
-    import emcopilot.pipeline
-    from emcopilot.cli import main
-
-    seen = []
-    monkeypatch.setattr(emcopilot.pipeline, "run_pipeline",
-                        lambda *a, **k: seen.append(k) or {"stages": {}})
-    images = str(examples_dir / "emps" / "images")
+def test_cli_pipeline_passes_scale_split(cli_pipeline, tmp_path):
+    """`pipeline --scale-split MODE` reaches run_pipeline; the default is the library's; a bad
+    mode exits non-zero before any work."""
+    main, images, seen = cli_pipeline
     assert main(["pipeline", images, "--out", str(tmp_path / "a"), "-q"]) == 0
     from emcopilot.cli import SCALE_SPLIT_DEFAULT as CLI_DEFAULT
     from emcopilot.particle_scale import SCALE_SPLIT_DEFAULT

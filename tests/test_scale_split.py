@@ -11,15 +11,10 @@ from emcopilot import io
 from emcopilot.errors import InputError
 from emcopilot.inference import Segmentor
 from emcopilot.particle_scale import normalising_scale
-from emcopilot.training import save_checkpoint
 from tests.test_inference import real, segmentor  # noqa: F401  (fixtures)
+from tests.test_support import _checkpoint
 
-SCALED = dict(image_size=64, particle_diameter_px=32, input_polarity="bright")
-
-
-def _checkpoint(tmp_path, net, name: str, **config) -> Segmentor:
-    ck = save_checkpoint(tmp_path / name, net, None, {**SCALED, **config}, epoch=1)
-    return Segmentor.load(ck, device="cpu")
+SCALED = dict(particle_diameter_px=32, input_polarity="bright")
 
 
 def _read(path) -> np.ndarray:
@@ -32,23 +27,28 @@ def test_the_segmentor_splits_for_its_scale_as_its_checkpoint_says(tmp_path, exa
     net = segmentor.model  # test_inference's tiny trained UNet++
     catalyst = _read(examples_dir / "catalysts" / "images" / "Pt4.jpg")
     free = _read(examples_dir / "emps" / "images" / "c363833ad2.png")
-    old = _checkpoint(tmp_path, net, "old", scale_preset="auto")  # from before it: never
-    auto = _checkpoint(tmp_path, net, "auto", scale_preset="auto", scale_split="auto")
+    # a model from before the split: never
+    old = _checkpoint(tmp_path, net, "old", scale_preset="auto", **SCALED)
+    auto = _checkpoint(tmp_path, net, "auto", scale_preset="auto", scale_split="auto", **SCALED)
     assert old.scale_split == "off" and auto.scale_split == "auto"
     cat, fr = auto.prepare(catalyst), auto.prepare(free)
     assert old.resolve_scale_split(cat) is False
     # "auto" reaches the images the support removal's "auto" would: a support seen
     assert auto.resolve_scale_split(cat) is True and auto.resolve_scale_split(fr) is False
-    assert auto.resolve_scale_split(fr, "on") is True and auto.resolve_scale_split(cat, False) is False
+    assert auto.resolve_scale_split(fr, "on") is True
+    assert auto.resolve_scale_split(cat, False) is False
     assert auto.resolve_scale_split(fr, shows_support=True) is True  # a judgement already made
-    assert auto.splits_for_scale(catalyst) is True and auto.splits_for_scale(free) is False
+    # the support removal and the split judged together (off here: only the split reaches)
+    assert auto.removes_and_splits(catalyst) == (False, True)
+    assert auto.removes_and_splits(free) == (False, False)
+    assert [auto.split_scope(), old.split_scope(), auto.split_scope("on")] == \
+        ["per image", "none", "all"]
     with pytest.raises(InputError):
         auto.resolve_scale_split(cat, "sometimes")
-    isolated = _checkpoint(tmp_path, net, "isolated", scale_preset="isolated", scale_split="auto")
+    isolated = _checkpoint(tmp_path, net, "isolated", scale_preset="isolated",
+                           scale_split="auto", **SCALED)
     assert isolated.resolve_scale_split(isolated.prepare(catalyst)) is False
-    unscaled = Segmentor.load(save_checkpoint(tmp_path / "unscaled", net, None,
-                                              {"image_size": 64, "scale_split": "on"}, epoch=1),
-                              device="cpu")
+    unscaled = _checkpoint(tmp_path, net, "unscaled", scale_split="on")
     assert unscaled.resolve_scale_split(cat) is False and unscaled.resolve_scale(cat) is None
 
     # the split changes the factor on this catalyst (its particles touch in the coarse mask)
@@ -70,7 +70,9 @@ def test_the_segmentor_splits_for_its_scale_as_its_checkpoint_says(tmp_path, exa
     np.testing.assert_allclose(auto.probability(free), old.probability(free), atol=1e-6)
     # with the support removed too, the judgement is made once and both follow it
     both = _checkpoint(tmp_path, net, "both", scale_preset="auto", scale_split="auto",
-                       support_removal="auto")
+                       support_removal="auto", **SCALED)
+    assert both.removes_and_splits(catalyst) == (True, True)
+    assert both.removes_and_splits(free) == (False, False)
     from emcopilot.particle_scale import resize_image
     from emcopilot.support import remove_support
 
@@ -88,7 +90,7 @@ def test_segment_cli_takes_scale_split(tmp_path, examples_dir, segmentor, capsys
     from emcopilot.cli import main
 
     image = examples_dir / "catalysts" / "images" / "Pt4.jpg"
-    _checkpoint(tmp_path, segmentor.model, "model", scale_preset="auto")
+    _checkpoint(tmp_path, segmentor.model, "model", scale_preset="auto", **SCALED)
     seg = Segmentor.load(tmp_path / "model", device="cpu")
     catalyst = _read(image)
     said = {"model": None, "on": "split, on every image",
