@@ -916,8 +916,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "32 px wide; off: each micrograph's own pixel scale")
     p.add_argument("--min-peak", type=_pipeline_min_peak, default="auto", metavar="auto|none|P",
                    help="keep only particles whose highest probability exceeds P; auto "
-                        "(default): the P whose particles best match the coarse masks; none: "
-                        "every particle. The value is recorded in the segmentor for `segment`")
+                        "(default): the P whose particles, less the faint ones --min-snr "
+                        "drops, best match the coarse masks; none: every particle. The value is "
+                        "recorded in the segmentor for `segment`")
     p.add_argument("--grow-to", type=_pipeline_grow_to, default="auto", metavar="auto|none|otsu|G",
                    help="grow each particle out to a lower probability without making new ones; "
                         "auto (default): to each image's Otsu level when that matches the coarse "

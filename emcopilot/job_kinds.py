@@ -566,7 +566,8 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
     segmenting keeps an image's support removal only where it matches the masks at least as
     well as without it (:attr:`emcopilot.inference.Segmentor.support_check`); ``min_snr``:
     record that segmenting drops faint particles (:attr:`emcopilot.inference.Segmentor.min_snr`,
-    None: none); ``scale_split``: recorded first too, as the particle width is then measured
+    None: none), and the core probability is chosen for the particles that filter keeps;
+    ``scale_split``: recorded first too, as the particle width is then measured
     (:attr:`emcopilot.inference.Segmentor.scale_split`)."""
     from emcopilot import io
     from emcopilot.inference import Segmentor, choose_min_peak
@@ -588,10 +589,15 @@ def _match_masks(project: Any, ctx: Any, ckpt: Path, masks: dict[str, np.ndarray
                 keep.append(io.to_uint8(prob))
             yield prob
 
+    stems = list(masks)
+
+    def bright(k: int) -> np.ndarray:  # scored after the faint filter segmenting applies
+        return io.bright_particles(_image01(project, stems[k]), _polarity(project, stems[k]))
+
     choice = choose_min_peak(seg, ckpt, probs(), masks.values(),
                              min_peak=min_peak if masks else None,
                              grow_to="auto" if masks and min_peak is not None else None,
-                             reference="project masks")
+                             reference="project masks", images=bright, min_snr=min_snr)
     if not masks:
         choice["score"] = None  # nothing to match
     update_config(ckpt, add_coarse=bool(add_coarse and masks))

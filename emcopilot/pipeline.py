@@ -113,7 +113,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     ``min_peak``: keep only particles whose highest probability exceeds it
     (:func:`emcopilot.postprocess.prob_to_instances`); ``"auto"`` (default) picks it without
     labels, as the value whose particles best match the coarse masks
-    (:func:`emcopilot.postprocess.select_min_peak`), and records it in the segmentor checkpoint
+    (:func:`emcopilot.postprocess.select_min_peak`; the particles scored after the ``min_snr``
+    filter below, as the output keeps them), and records it in the segmentor checkpoint
     so that ``emcopilot segment`` and the app use it too; None keeps every particle.
     Measured on EMPS: fewer false particles, a better count, fewer particle pixels.
 
@@ -452,6 +453,12 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         splits: dict[str, bool] = {}
         maps = {s: prob_dir if len(candidates) == 1 else result_dir / "candidates" / f"seed{s}"
                 for s in candidates}
+        stems = list(meta)
+        # the core probability is chosen for the particles the output keeps: scored after the
+        # faint-particle filter applied below (the images are bright-particle copies)
+        kept_as_output = {"images": lambda k: io.normalize(
+            io.read_micrograph(img_dir / f"{stems[k]}.png").image),
+            "min_snr": min_snr, "data_bar": data_bar}
         for k, (s, cdir) in enumerate(candidates.items()):
             segmentors[s] = segmentor = Segmentor.load(checkpoint(cdir), device=device)
             for i, stem in enumerate(meta):
@@ -473,7 +480,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             choices[s] = choose_min_peak(
                 segmentor, checkpoint(cdir), (stored(x, maps[s]) for x in meta),
                 (io.read_label_map(mask_dir / f"{x}.png") for x in meta), min_peak=min_peak,
-                grow_to=grow_to)
+                grow_to=grow_to, **kept_as_output)
         ckpts = {s: checkpoint(cdir) for s, cdir in candidates.items()}
         if len(candidates) > 1 and ensemble:
             # the segmentors together: each image's mean map, scored the same way
@@ -490,7 +497,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             choices["mean"] = choose_min_peak(
                 segmentors[first], ckpts["mean"], (stored(x, maps["mean"]) for x in meta),
                 (io.read_label_map(mask_dir / f"{x}.png") for x in meta), min_peak=min_peak,
-                grow_to=grow_to)
+                grow_to=grow_to, **kept_as_output)
         best = best_segmentor({s: c["score"] for s, c in choices.items()})
         chosen, grown = choices[best]["min_peak"], choices[best]["grow_to"]
         ckpt = ckpts[best]

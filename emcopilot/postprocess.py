@@ -15,7 +15,7 @@ the segmentor is under-confident on real images, so particles cut at 0.5 come ou
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -33,6 +33,9 @@ __all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config
            "MIN_SNR_DEFAULT",
            "THRESHOLD_GRID", "MIN_PEAK_GRID", "GROW_OPTIONS"]
 
+#: what :func:`select_min_peak` / :func:`select_growth` do to the ``k``-th image's particles
+#: before scoring them: ``finish(k, labels) -> labels``
+Finish = Callable[[int, np.ndarray], np.ndarray]
 #: thresholds ``calibrate_threshold`` tries
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 #: particle core probabilities ``select_min_peak`` tries (None: every particle)
@@ -227,10 +230,13 @@ def calibrate_threshold(probs: Iterable[np.ndarray], truths: Iterable[np.ndarray
 
 def select_min_peak(probs: Iterable[np.ndarray], references: Iterable[np.ndarray], *,
                     threshold: float = 0.5, grid: Iterable[float | None] = MIN_PEAK_GRID,
-                    fill_holes: bool = False) -> dict:
+                    fill_holes: bool = False, finish: Finish | None = None) -> dict:
     """The ``min_peak`` of :func:`prob_to_instances` whose particles best match reference label
     maps (object F1 at IoU 0.5, pooled over images; ties go to the smaller value).
-    ``threshold`` and ``fill_holes`` as the particles will be made with.
+    ``threshold`` and ``fill_holes`` as the particles will be made with; ``finish(k, labels)``,
+    when given, is applied to the ``k``-th image's particles before they are scored (what the
+    output does to them after, e.g. dropping faint particles), so the value is chosen for the
+    particles that are kept.
 
     With the coarse masks as references this needs no manual label: measured on EMPS, the value
     with the best F1 against the coarse masks was, on each of four segmentors, the one with the
@@ -244,7 +250,7 @@ def select_min_peak(probs: Iterable[np.ndarray], references: Iterable[np.ndarray
         peaks = _peaks(p, base)
         return {str(g): base if g is None else keep_confident(base, peaks, g) for g in grid}
 
-    f1 = _pooled_f1(probs, references, [str(g) for g in grid], variants)
+    f1 = _pooled_f1(probs, references, [str(g) for g in grid], variants, finish)
     best = max(grid, key=lambda g: (round(f1[str(g)], 12), -(g or 0.0)))
     return {"min_peak": best, "f1": {k: round(v, 4) for k, v in f1.items()}}
 
@@ -252,10 +258,12 @@ def select_min_peak(probs: Iterable[np.ndarray], references: Iterable[np.ndarray
 def select_growth(probs: Iterable[np.ndarray], references: Iterable[np.ndarray], *,
                   threshold: float = 0.5, fill_holes: bool = False,
                   min_peak: float | None = None,
-                  options: Iterable[float | str | None] = GROW_OPTIONS) -> dict:
+                  options: Iterable[float | str | None] = GROW_OPTIONS,
+                  finish: Finish | None = None) -> dict:
     """The ``grow_to`` of :func:`prob_to_instances` (None = no growth) whose particles best
     match reference label maps (object F1 at IoU 0.5, pooled; ties go to the earlier option,
-    so to no growth), the particles made with ``threshold``, ``fill_holes`` and ``min_peak``.
+    so to no growth), the particles made with ``threshold``, ``fill_holes`` and ``min_peak``
+    and scored after ``finish`` as :func:`select_min_peak` does.
     Returns ``{"grow_to": option, "f1": {str(option): F1}}``."""
     options = [check_grow_to(g) for g in options]
     if not options:
@@ -265,22 +273,23 @@ def select_growth(probs: Iterable[np.ndarray], references: Iterable[np.ndarray],
         base = prob_to_instances(p, threshold, fill_holes=fill_holes, min_peak=min_peak)
         return {str(g): base if g is None else grow_instances(p, base, g) for g in options}
 
-    f1 = _pooled_f1(probs, references, [str(g) for g in options], variants)
+    f1 = _pooled_f1(probs, references, [str(g) for g in options], variants, finish)
     best = max(options, key=lambda g: (round(f1[str(g)], 12), -options.index(g)))
     return {"grow_to": best, "f1": {k: round(v, 4) for k, v in f1.items()}}
 
 
 def _pooled_f1(probs: Iterable[np.ndarray], references: Iterable[np.ndarray], names: list[str],
-               variants) -> dict:
+               variants, finish: Finish | None = None) -> dict:
     """Object F1 (IoU 0.5, matches pooled over images) of each particle map that
-    ``variants(prob) -> {name: labels}`` makes, against the references; ``{name: F1}`` (1.0
-    where neither side has a particle, e.g. no images)."""
+    ``variants(prob) -> {name: labels}`` makes (then ``finish(k, labels)`` for the ``k``-th
+    image, when given), against the references; ``{name: F1}`` (1.0 where neither side has a
+    particle, e.g. no images)."""
     from .metrics import match_instances
 
     counts: dict[str, list[int]] = {name: [0, 0, 0] for name in names}
-    for prob, ref in zip(probs, references):
+    for k, (prob, ref) in enumerate(zip(probs, references)):
         for name, labels in variants(np.asarray(prob, dtype=np.float32)).items():
-            m = match_instances(labels, ref)
+            m = match_instances(labels if finish is None else finish(k, labels), ref)
             c = counts[name]
             c[0] += len(m.pairs)
             c[1] += len(m.pred_ids)

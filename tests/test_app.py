@@ -286,6 +286,10 @@ def test_segmentor_job_trains_on_synthetic_plus_own_masks(masked):
     recorded = json.loads((ckpt / "config.json").read_text())["config"]
     assert recorded["min_peak_reference"] == "project masks"
     assert set(recorded["min_peak_f1"]) == {str(g) for g in MIN_PEAK_GRID}
+    # scored as segmenting keeps the particles: after its faint filter (default level)
+    from emcopilot.postprocess import MIN_SNR_DEFAULT
+
+    assert recorded["min_snr"] == recorded["min_peak_min_snr"] == MIN_SNR_DEFAULT
     # and so is the particle growth, chosen with those particles
     from emcopilot.postprocess import GROW_OPTIONS
 

@@ -290,6 +290,47 @@ def test_choose_min_peak_against_references_and_the_model_uses_it(segmentor, rea
     assert Segmentor.load(ck, device="cpu").grow_to is None
 
 
+def test_choose_min_peak_scores_after_the_faint_filter(segmentor, real, tmp_path):
+    """With the images and a faint-particle level, choose_min_peak scores each core
+    probability's particles after the filter segmenting applies (drop_faint_above_bar), and
+    records the level; without a level (or without images) it scores them as they are."""
+    from emcopilot.inference import choose_min_peak, drop_faint_above_bar
+    from emcopilot.postprocess import particle_snr, select_growth, select_min_peak
+
+    img, truth = real
+    bright = io.bright_particles(img, "auto")
+    ck = save_checkpoint(tmp_path / "ck", segmentor.model, None, {"image_size": 64}, epoch=1)
+    prob = np.round(Segmentor.load(ck, device="cpu").probability(img) * 255) / 255
+    every = segmentor.instances(prob, min_peak=None)
+    snr = particle_snr(bright, every)[1:]
+    snr = snr[np.isfinite(snr)]
+    level = float(np.median(snr))  # a level that drops about half of the particles
+    dropped = drop_faint_above_bar(bright, every, level)[1]
+    assert 0 < dropped < every.max()
+
+    def finish(k: int, labels: np.ndarray) -> np.ndarray:
+        return drop_faint_above_bar(bright, labels, level)[0]
+
+    images = [bright]
+    choice = choose_min_peak(segmentor, ck, [prob], [truth], images=images.__getitem__,
+                             min_snr=level)
+    expected = select_min_peak([prob], [truth], fill_holes=True, finish=finish)
+    growth = select_growth([prob], [truth], fill_holes=True, min_peak=expected["min_peak"],
+                           finish=finish)
+    assert choice == {**expected, "grow_to": growth["grow_to"], "grow_f1": growth["f1"],
+                      "score": growth["f1"][str(growth["grow_to"])]}
+    plain = select_min_peak([prob], [truth], fill_holes=True)
+    assert choice["f1"] != plain["f1"]  # the filter changed what was scored
+    config = Segmentor.load(ck, device="cpu").config["config"]
+    assert config["min_peak_min_snr"] == level and config["min_peak_f1"] == expected["f1"]
+    # no level, or no images: the particles as they are, and no level recorded
+    for kwargs in ({"images": images.__getitem__, "min_snr": None},
+                   {"images": images.__getitem__, "min_snr": 0}, {"min_snr": level}):
+        again = choose_min_peak(segmentor, ck, [prob], [truth], **kwargs)
+        assert again["f1"] == plain["f1"]
+        assert Segmentor.load(ck, device="cpu").config["config"]["min_peak_min_snr"] is None
+
+
 def test_segmentor_grow_to_comes_from_the_checkpoint(segmentor, tmp_path):
     """``grow_to`` in a checkpoint's config is the segmentor's default particle growth; a value
     that is not a level is ignored (no growth), never an error at inference."""

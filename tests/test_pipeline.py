@@ -62,6 +62,12 @@ def _without_faint(out, stem, labels):
     return drop_faint_above_bar(image01, labels, level)
 
 
+def _as_output_keeps(out, stems):
+    """select_min_peak's ``finish`` as the run's segment stage passes it: each image's
+    particles less the faint ones (:func:`_without_faint`)."""
+    return lambda k, labels: _without_faint(out, stems[k], labels)[0]
+
+
 def _segment_again(pipeline_run, tmp_path, name="run", **options):
     """The fixture's run copied to ``tmp_path / name`` and its segment stage redone with
     ``options`` -> (images folder, the fixture's run, the copy, the copy's segment record)."""
@@ -263,16 +269,23 @@ def test_particles_follow_the_stored_maps_and_the_chosen_core_probability(pipeli
     assert chosen in MIN_PEAK_GRID
     probs = [read_probability_map(out / "segmentation" / "prob" / f"{s}.png") for s in stems]
     coarse = [io.read_label_map(out / "coarse_masks" / f"{s}.png") for s in stems]
-    assert select_min_peak(probs, coarse, fill_holes=True)["min_peak"] == chosen
+    # scored as the output keeps the particles: after the faint filter
+    finish = _as_output_keeps(out, stems)
+    choice = select_min_peak(probs, coarse, fill_holes=True, finish=finish)
+    assert choice["min_peak"] == chosen
     # the particle growth: chosen the same way with those particles, recorded in both places
     grown = load_state(out)["stages"]["segment"]["grow_to"]
     assert grown in GROW_OPTIONS
-    assert select_growth(probs, coarse, fill_holes=True, min_peak=chosen)["grow_to"] == grown
+    assert select_growth(probs, coarse, fill_holes=True, min_peak=chosen,
+                         finish=finish)["grow_to"] == grown
     ckpt = out / "segmentor" / "best_miou"
     if not ckpt.is_dir():
         ckpt = out / "segmentor" / "last"
     seg = Segmentor.load(ckpt, device="cpu")
     assert seg.min_peak == chosen and seg.grow_to == grown
+    assert seg.config["config"]["min_peak_f1"] == choice["f1"]
+    assert seg.config["config"]["min_peak_min_snr"] == \
+        load_state(out)["stages"]["segment"]["min_snr"]
     # plus the coarse particles the segmentor missed (add_coarse, default on; recorded too)
     assert seg.add_coarse is True and load_state(out)["stages"]["segment"]["add_coarse"] is True
     # the support removal (default auto), recorded in both places too
@@ -410,8 +423,9 @@ def test_several_segmentor_seeds_keep_the_one_that_best_matches_the_coarse_masks
             ckpt = out / "segmentor" / name / "last"
             assert json.loads((ckpt / "config.json").read_text())["config"]["seed"] == \
                 int(name[4:])
-        core = select_min_peak(m, coarse, fill_holes=True)["min_peak"]
-        growth = select_growth(m, coarse, fill_holes=True, min_peak=core)
+        finish = _as_output_keeps(out, stems)
+        core = select_min_peak(m, coarse, fill_holes=True, finish=finish)["min_peak"]
+        growth = select_growth(m, coarse, fill_holes=True, min_peak=core, finish=finish)
         scores[name] = growth["f1"][str(growth["grow_to"])]
     assert state["segment"]["f1_vs_coarse"] == pytest.approx(scores)
     # ties: a single segmentor, the smallest seed
@@ -535,8 +549,8 @@ def test_min_snr_drops_the_faint_particles_last_and_none_keeps_them(pipeline_run
     drop_faint_above_bar's at the recorded level. This tiny run makes one particle per image
     (no background ring: never faint), so what the stage does with a drop is checked with
     drop_faint_above_bar replaced: its output is written, its count recorded, and it gets each
-    image, the level and the data-bar setting (test_inference checks the function itself). A
-    bad level is refused."""
+    image, the level and the data-bar setting, first while the core probability is chosen and
+    last for the output (test_inference checks the function itself). A bad level is refused."""
     import emcopilot.inference
     from emcopilot.errors import InputError
     from emcopilot.inference import Segmentor
@@ -563,7 +577,11 @@ def test_min_snr_drops_the_faint_particles_last_and_none_keeps_them(pipeline_run
 
     monkeypatch.setattr(emcopilot.inference, "drop_faint_above_bar", drop_all)
     _, _, spied, record = _segment_again(pipeline_run, tmp_path, "spied", min_snr=7.0)
-    assert calls == [(plain_labels[s].shape, 7.0, True) for s in stems]
+    # last, each image's output; before, the core probability's choice scored the particles
+    # after the same filter (each grid value's, each growth option's)
+    assert calls[-len(stems):] == [(plain_labels[s].shape, 7.0, True) for s in stems]
+    assert len(calls[:-len(stems)]) >= len(stems) and \
+        all(c[1:] == (7.0, True) for c in calls[:-len(stems)])
     assert record["min_snr"] == 7.0
     assert record["faint_dropped"] == sum(int(plain_labels[s].max()) for s in stems) > 0
     for stem in stems:

@@ -115,6 +115,42 @@ def test_select_min_peak_against_reference_masks():
     assert select_min_peak([clean], [truth])["min_peak"] is None
 
 
+def test_select_min_peak_scores_the_particles_the_output_keeps():
+    """With ``finish`` (here the faint-particle filter the output applies) the particles are
+    scored after it: a weak-cored false particle the filter removes anyway no longer makes the
+    choice drop a weak-cored true one."""
+    from emcopilot.postprocess import drop_faint_particles, select_growth, select_min_peak
+
+    truth = _discs(centres=((20, 20), (20, 70), (70, 45), (70, 80)), r=9)
+    prob = np.where(truth > 0, 0.95, 0.05).astype(np.float32)
+    prob[truth == 4] = 0.75  # a true particle the segmentor is less sure of
+    yy, xx = np.mgrid[:96, :96]
+    false = (yy - 45) ** 2 + (xx - 45) ** 2 <= 36
+    prob[false] = 0.7  # support texture taken for a particle, a little less sure still
+    rng = np.random.default_rng(0)
+    image = (0.2 + 0.02 * rng.standard_normal(truth.shape)).astype(np.float32)
+    image[truth > 0] += 0.6  # the particles stand out; the false one does not
+    assert prob_to_instances(prob, 0.5).max() == 5
+
+    def finish(k: int, labels: np.ndarray) -> np.ndarray:
+        assert k == 0
+        return drop_faint_particles(image, labels, 25)[0]
+
+    assert finish(0, prob_to_instances(prob, 0.5)).max() == 4  # the filter drops the false one
+    plain = select_min_peak([prob], [truth])
+    assert plain["min_peak"] == 0.7  # drops the false particle, keeps the weak true one
+    assert plain["f1"]["None"] == pytest.approx(2 * 4 / 9, abs=1e-4)
+    kept = select_min_peak([prob], [truth], finish=finish)
+    assert kept["f1"]["None"] == pytest.approx(1.0)
+    assert kept["min_peak"] is None  # ties go to the smaller value: every particle
+    assert kept["f1"]["0.75"] == pytest.approx(2 * 3 / 7, abs=1e-4)  # 0.75 loses the true one
+    # growth is scored after the same filter
+    grown = select_growth([prob], [truth], min_peak=None, finish=finish)
+    assert grown["f1"]["None"] == pytest.approx(1.0)
+    assert select_growth([prob], [truth], min_peak=None)["f1"]["None"] == \
+        pytest.approx(2 * 4 / 9, abs=1e-4)
+
+
 def _halo_prob(truth: np.ndarray, core: float = 0.9, halo: float = 0.35,
                width: int = 4) -> np.ndarray:
     """A map that is confident inside each particle but ``halo`` over its outer ``width`` px
