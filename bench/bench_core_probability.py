@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if record.get("support_check") or record.get("scale_choice"):
         raise SystemExit(f"{args.run}: its segment stage used --support-check or --scale-choice, "
                          "which this benchmark does not re-derive")
-    model = Path(record["model"])
-    seg = Segmentor.load(model if model.is_absolute() else Path.cwd() / model, device="cpu")
+    seg = Segmentor.load(record["model"], device="cpu")  # as recorded, from where the run ran
     level, add = record.get("min_snr"), bool(record.get("add_coarse"))
     stems = sorted(p.stem for p in (args.run / "segmentation" / "prob").glob("*.png"))
     images = {s: io.normalize(io.read_micrograph(args.run / "images" / f"{s}.png").image)

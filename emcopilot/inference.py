@@ -18,6 +18,7 @@ For inference the network is a copy with every BatchNorm folded into the convolu
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -804,9 +805,11 @@ def choose_min_peak(segmentor: Segmentor, checkpoint: str | os.PathLike,
     probs = _FloatMaps(maps)
     references = list(references)
     level = check_min_snr(min_snr) if images is not None else None
+    # each image's variants are scored one after another: read it once for them all
+    image = functools.lru_cache(maxsize=1)(images) if level is not None else None
 
     def finish(k: int, labels: np.ndarray) -> np.ndarray:
-        return drop_faint_above_bar(images(k), labels, level, data_bar=data_bar)[0]
+        return drop_faint_above_bar(image(k), labels, level, data_bar=data_bar)[0]
 
     finisher = finish if level is not None else None
     choice = select_min_peak(probs, references, threshold=segmentor.threshold,

@@ -85,6 +85,16 @@ def button(at: AppTest, label: str):
     raise AssertionError(f"no button {label!r}: {[b.label for b in at.button]}")
 
 
+def segment_params(at: AppTest, store, project, change) -> tuple[dict, dict]:
+    """The params of the segment jobs the Results page queues as it stands, then after
+    ``change()`` (a widget's ``set_value(...)`` or ``check()``)."""
+    button(at, "Segment all images and write the report").click().run()
+    before = jobs_of(store, project, "segment")[-1]["params"]
+    change().run()
+    button(at, "Segment all images and write the report").click().run()
+    return before, jobs_of(store, project, "segment")[-1]["params"]
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders_without_projects(page):
     at = open_page(page)
@@ -426,12 +436,8 @@ def test_results_use_the_recorded_core_probability_unless_told_not_to(store, mas
     assert not at.exception
     keep = [c for c in at.checkbox if c.label.startswith("Keep faint particles")]
     assert len(keep) == 1 and f"{core:.2f}" in keep[0].label and keep[0].value is False
-    button(at, "Segment all images and write the report").click().run()
-    default = jobs_of(store, masked, "segment")[-1]["params"]
+    default, every = segment_params(at, store, masked, keep[0].check)
     assert "min_peak" not in default  # the job's default: the model's value
-    keep[0].check().run()
-    button(at, "Segment all images and write the report").click().run()
-    every = jobs_of(store, masked, "segment")[-1]["params"]
     assert every["min_peak"] is None
     results = job_kinds.project_path(masked, "results_dir")
     counts = {}
@@ -457,13 +463,7 @@ def _recorded_then_cleared(store, project, label: str) -> tuple[dict, dict]:
     at = open_page(PAGES[6], project.id)
     box = [c for c in at.checkbox if c.label.startswith(label)]
     assert len(box) == 1 and box[0].value is True and "chosen for this model" in box[0].label
-    submitted = []
-    for clear in (False, True):
-        if clear:
-            box[0].uncheck().run()
-        button(at, "Segment all images and write the report").click().run()
-        submitted.append(jobs_of(store, project, "segment")[-1]["params"])
-    return submitted[0], submitted[1]
+    return segment_params(at, store, project, box[0].uncheck)
 
 
 def test_results_grow_particles_as_recorded_unless_told_not_to(store, masked):
@@ -607,12 +607,8 @@ def test_results_remove_the_support_as_recorded_or_as_chosen(store, masked):
     at = open_page(PAGES[6], masked.id)
     box = [b for b in at.selectbox if b.label == label]
     assert box[0].value == "auto"
-    button(at, "Segment all images and write the report").click().run()
-    assert "support_removal" not in jobs_of(store, masked, "segment")[-1]["params"]
-    box[0].set_value("on").run()
-    button(at, "Segment all images and write the report").click().run()
-    params = jobs_of(store, masked, "segment")[-1]["params"]
-    assert params["support_removal"] == "on"
+    default, params = segment_params(at, store, masked, lambda: box[0].set_value("on"))
+    assert "support_removal" not in default and params["support_removal"] == "on"
     results = job_kinds.project_path(masked, "results_dir")
     for given, used in (({}, "auto"), (params, "on")):
         job_kinds.segment_job(masked, {"model": "segmentor", **given}, Ctx())
@@ -665,12 +661,8 @@ def test_results_choose_the_particle_scale_per_image_as_recorded_or_as_ticked(st
     at = open_page(PAGES[6], masked.id)
     ticks = [c for c in at.checkbox if c.label.startswith(label)]
     assert len(ticks) == 1 and ticks[0].value is False and "1.5x" in ticks[0].label
-    button(at, "Segment all images and write the report").click().run()
-    assert "scale_choice" not in jobs_of(store, masked, "segment")[-1]["params"]
-    ticks[0].check().run()
-    button(at, "Segment all images and write the report").click().run()
-    params = jobs_of(store, masked, "segment")[-1]["params"]
-    assert params["scale_choice"] == [1.5]
+    default, params = segment_params(at, store, masked, ticks[0].check)
+    assert "scale_choice" not in default and params["scale_choice"] == [1.5]
     job_kinds.segment_job(masked, params, Ctx())
     results = job_kinds.project_path(masked, "results_dir")
     model = json.loads((results / "provenance.json").read_text())["model"]
@@ -744,12 +736,8 @@ def test_results_split_for_the_particle_scale_as_recorded_or_as_chosen(store, ma
     at = open_page(PAGES[6], masked.id)
     box = [b for b in at.selectbox if b.label == label]
     assert len(box) == 1 and box[0].value == "off"
-    button(at, "Segment all images and write the report").click().run()
-    assert "scale_split" not in jobs_of(store, masked, "segment")[-1]["params"]
-    box[0].set_value("on").run()
-    button(at, "Segment all images and write the report").click().run()
-    params = jobs_of(store, masked, "segment")[-1]["params"]
-    assert params["scale_split"] == "on"
+    default, params = segment_params(at, store, masked, lambda: box[0].set_value("on"))
+    assert "scale_split" not in default and params["scale_split"] == "on"
     job_kinds.segment_job(masked, params, Ctx())
     results = job_kinds.project_path(masked, "results_dir")
     assert json.loads((results / "provenance.json").read_text())["model"]["scale_split"] == "on"
@@ -797,12 +785,8 @@ def test_results_drop_faint_particles_as_recorded_or_as_chosen(store, masked):
     levels = [n for n in at.number_input if n.label == level_label]
     assert len(ticks) == 1 and ticks[0].value is False
     assert levels[0].value == MIN_SNR_DEFAULT and levels[0].disabled
-    button(at, "Segment all images and write the report").click().run()
-    assert "min_snr" not in jobs_of(store, masked, "segment")[-1]["params"]
-    ticks[0].check().run()
-    button(at, "Segment all images and write the report").click().run()
-    params = jobs_of(store, masked, "segment")[-1]["params"]
-    assert params["min_snr"] == MIN_SNR_DEFAULT
+    default, params = segment_params(at, store, masked, ticks[0].check)
+    assert "min_snr" not in default and params["min_snr"] == MIN_SNR_DEFAULT
     # the job at a level that drops some of this untrained net's particles
     seg = Segmentor.load(ckpt, device="cpu")
     stems = job_kinds._stems(masked)

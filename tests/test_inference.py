@@ -309,24 +309,33 @@ def test_choose_min_peak_scores_after_the_faint_filter(segmentor, real, tmp_path
     assert 0 < dropped < every.max()
 
     def finish(k: int, labels: np.ndarray) -> np.ndarray:
+        assert k in (0, 1)
         return drop_faint_above_bar(bright, labels, level)[0]
 
-    images = [bright]
-    choice = choose_min_peak(segmentor, ck, [prob], [truth], images=images.__getitem__,
+    images = [bright, bright]
+    reads = []
+
+    def image(k: int) -> np.ndarray:
+        reads.append(k)
+        return images[k]
+
+    # the image twice: each is read once for all the values scored, once per selector
+    choice = choose_min_peak(segmentor, ck, [prob, prob], [truth, truth], images=image,
                              min_snr=level)
-    expected = select_min_peak([prob], [truth], fill_holes=True, finish=finish)
-    growth = select_growth([prob], [truth], fill_holes=True, min_peak=expected["min_peak"],
-                           finish=finish)
+    assert reads == [0, 1, 0, 1]
+    expected = select_min_peak([prob] * 2, [truth] * 2, fill_holes=True, finish=finish)
+    growth = select_growth([prob] * 2, [truth] * 2, fill_holes=True,
+                           min_peak=expected["min_peak"], finish=finish)
     assert choice == {**expected, "grow_to": growth["grow_to"], "grow_f1": growth["f1"],
                       "score": growth["f1"][str(growth["grow_to"])]}
-    plain = select_min_peak([prob], [truth], fill_holes=True)
+    plain = select_min_peak([prob] * 2, [truth] * 2, fill_holes=True)
     assert choice["f1"] != plain["f1"]  # the filter changed what was scored
     config = Segmentor.load(ck, device="cpu").config["config"]
     assert config["min_peak_min_snr"] == level and config["min_peak_f1"] == expected["f1"]
     # no level, or no images: the particles as they are, and no level recorded
     for kwargs in ({"images": images.__getitem__, "min_snr": None},
                    {"images": images.__getitem__, "min_snr": 0}, {"min_snr": level}):
-        again = choose_min_peak(segmentor, ck, [prob], [truth], **kwargs)
+        again = choose_min_peak(segmentor, ck, [prob] * 2, [truth] * 2, **kwargs)
         assert again["f1"] == plain["f1"]
         assert Segmentor.load(ck, device="cpu").config["config"]["min_peak_min_snr"] is None
 
