@@ -26,7 +26,8 @@ from .instances import binary_to_instances, remove_small_instances
 __all__ = ["prob_to_instances", "calibrate_threshold", "otsu_threshold", "config_threshold",
            "config_grow_to",
            "select_min_peak", "keep_confident", "grow_instances", "select_growth", "check_grow_to",
-           "add_coarse_particles", "particle_contrast", "best_matching", "COARSE_MIN_SNR_DEFAULT",
+           "add_coarse_particles", "particle_contrast", "expand_labels_near", "best_matching",
+           "COARSE_MIN_SNR_DEFAULT",
            "noise_sigma", "particle_snr", "faint_particles", "drop_faint_particles",
            "check_min_snr",
            "recorded_min_snr",
@@ -317,6 +318,43 @@ def best_matching(candidates: Sequence[np.ndarray], reference: np.ndarray) -> in
     return int(np.argmax(scores))  # the first of the highest
 
 
+def expand_labels_near(labels: np.ndarray, distance: int) -> np.ndarray:
+    """:func:`skimage.segmentation.expand_labels` of a 2-D label map, the same pixels with the
+    same labels, computed only in windows around the particles: each group of particles whose
+    bounding boxes, widened by ``distance``, touch is expanded in its group's bounding box (a
+    pixel's nearest particles within ``distance`` are all in it), and background outside every
+    widened box is never visited. On a 2048 px catalyst image with a
+    few dozen particles this is several times faster than expanding the whole frame (the
+    faint-particle filter's ring, :func:`particle_contrast`, runs once per image and per core
+    probability tried).
+
+    >>> lab = np.zeros((7, 9), np.int32); lab[3, 2] = 1; lab[3, 6] = 2
+    >>> expand_labels_near(lab, 1)[3]
+    array([0, 1, 1, 1, 0, 2, 2, 2, 0], dtype=int32)
+    """
+    from skimage.segmentation import expand_labels
+
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise InputError(f"expand_labels_near needs a 2-D label map, got shape {lab.shape}")
+    d = int(distance)
+    if d <= 0 or not lab.any():
+        return lab.copy()
+    # each particle's bounding box widened by d holds every pixel within d of it
+    near = np.zeros(lab.shape, bool)
+    for box in ndi.find_objects(lab.astype(np.intp, copy=False)):
+        if box is not None:
+            near[tuple(slice(max(b.start - d, 0), b.stop + d) for b in box)] = True
+    groups, _ = ndi.label(near, structure=np.ones((3, 3), bool))
+    out = np.zeros_like(lab)
+    for g, box in enumerate(ndi.find_objects(groups), start=1):
+        if box is None:
+            continue
+        mine = groups[box] == g
+        out[box][mine] = expand_labels(lab[box], d)[mine]
+    return out
+
+
 def particle_contrast(image01: np.ndarray, labels: np.ndarray, *, ring_px: int = 3,
                       exclude: np.ndarray | None = None) -> np.ndarray:
     """Per particle of ``labels`` (index = id, index 0 unused): its mean intensity minus that of
@@ -330,8 +368,6 @@ def particle_contrast(image01: np.ndarray, labels: np.ndarray, *, ring_px: int =
     >>> round(float(particle_contrast(img, lab)[1]), 2)
     0.8
     """
-    from skimage.segmentation import expand_labels
-
     img = np.asarray(image01, dtype=np.float64)
     lab = np.asarray(labels).astype(np.int64, copy=False)
     if img.shape != lab.shape:
@@ -340,7 +376,7 @@ def particle_contrast(image01: np.ndarray, labels: np.ndarray, *, ring_px: int =
     img = np.nan_to_num(img, nan=0.0)
     area = np.bincount(lab.ravel(), minlength=n + 1)
     inside = np.bincount(lab.ravel(), weights=img.ravel(), minlength=n + 1) / np.maximum(area, 1)
-    grown = expand_labels(lab, int(ring_px))
+    grown = expand_labels_near(lab, int(ring_px))
     ring = (grown > 0) & (lab == 0)
     if exclude is not None:
         ring &= ~np.asarray(exclude, bool)

@@ -483,3 +483,49 @@ def test_on_noisy_silica_supports_the_faint_particles_are_the_false_ones(shared_
         assert n_before > 2.5 * len(truth)
         assert abs(n_after - len(truth)) < 0.3 * abs(n_before - len(truth))
         assert f1(kept) > f1(coarse) + 0.15
+
+
+def _expansions_agree(labels, distances=(1, 3, 5)):
+    from skimage.segmentation import expand_labels
+
+    from emcopilot.postprocess import expand_labels_near
+
+    return all(np.array_equal(expand_labels_near(labels, d), expand_labels(labels, d))
+               for d in distances)
+
+
+def test_expand_labels_near_is_skimages_expand_labels(examples_dir):
+    """The windowed expansion gives skimage's pixels and labels exactly: on real instance masks
+    (dense EMPS particles), on the classical masker's particles of real catalyst frames (sparse,
+    2048 px), and on random maps full of equidistant ties; a map without particles, a distance
+    of 0 and a 3-D map are handled."""
+    from skimage.segmentation import expand_labels
+
+    from emcopilot.masking import coarse_mask
+    from emcopilot.postprocess import expand_labels_near
+
+    maps = [io.read_label_map(p) for p in sorted((examples_dir / "emps" / "segmaps").glob("*"))]
+    for path in sorted((examples_dir / "catalysts" / "images").glob("*.jpg"))[:3]:
+        image = io.normalize(io.read_micrograph(path).image)
+        maps.append(coarse_mask(image, method="classical", polarity="auto"))
+    assert len(maps) >= 5 and all(m.max() > 3 for m in maps)
+    assert all(_expansions_agree(m) for m in maps)
+    rng = np.random.default_rng(0)
+    for k in range(200):
+        lab = np.zeros((40, 50), np.int32)
+        n = int(rng.integers(1, 30))
+        lab[rng.integers(0, 40, n), rng.integers(0, 50, n)] = np.arange(1, n + 1)
+        lab = expand_labels(lab, 1) if k % 2 else lab
+        assert _expansions_agree(lab, (1, 2, 3, 4)), k
+    empty = np.zeros((8, 8), np.int32)
+    assert not expand_labels_near(empty, 3).any()
+    assert np.array_equal(expand_labels_near(maps[0], 0), maps[0])
+    with pytest.raises(InputError, match="2-D"):
+        expand_labels_near(np.zeros((2, 4, 4), np.int32), 3)
+
+
+def test_expand_labels_near_on_the_emps_test_masks(shared_data):
+    """All 99 EMPS test instance masks at the faint filter's ring width: the same as skimage."""
+    paths = sorted((shared_data / "emps_test" / "segmaps").glob("*.png"))
+    assert len(paths) == 99
+    assert all(_expansions_agree(io.read_label_map(p), (3,)) for p in paths)
