@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.common import write_json
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs, read_probability_map
-from emcopilot.inference import Segmentor, drop_faint_above_bar
+from emcopilot.inference import Segmentor, drop_faint_above_bar, noise_level_above_bar
 from emcopilot.postprocess import MIN_PEAK_GRID, add_coarse_particles, select_min_peak
 
 KEYS = ("obj_precision", "obj_recall", "obj_f1", "count_rel_abs_error_mean",
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     stems = sorted(p.stem for p in (args.run / "segmentation" / "prob").glob("*.png"))
     images = {s: io.normalize(io.read_micrograph(args.run / "images" / f"{s}.png").image)
               for s in stems}
+    sigmas = {s: noise_level_above_bar(image) for s, image in images.items()}
     probs = [read_probability_map(args.run / "segmentation" / "prob" / f"{s}.png") for s in stems]
     coarse = [io.read_label_map(args.run / "coarse_masks" / f"{s}.png") for s in stems]
 
@@ -66,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
                 labels = seg.instances(prob, min_peak=g)
                 if add:
                     labels = add_coarse_particles(labels, co, prob)
-                labels = drop_faint_above_bar(images[stem], labels, level)[0]
+                labels = drop_faint_above_bar(images[stem], labels, level, sigma=sigmas[stem])[0]
                 io.write_label_map(Path(tmp) / f"{stem}.png", labels)
             agg = evaluate_dirs(tmp, args.truth, args.truth_format)["aggregate"]
         rows.append({"min_peak": g, **{k: agg.get(k) for k in KEYS}})
 
     def finish(k, labels):
-        return drop_faint_above_bar(images[stems[k]], labels, level)[0]
+        return drop_faint_above_bar(images[stems[k]], labels, level, sigma=sigmas[stems[k]])[0]
 
     plain = select_min_peak(probs, coarse, threshold=seg.threshold, fill_holes=seg.fill_holes,
                             grid=args.grid)

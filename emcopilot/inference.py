@@ -31,10 +31,11 @@ from .device import autocast, channels_last, pick_device, set_cpu_threads
 from .data_bar import on_rows_above_bar, pad_below
 from .errors import InputError
 from .postprocess import (add_coarse_particles, best_matching, check_min_snr, config_grow_to,
-                          config_threshold, drop_faint_particles, prob_to_instances)
+                          config_threshold, drop_faint_particles, noise_sigma,
+                          prob_to_instances)
 
 __all__ = ["Segmentor", "segment_folder", "choose_min_peak", "best_segmentor", "tiled_apply",
-           "blend_window", "drop_faint_above_bar",
+           "blend_window", "drop_faint_above_bar", "noise_level_above_bar",
            "fuse_batchnorm", "MAX_TILE"]
 
 MAX_TILE = 1024
@@ -709,16 +710,24 @@ class Segmentor:
 
 
 def drop_faint_above_bar(image01: np.ndarray, labels: np.ndarray, min_snr: float | None, *,
-                         data_bar: bool = True) -> tuple[np.ndarray, int]:
+                         data_bar: bool = True, sigma: float | None = None
+                         ) -> tuple[np.ndarray, int]:
     """:func:`emcopilot.postprocess.drop_faint_particles` of a whole frame's particles
     (``image01``: bright particles) measured, as :meth:`Segmentor.segment_detail` measures
     them, on the rows above an instrument data bar (with ``data_bar``); the label map keeps the
-    frame's size."""
+    frame's size. ``sigma``: :func:`noise_level_above_bar` of the image when already known."""
     if not check_min_snr(min_snr):
         return np.asarray(labels).astype(np.int32, copy=False), 0
     top, rows, lab = _above_bar(image01, labels, data_bar)
-    lab, dropped = drop_faint_particles(rows, lab, min_snr)
+    lab, dropped = drop_faint_particles(rows, lab, min_snr, sigma=sigma)
     return pad_below(top, np.shape(labels)[0], lab)[0], dropped
+
+
+def noise_level_above_bar(image01: np.ndarray, *, data_bar: bool = True) -> float:
+    """The pixel noise (:func:`emcopilot.postprocess.noise_sigma`) of the rows
+    :func:`drop_faint_above_bar` measures particles on: the level it divides by, for a caller
+    that filters several label maps of one image."""
+    return noise_sigma(_above_bar(image01, None, data_bar)[1])
 
 
 def _above_bar(image01: np.ndarray, labels: np.ndarray | None, data_bar: bool):
@@ -805,11 +814,15 @@ def choose_min_peak(segmentor: Segmentor, checkpoint: str | os.PathLike,
     probs = _FloatMaps(maps)
     references = list(references)
     level = check_min_snr(min_snr) if images is not None else None
-    # each image's variants are scored one after another: read it once for them all
-    image = functools.lru_cache(maxsize=1)(images) if level is not None else None
+    # each image's variants are scored one after another: read it and measure its noise once
+    @functools.lru_cache(maxsize=1)
+    def image(k: int) -> tuple[np.ndarray, float]:
+        img = images(k)
+        return img, noise_level_above_bar(img, data_bar=data_bar)
 
     def finish(k: int, labels: np.ndarray) -> np.ndarray:
-        return drop_faint_above_bar(image(k), labels, level, data_bar=data_bar)[0]
+        img, sigma = image(k)
+        return drop_faint_above_bar(img, labels, level, data_bar=data_bar, sigma=sigma)[0]
 
     finisher = finish if level is not None else None
     choice = select_min_peak(probs, references, threshold=segmentor.threshold,

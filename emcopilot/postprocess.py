@@ -500,12 +500,15 @@ def noise_sigma(image01: np.ndarray) -> float:
     return float(np.sqrt(np.pi / 2.0) * np.abs(response).mean() / 6.0)
 
 
-def particle_snr(image01: np.ndarray, labels: np.ndarray, *, ring_px: int = 3) -> np.ndarray:
+def particle_snr(image01: np.ndarray, labels: np.ndarray, *, ring_px: int = 3,
+                 sigma: float | None = None) -> np.ndarray:
     """Per particle of ``labels`` (index = id, index 0 unused): how far its mean intensity
     stands above its surroundings in units of that mean's noise, ``contrast * sqrt(area) /
     sigma`` (:func:`particle_contrast` with other particles left out of the ring,
     :func:`noise_sigma`) -- the signal-to-noise ratio of the Rose criterion. NaN where a
-    particle has no ring; +inf for a contrast above 0 on a noise-free image.
+    particle has no ring; +inf for a contrast above 0 on a noise-free image. ``sigma``: the
+    image's :func:`noise_sigma` when already known (it does not depend on the particles, so a
+    caller trying several label maps of one image measures it once).
 
     >>> rng = np.random.default_rng(0)
     >>> img = 0.3 + 0.05 * rng.standard_normal((40, 40)); img[5:15, 5:15] += 0.5
@@ -516,7 +519,7 @@ def particle_snr(image01: np.ndarray, labels: np.ndarray, *, ring_px: int = 3) -
     lab = np.asarray(labels).astype(np.int64, copy=False)
     contrast = particle_contrast(image01, lab, ring_px=ring_px, exclude=lab > 0)
     area = np.bincount(lab.ravel(), minlength=len(contrast)).astype(np.float64)
-    sigma = noise_sigma(image01)
+    sigma = noise_sigma(image01) if sigma is None else float(sigma)
     with np.errstate(divide="ignore", invalid="ignore"):
         return contrast * np.sqrt(area) / sigma
 
@@ -545,7 +548,7 @@ def recorded_min_snr(config: dict) -> float | None:
 
 
 def faint_particles(image01: np.ndarray, labels: np.ndarray, min_snr: float | None, *,
-                    ring_px: int = 3) -> np.ndarray:
+                    ring_px: int = 3, sigma: float | None = None) -> np.ndarray:
     """Per particle id of ``labels`` (index 0: background, False): whether its
     :func:`particle_snr` is at most ``min_snr`` (None or 0: none is). A particle with no
     background ring around it (NaN) is not faint: there is nothing to compare it with."""
@@ -553,16 +556,18 @@ def faint_particles(image01: np.ndarray, labels: np.ndarray, min_snr: float | No
     n = int(np.asarray(labels).max(initial=0))
     faint = np.zeros(n + 1, bool)
     if level is not None and n:
-        snr = particle_snr(image01, labels, ring_px=ring_px)
+        snr = particle_snr(image01, labels, ring_px=ring_px, sigma=sigma)
         faint[1:] = snr[1:n + 1] <= level  # NaN compares False
     return faint
 
 
 def drop_faint_particles(image01: np.ndarray, labels: np.ndarray, min_snr: float | None,
-                         *, ring_px: int = 3) -> tuple[np.ndarray, int]:
+                         *, ring_px: int = 3, sigma: float | None = None
+                         ) -> tuple[np.ndarray, int]:
     """``labels`` without the particles whose :func:`particle_snr` is at most ``min_snr``
     (None or 0: none dropped), renumbered 1..n, and how many were dropped. A particle with no
-    background ring around it is kept (nothing to compare it with).
+    background ring around it is kept (nothing to compare it with). ``sigma``: as
+    :func:`particle_snr`.
 
     ``image01``: the image the particles were found in, particles bright. On noisy supports
     (the silica and alumina images of the S/TEM catalysts) the segmentor takes blobs of support
@@ -584,7 +589,7 @@ def drop_faint_particles(image01: np.ndarray, labels: np.ndarray, min_snr: float
     if np.shape(image01) != lab.shape:
         raise InputError(f"image {np.shape(image01)} and labels {lab.shape} differ in shape")
     out = lab.astype(np.int32, copy=True)
-    faint = faint_particles(image01, out, min_snr, ring_px=ring_px)
+    faint = faint_particles(image01, out, min_snr, ring_px=ring_px, sigma=sigma)
     present = np.bincount(out.ravel(), minlength=len(faint)) > 0
     dropped = int((faint & present).sum())
     if dropped:

@@ -290,7 +290,7 @@ def test_choose_min_peak_against_references_and_the_model_uses_it(segmentor, rea
     assert Segmentor.load(ck, device="cpu").grow_to is None
 
 
-def test_choose_min_peak_scores_after_the_faint_filter(segmentor, real, tmp_path):
+def test_choose_min_peak_scores_after_the_faint_filter(segmentor, real, tmp_path, monkeypatch):
     """With the images and a faint-particle level, choose_min_peak scores each core
     probability's particles after the filter segmenting applies (drop_faint_above_bar), and
     records the level; without a level (or without images) it scores them as they are."""
@@ -319,10 +319,28 @@ def test_choose_min_peak_scores_after_the_faint_filter(segmentor, real, tmp_path
         reads.append(k)
         return images[k]
 
-    # the image twice: each is read once for all the values scored, once per selector
+    # the image twice: each is read, and its noise measured, once for all the values scored,
+    # once per selector; the filter is handed that noise level instead of measuring it again
+    import emcopilot.inference as inference_module
+    import emcopilot.postprocess as postprocess_module
+
+    measured = {"once": 0, "per_map": 0}
+
+    def counting(where, real_sigma):
+        def sigma(rows):
+            measured[where] += 1
+            return real_sigma(rows)
+        return sigma
+
+    monkeypatch.setattr(inference_module, "noise_sigma",
+                        counting("once", postprocess_module.noise_sigma))
+    monkeypatch.setattr(postprocess_module, "noise_sigma",
+                        counting("per_map", postprocess_module.noise_sigma))
     choice = choose_min_peak(segmentor, ck, [prob, prob], [truth, truth], images=image,
                              min_snr=level)
+    monkeypatch.undo()
     assert reads == [0, 1, 0, 1]
+    assert measured == {"once": 4, "per_map": 0}
     expected = select_min_peak([prob] * 2, [truth] * 2, fill_holes=True, finish=finish)
     growth = select_growth([prob] * 2, [truth] * 2, fill_holes=True,
                            min_peak=expected["min_peak"], finish=finish)
@@ -605,8 +623,20 @@ def test_min_snr_drops_the_faint_particles_last_as_recorded_or_as_given(segmento
     assert not on_bar[h:].any()
     np.testing.assert_array_equal(on_bar[:h], segmentor.segment(img255, min_snr=level)[0])
     bright_barred = np.concatenate([io.bright_particles(img255, "auto"), barred[h:]])
-    np.testing.assert_array_equal(drop_faint_above_bar(
-        bright_barred, segmentor.segment(barred, min_snr=None)[0], level)[0], on_bar)
+    barred_labels = segmentor.segment(barred, min_snr=None)[0]
+    np.testing.assert_array_equal(drop_faint_above_bar(bright_barred, barred_labels, level)[0],
+                                  on_bar)
+    # the noise level handed in (as choose_min_peak does) is the one measured above the bar
+    from emcopilot.inference import noise_level_above_bar
+    from emcopilot.postprocess import noise_sigma
+
+    sigma = noise_level_above_bar(bright_barred)
+    assert sigma == noise_sigma(bright_barred[:h]) != noise_sigma(bright_barred)
+    assert noise_level_above_bar(bright_barred, data_bar=False) == noise_sigma(bright_barred)
+    np.testing.assert_array_equal(
+        drop_faint_above_bar(bright_barred, barred_labels, level, sigma=sigma)[0], on_bar)
+    assert drop_faint_above_bar(bright_barred, barred_labels, level, sigma=100 * sigma)[0].max() \
+        == 0  # every particle faint against a hundredfold noise
     # `emcopilot segment`: the recorded level, said in the summary; "none" keeps every particle
     from emcopilot.cli import main
 

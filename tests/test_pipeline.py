@@ -847,3 +847,33 @@ def test_cli_pipeline_passes_scale_split(cli_pipeline, tmp_path):
         main(["pipeline", images, "--out", str(tmp_path / "b"), "-q", "--scale-split", "x"])
     assert exc.value.code != 0
     assert len(seen) == 4
+
+
+def test_bench_core_probability_re_derives_the_runs_output(pipeline_run, examples_dir,
+                                                            tmp_path, capsys):
+    """bench_core_probability makes the run's particles again from its stored maps at each core
+    probability: at the value the run chose, its scores are those of the run's own output; and
+    its label-free choice after the faint filter is the run's."""
+    import json
+
+    from bench.bench_core_probability import main as bench_main
+    from emcopilot.evaluate import evaluate_dirs
+
+    src, out, _, _ = pipeline_run
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    for p in src.iterdir():  # the manual masks; the data-bar image's bar rows hold no particle
+        mask = io.read_label_map(examples_dir / "emps" / "segmaps" / p.name)
+        height = io.read_micrograph(p).image.shape[0]
+        io.write_label_map(truth / p.name, np.pad(mask, ((0, height - mask.shape[0]), (0, 0))))
+    record = load_state(out)["stages"]["segment"]
+    report = tmp_path / "core.json"
+    assert bench_main(["--run", str(out), "--truth", str(truth), "--out", str(report)]) == 0
+    got = json.loads(report.read_text())
+    assert got["recorded_min_peak"] == record["min_peak"] == got["chosen_after_faint_filter"]
+    assert str(record["min_peak"]) in capsys.readouterr().out
+    own = evaluate_dirs(out / "segmentation", truth, "instance")["aggregate"]
+    row = next(r for r in got["rows"] if r["min_peak"] == record["min_peak"])
+    assert row["n_pred"] == own["n_pred"] > 0
+    assert row["obj_f1"] == pytest.approx(own["obj_f1"])
+    assert len({r["n_pred"] for r in got["rows"]}) > 1  # the core probability matters
