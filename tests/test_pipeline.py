@@ -877,3 +877,23 @@ def test_bench_core_probability_re_derives_the_runs_output(pipeline_run, example
     assert row["n_pred"] == own["n_pred"] > 0
     assert row["obj_f1"] == pytest.approx(own["obj_f1"])
     assert len({r["n_pred"] for r in got["rows"]}) > 1  # the core probability matters
+
+
+def test_bench_matching_cost_chooses_as_the_run_did(pipeline_run, tmp_path):
+    """bench_matching_cost times choose_min_peak on the run's kept segmentor as the segment
+    stage called it: same choice and scores as the run recorded, and the run left untouched."""
+    import json
+
+    from bench.bench_matching_cost import main as bench_main
+    from emcopilot.inference import Segmentor
+
+    src, out, _, _ = pipeline_run
+    record = load_state(out)["stages"]["segment"]
+    before = Segmentor.load(record["model"], device="cpu").config["config"]
+    report = tmp_path / "cost.json"
+    assert bench_main(["--run", str(out), "--out", str(report)]) == 0
+    got = json.loads(report.read_text())
+    assert got["images"] == len(list(src.iterdir())) and got["seconds"] > 0
+    assert (got["min_peak"], got["grow_to"]) == (record["min_peak"], record["grow_to"])
+    assert got["f1"] == before["min_peak_f1"] and got["grow_f1"] == before["grow_f1"]
+    assert Segmentor.load(record["model"], device="cpu").config["config"] == before
