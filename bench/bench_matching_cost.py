@@ -6,8 +6,12 @@ masks, its faint-particle level and data-bar setting), on a throwaway copy of th
 timed on the same run and shown to choose the same:
 
     python -m bench.bench_matching_cost --run runs/cat39 --candidate seed0
-    git worktree add /tmp/before ead3ee8 && PYTHONPATH=/tmp/before \\
-        python -m bench.bench_matching_cost --run runs/cat39 --candidate seed0
+
+and the code of another commit on the same run (this file copied into its checkout):
+
+    git worktree add /tmp/before ead3ee8 && cp bench/bench_matching_cost.py /tmp/before/bench/
+    run="$PWD/runs/cat39"; (cd /tmp/before && PYTHONPATH=. python -m \\
+        bench.bench_matching_cost --run "$run" --candidate seed0)
 
 ``--candidate``: a folder name under ``RUN/segmentation/candidates`` (a run that trained
 several segmentors) or ``selected`` (the kept one: ``RUN/segmentation/prob``).
