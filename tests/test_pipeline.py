@@ -571,9 +571,12 @@ def test_min_snr_drops_the_faint_particles_last_and_none_keeps_them(pipeline_run
     assert default["faint_dropped"] == dropped
     calls = []
 
-    def drop_all(image01, labels, min_snr, *, data_bar=True):
+    def drop_all(image01, labels, min_snr, *, data_bar=True, sigma=None):
         calls.append((image01.shape, min_snr, data_bar))
+        sigmas.append(sigma)
         return np.zeros(labels.shape, np.int32), int(labels.max())
+
+    sigmas = []
 
     monkeypatch.setattr(emcopilot.inference, "drop_faint_above_bar", drop_all)
     _, _, spied, record = _segment_again(pipeline_run, tmp_path, "spied", min_snr=7.0)
@@ -582,6 +585,10 @@ def test_min_snr_drops_the_faint_particles_last_and_none_keeps_them(pipeline_run
     assert calls[-len(stems):] == [(plain_labels[s].shape, 7.0, True) for s in stems]
     assert len(calls[:-len(stems)]) >= len(stems) and \
         all(c[1:] == (7.0, True) for c in calls[:-len(stems)])
+    # the choice hands each image's noise level in (measured once per image), the output
+    # measures it in the filter
+    assert all(isinstance(v, float) and v > 0 for v in sigmas[:-len(stems)])
+    assert sigmas[-len(stems):] == [None] * len(stems)
     assert record["min_snr"] == 7.0
     assert record["faint_dropped"] == sum(int(plain_labels[s].max()) for s in stems) > 0
     for stem in stems:
