@@ -66,8 +66,9 @@ with st.form("train_segmentor"):
         "against the masks after training", value=True,
         help="After training, the segmentor runs on the project's images and the core "
              "probability whose particles best match their masks (edited or coarse), scored "
-             "after the faint-particle filter segmenting applies, is recorded with the model; the Results page then drops particles whose highest "
-             "probability stays below it (it can keep them too). On EMPS this improved counts "
+             "after the faint-particle filter segmenting applies, is recorded with the model; "
+             "the Results page then drops particles whose highest probability stays below it "
+             "(it can keep them too). On EMPS this improved counts "
              "and sizes and cost some pixel Dice (BENCHMARKS.md). With those particles, growing "
              "each one out to its image's Otsu probability level is switched on when that "
              "matches the masks better (fuller outlines where the model is under-confident).")
