@@ -569,14 +569,12 @@ def test_min_snr_drops_the_faint_particles_last_and_none_keeps_them(pipeline_run
             io.read_label_map(first / "segmentation" / f"{stem}.png"), expected)
         dropped += n
     assert default["faint_dropped"] == dropped
-    calls = []
+    calls, sigmas = [], []
 
     def drop_all(image01, labels, min_snr, *, data_bar=True, sigma=None):
         calls.append((image01.shape, min_snr, data_bar))
         sigmas.append(sigma)
         return np.zeros(labels.shape, np.int32), int(labels.max())
-
-    sigmas = []
 
     monkeypatch.setattr(emcopilot.inference, "drop_faint_above_bar", drop_all)
     _, _, spied, record = _segment_again(pipeline_run, tmp_path, "spied", min_snr=7.0)
