@@ -391,9 +391,32 @@ def test_bad_min_peak_is_refused(tmp_path, examples_dir):
         run_pipeline(examples_dir / "emps" / "images", tmp_path / "run", grow_to="big")
 
 
+@pytest.fixture(scope="module")
+def two_seed_run(pipeline_run, tmp_path_factory):
+    """A copy of the fixture's run with two segmentors (seeds 0 and 1) trained in place of its
+    one, and its segment stage redone: (images folder, the copy)."""
+    src, first, _, _ = pipeline_run
+    out = tmp_path_factory.mktemp("two_seeds") / "run"
+    _copy_run(first, out, redo=("segmentor", "segment"))
+    shutil.rmtree(out / "segmentor")
+    shutil.rmtree(out / "segmentation")
+    run_pipeline(src, out, **{**TINY, "segmentor_seeds": 2})
+    return src, out
+
+
+def _manual_masks(src, examples_dir, dest):
+    """The bundled manual masks of a run's images in ``dest`` (the data-bar image's bar rows
+    hold no particle)."""
+    dest.mkdir()
+    for p in src.iterdir():
+        mask = io.read_label_map(examples_dir / "emps" / "segmaps" / p.name)
+        height = io.read_micrograph(p).image.shape[0]
+        io.write_label_map(dest / p.name, np.pad(mask, ((0, height - mask.shape[0]), (0, 0))))
+    return dest
+
+
 @pytest.mark.slow
-def test_several_segmentor_seeds_keep_the_one_that_best_matches_the_coarse_masks(
-        pipeline_run, tmp_path):
+def test_several_segmentor_seeds_keep_the_one_that_best_matches_the_coarse_masks(two_seed_run):
     """segmentor_seeds=2: two segmentors are trained (seeds 0 and 1), each scored against the
     coarse masks at its own chosen core probability and growth (no labels), and so is the mean
     of their maps (an ensemble); the best is copied to segmentor/selected and its maps and
@@ -402,12 +425,7 @@ def test_several_segmentor_seeds_keep_the_one_that_best_matches_the_coarse_masks
     from emcopilot.inference import Segmentor
     from emcopilot.postprocess import add_coarse_particles, select_growth, select_min_peak
 
-    src, first, _, _ = pipeline_run
-    out = tmp_path / "run"
-    _copy_run(first, out, redo=("segmentor", "segment"))
-    shutil.rmtree(out / "segmentor")
-    shutil.rmtree(out / "segmentation")
-    run_pipeline(src, out, **{**TINY, "segmentor_seeds": 2})
+    src, out = two_seed_run
     state = load_state(out)["stages"]
     assert set(state["segmentor"]["result"]) == {"seed0", "seed1"}
     stems = sorted(p.stem for p in src.iterdir())
@@ -865,12 +883,7 @@ def test_bench_core_probability_re_derives_the_runs_output(pipeline_run, example
     from emcopilot.evaluate import evaluate_dirs
 
     src, out, _, _ = pipeline_run
-    truth = tmp_path / "truth"
-    truth.mkdir()
-    for p in src.iterdir():  # the manual masks; the data-bar image's bar rows hold no particle
-        mask = io.read_label_map(examples_dir / "emps" / "segmaps" / p.name)
-        height = io.read_micrograph(p).image.shape[0]
-        io.write_label_map(truth / p.name, np.pad(mask, ((0, height - mask.shape[0]), (0, 0))))
+    truth = _manual_masks(src, examples_dir, tmp_path / "truth")
     record = load_state(out)["stages"]["segment"]
     report = tmp_path / "core.json"
     assert bench_main(["--run", str(out), "--truth", str(truth), "--out", str(report)]) == 0
@@ -882,6 +895,81 @@ def test_bench_core_probability_re_derives_the_runs_output(pipeline_run, example
     assert row["n_pred"] == own["n_pred"] > 0
     assert row["obj_f1"] == pytest.approx(own["obj_f1"])
     assert len({r["n_pred"] for r in got["rows"]}) > 1  # the core probability matters
+
+
+@pytest.mark.slow
+def test_bench_candidates_re_derives_each_candidates_output(two_seed_run, examples_dir,
+                                                           tmp_path, capsys):
+    """bench_candidates scores every candidate of a two-seed run (seed 0, seed 1, their mean):
+    the kept one's re-derived particles score as the run's own output, each candidate's F1
+    against the coarse masks is the one the run recorded, the two seeds' agreement is their
+    outputs' Dice against each other, and each judge is ranked against the labels."""
+    import json
+
+    from bench.bench_candidates import main as bench_main
+    from emcopilot.evaluate import evaluate_dirs
+
+    src, out = two_seed_run
+    truth = _manual_masks(src, examples_dir, tmp_path / "truth")
+    record = load_state(out)["stages"]["segment"]
+    report = tmp_path / "candidates.json"
+    assert bench_main(["--runs", str(out), "--truth", str(truth), "--out", str(report)]) == 0
+    got = json.loads(report.read_text())
+    rows = {r["candidate"]: r for r in got["rows"]}
+    assert set(rows) == {"seed0", "seed1", "mean"}
+    assert {k: r["recorded_f1_vs_coarse"] for k, r in rows.items()} == record["f1_vs_coarse"]
+    kept = [r for r in rows.values() if r["kept"]]
+    assert len(kept) == 1
+    own = evaluate_dirs(out / "segmentation", truth, "instance")["aggregate"]
+    assert kept[0]["n_pred"] == own["n_pred"] > 0
+    assert kept[0]["obj_f1"] == pytest.approx(own["obj_f1"])
+    assert kept[0]["dice_mean"] == pytest.approx(own["dice_mean"])
+    assert kept[0]["min_peak"] == record["min_peak"]
+    coarse = evaluate_dirs(out / "segmentation", out / "coarse_masks", "instance")["aggregate"]
+    assert kept[0]["coarse_dice_mean"] == pytest.approx(coarse["dice_mean"])
+    # Dice per image is symmetric, so the two seeds agree with each other equally
+    assert rows["seed0"]["agreement_dice"] == pytest.approx(rows["seed1"]["agreement_dice"])
+    assert 0 <= rows["mean"]["agreement_dice"] <= 1
+    miou = load_state(out)["stages"]["segmentor"]["result"]
+    assert rows["seed1"]["synthetic_val_miou"] == miou["seed1"]["best"]["miou"]
+    assert rows["mean"]["synthetic_val_miou"] == pytest.approx(
+        (miou["seed0"]["best"]["miou"] + miou["seed1"]["best"]["miou"]) / 2)
+    assert set(got["judges"]) >= {"recorded F1 vs coarse", "Dice vs coarse", "agreement"}
+    for judge in got["judges"].values():
+        assert judge["n"] == 3 and judge["pick"].split("/")[1] in rows
+    assert "keeps" in capsys.readouterr().out
+    # the rule the pipeline keeps by, applied to the run's seeds and their mean, keeps its pick
+    (picks,) = got["subset_picks"]
+    assert sorted(picks["seeds"]) == ["seed0", "seed1"]
+    assert picks["picks"]["recorded F1 vs coarse"]["candidate"] == kept[0]["candidate"]
+
+
+@pytest.mark.slow
+def test_bench_candidates_makes_a_seed_sets_mean_as_the_pipeline_does(two_seed_run, tmp_path):
+    """subset_means makes the mean of a set of seeds as the segment stage makes its "mean": for
+    the run's two seeds (offered beside a third, so that they are a smaller set), the same
+    stored maps byte for byte and the same label-free score."""
+    import json
+
+    from bench.bench_candidates import candidates_of, subset_means
+
+    src, out = two_seed_run
+    record = load_state(out)["stages"]["segment"]
+    stems = sorted(p.stem for p in src.iterdir())
+    images = {s: io.normalize(io.read_micrograph(out / "images" / f"{s}.png").image)
+              for s in stems}
+    cands = candidates_of(out)
+    cands["seed2"] = cands["seed1"]  # a stand-in third seed
+    means = subset_means(out, cands, stems, images, record, tmp_path)
+    assert set(means) == {"mean_0_1", "mean_0_2", "mean_1_2"}
+    both = means["mean_0_1"]
+    assert both["members"] == ["seed0", "seed1"]
+    for stem in stems:
+        assert (both["maps"] / f"{stem}.png").read_bytes() == \
+            (out / "segmentation" / "candidates" / "mean" / f"{stem}.png").read_bytes()
+    assert both["score"] == pytest.approx(record["f1_vs_coarse"]["mean"])
+    cfg = json.loads((both["checkpoint"] / "config.json").read_text())["config"]
+    assert len(cfg["ensemble"]) == 2
 
 
 def test_bench_matching_cost_chooses_as_the_run_did(pipeline_run, tmp_path):
