@@ -44,12 +44,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from bench.common import write_json
+from bench.common import segment_stage_particles, write_json
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs, read_probability_map
-from emcopilot.inference import (Segmentor, choose_min_peak, drop_faint_above_bar,
-                                 noise_level_above_bar)
-from emcopilot.postprocess import add_coarse_particles
+from emcopilot.inference import Segmentor, choose_min_peak, noise_level_above_bar
 from emcopilot.training.checkpoint import ensemble_checkpoint
 
 LABEL_KEYS = ("dice_mean", "obj_precision", "obj_recall", "obj_f1",
@@ -93,17 +91,17 @@ def candidates_of(run: Path) -> dict[str, dict]:
     if "mean" in record.get("f1_vs_coarse", {}):
         seeds = [v["synthetic_val_miou"] for v in out.values()]
         out["mean"] = {"maps": run / "segmentation" / "candidates" / "mean",
-                       "checkpoint": run / "segmentor" / "mean",
+                       "checkpoint": run / "segmentor" / "mean", "members": list(out),
                        "synthetic_val_miou": (float(np.mean(seeds)) if None not in seeds
                                               else None)}
     return out
 
 
-def subset_means(run: Path, cands: dict[str, dict], stems: list[str], images: dict,
+def subset_means(cands: dict[str, dict], stems: list[str], images: dict, coarse: dict,
                  record: dict, tmp: Path) -> dict[str, dict]:
     """A candidate for the mean of every set of at least two (and fewer than all) of the run's
     seeds, made as the segment stage makes its "mean": name "mean_1_2" (seeds 1 and 2)."""
-    seeds = sorted((n for n in cands if n != "mean"), key=lambda n: int(n[4:]))
+    seeds = sorted((n for n in cands if n.startswith("seed")), key=lambda n: int(n[4:]))
     out = {}
     for size in range(2, len(seeds)):
         for members in itertools.combinations(seeds, size):
@@ -119,7 +117,7 @@ def subset_means(run: Path, cands: dict[str, dict], stems: list[str], images: di
             first = Segmentor.load(cands[members[0]]["checkpoint"], device="cpu")
             choice = choose_min_peak(
                 first, ckpt, (read_probability_map(maps / f"{s}.png") for s in stems),
-                (io.read_label_map(run / "coarse_masks" / f"{s}.png") for s in stems),
+                (coarse[s] for s in stems),
                 images=lambda k: images[stems[k]], min_snr=record.get("min_snr"))
             miou = [cands[m]["synthetic_val_miou"] for m in members]
             out[name] = {"maps": maps, "checkpoint": ckpt, "score": choice["score"],
@@ -129,21 +127,16 @@ def subset_means(run: Path, cands: dict[str, dict], stems: list[str], images: di
     return out
 
 
-def derive(run: Path, cand: dict, stems: list[str], images: dict, sigmas: dict,
+def derive(cand: dict, stems: list[str], images: dict, sigmas: dict, coarse: dict,
            record: dict, dest: Path) -> Segmentor:
     """The run's output had it kept this candidate, written to ``dest``; returns the
     candidate's segmentor (its recorded choices)."""
     seg = Segmentor.load(cand["checkpoint"], device="cpu")
     dest.mkdir(parents=True, exist_ok=True)
     for stem in stems:
-        prob = read_probability_map(cand["maps"] / f"{stem}.png")
-        coarse = io.read_label_map(run / "coarse_masks" / f"{stem}.png")
-        labels = seg.instances(prob)  # its recorded core probability and growth
-        if record.get("add_coarse"):
-            labels = add_coarse_particles(labels, coarse, prob)
-        labels = drop_faint_above_bar(images[stem], labels, record.get("min_snr"),
-                                      sigma=sigmas[stem])[0]
-        io.write_label_map(dest / f"{stem}.png", labels)
+        io.write_label_map(dest / f"{stem}.png", segment_stage_particles(
+            seg, read_probability_map(cand["maps"] / f"{stem}.png"), coarse[stem],
+            images[stem], record, sigmas[stem]))
     return seg
 
 
@@ -156,21 +149,22 @@ def score_runs(runs: list[Path], truth: Path, truth_format: str, tmp: Path,
         images = {s: io.normalize(io.read_micrograph(run / "images" / f"{s}.png").image)
                   for s in stems}
         sigmas = {s: noise_level_above_bar(image) for s, image in images.items()}
+        coarse_masks = {s: io.read_label_map(run / "coarse_masks" / f"{s}.png") for s in stems}
         cands = candidates_of(run)
         if with_subset_means:
-            cands.update(subset_means(run, cands, stems, images, record, tmp / f"{r}_subsets"))
+            cands.update(subset_means(cands, stems, images, coarse_masks, record,
+                                      tmp / f"{r}_subsets"))
         outputs = {}
         for name, cand in cands.items():
             dest = tmp / f"{r}_{name}"
-            seg = derive(run, cand, stems, images, sigmas, record, dest)
+            seg = derive(cand, stems, images, sigmas, coarse_masks, record, dest)
             outputs[name] = dest
             labels = evaluate_dirs(dest, truth, truth_format)["aggregate"]
             coarse = evaluate_dirs(dest, run / "coarse_masks", "instance")["aggregate"]
             rows.append({
                 "run": str(run), "candidate": name,
                 "kept": len(cands) == 1 or _is_kept(run, name),
-                "members": cand.get("members", [name] if name != "mean" else
-                                    [n for n in cands if n.startswith("seed")]),
+                "members": cand.get("members", [name]),
                 "min_peak": seg.min_peak, "grow_to": seg.grow_to,
                 "recorded_f1_vs_coarse": cand.get("score",
                                                   record.get("f1_vs_coarse", {}).get(name)),

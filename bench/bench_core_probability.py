@@ -21,11 +21,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench.common import write_json
+from bench.common import segment_stage_particles, write_json
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs, read_probability_map
 from emcopilot.inference import Segmentor, drop_faint_above_bar, noise_level_above_bar
-from emcopilot.postprocess import MIN_PEAK_GRID, add_coarse_particles, select_min_peak
+from emcopilot.postprocess import MIN_PEAK_GRID, select_min_peak
 
 KEYS = ("obj_precision", "obj_recall", "obj_f1", "count_rel_abs_error_mean",
         "count_rel_abs_error_median", "ks_distance", "ks_distance_mean", "n_pred")
@@ -64,11 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     for g in args.grid:
         with tempfile.TemporaryDirectory() as tmp:
             for stem, prob, co in zip(stems, probs, coarse):
-                labels = seg.instances(prob, min_peak=g)
-                if add:
-                    labels = add_coarse_particles(labels, co, prob)
-                labels = drop_faint_above_bar(images[stem], labels, level, sigma=sigmas[stem])[0]
-                io.write_label_map(Path(tmp) / f"{stem}.png", labels)
+                io.write_label_map(Path(tmp) / f"{stem}.png", segment_stage_particles(
+                    seg, prob, co, images[stem], record, sigmas[stem], min_peak=g))
             agg = evaluate_dirs(tmp, args.truth, args.truth_format)["aggregate"]
         rows.append({"min_peak": g, **{k: agg.get(k) for k in KEYS}})
 

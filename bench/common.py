@@ -222,3 +222,21 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
         json.dump(_jsonable(data), f, indent=2, sort_keys=False)
         f.write("\n")
     return path
+
+
+def segment_stage_particles(segmentor: Any, prob: np.ndarray, coarse: np.ndarray,
+                            image01: np.ndarray, record: dict[str, Any], sigma: float,
+                            min_peak: Any = "model") -> np.ndarray:
+    """One image's particles from a stored probability map as a pipeline run's segment stage
+    makes them (``record``: its ``pipeline.json`` segment record): ``segmentor``'s particles
+    (its recorded core probability unless ``min_peak`` is given, and growth), the coarse
+    particles they miss added when the run adds them, the faint ones dropped at the run's level
+    (``sigma``: the image's noise level, ``inference.noise_level_above_bar``). Not for runs
+    whose segment stage took ``--scale-choice`` or ``--support-check``."""
+    from emcopilot.inference import drop_faint_above_bar
+    from emcopilot.postprocess import add_coarse_particles
+
+    labels = segmentor.instances(prob, min_peak=min_peak)
+    if record.get("add_coarse"):
+        labels = add_coarse_particles(labels, coarse, prob)
+    return drop_faint_above_bar(image01, labels, record.get("min_snr"), sigma=sigma)[0]

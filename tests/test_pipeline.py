@@ -958,9 +958,11 @@ def test_bench_candidates_makes_a_seed_sets_mean_as_the_pipeline_does(two_seed_r
     stems = sorted(p.stem for p in src.iterdir())
     images = {s: io.normalize(io.read_micrograph(out / "images" / f"{s}.png").image)
               for s in stems}
+    coarse = {s: io.read_label_map(out / "coarse_masks" / f"{s}.png") for s in stems}
     cands = candidates_of(out)
+    del cands["mean"]
     cands["seed2"] = cands["seed1"]  # a stand-in third seed
-    means = subset_means(out, cands, stems, images, record, tmp_path)
+    means = subset_means(cands, stems, images, coarse, record, tmp_path)
     assert set(means) == {"mean_0_1", "mean_0_2", "mean_1_2"}
     both = means["mean_0_1"]
     assert both["members"] == ["seed0", "seed1"]
