@@ -107,7 +107,7 @@ def subset_means(cands: dict[str, dict], stems: list[str], images: dict, coarse:
         for members in itertools.combinations(seeds, size):
             name = "mean_" + "_".join(m[4:] for m in members)
             maps = tmp / f"maps_{name}"
-            maps.mkdir(parents=True)
+            maps.mkdir(parents=True, exist_ok=True)
             for stem in stems:
                 io.write_image(maps / f"{stem}.png", np.mean(
                     [read_probability_map(cands[m]["maps"] / f"{stem}.png") for m in members],
@@ -241,10 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth-format", default="instance", help="as `emcopilot evaluate` takes it")
     ap.add_argument("--subset-means", action="store_true",
                     help="also score the mean of every smaller set of each run's seeds")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="write each candidate's output here (KEEP/<run index>_<candidate>, "
+                         "label maps as the segment stage would have written them) for "
+                         "`emcopilot evaluate`'s per-image report; default: a temporary folder")
     ap.add_argument("--out", type=Path, default=Path("bench/results/candidates.json"))
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = score_runs(args.runs, args.truth, args.truth_format, Path(tmp),
+        rows = score_runs(args.runs, args.truth, args.truth_format, args.keep or Path(tmp),
                           with_subset_means=args.subset_means)
     cols = [("Dice", "dice_mean"), ("objF1", "obj_f1"), ("count", "count_rel_abs_error_mean"),
             ("KS", "ks_distance"), ("| F1~c", "recorded_f1_vs_coarse"),

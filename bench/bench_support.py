@@ -32,7 +32,6 @@ from emcopilot import io
 from emcopilot.data_bar import on_rows_above_bar
 from emcopilot.evaluate import evaluate_dirs
 from emcopilot.inference import Segmentor
-from emcopilot.postprocess import add_coarse_particles
 
 WIDTHS = (1.0, 1.5, 2.0, 3.0)
 
@@ -64,9 +63,7 @@ def segment_run(run: Path, seg: Segmentor, mode: str, out: Path, data_bar: bool)
         prob = seg.probability(image01, polarity="bright", scale_labels=coarse,
                                data_bar=data_bar, support=decided)
         prob = io.to_uint8(prob).astype("float32") / 255.0  # as the pipeline stores it
-        labels = seg.instances(prob)
-        if seg.add_coarse:
-            labels = add_coarse_particles(labels, coarse, prob)
+        labels = seg.map_particles(prob, coarse)[0]
         io.write_label_map(out / f"{stem}.png", labels)
     return removed
 

@@ -234,9 +234,7 @@ def segment_stage_particles(segmentor: Any, prob: np.ndarray, coarse: np.ndarray
     (``sigma``: the image's noise level, ``inference.noise_level_above_bar``). Not for runs
     whose segment stage took ``--scale-choice`` or ``--support-check``."""
     from emcopilot.inference import drop_faint_above_bar
-    from emcopilot.postprocess import add_coarse_particles
 
-    labels = segmentor.instances(prob, min_peak=min_peak)
-    if record.get("add_coarse"):
-        labels = add_coarse_particles(labels, coarse, prob)
+    labels = segmentor.map_particles(prob, coarse, min_peak=min_peak,
+                                     add_coarse=bool(record.get("add_coarse")))[0]
     return drop_faint_above_bar(image01, labels, record.get("min_snr"), sigma=sigma)[0]

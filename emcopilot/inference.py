@@ -609,6 +609,27 @@ class Segmentor:
                                    grow_to=self.grow_to if grow_to == "model" else grow_to)
         return labels.astype(np.int32, copy=False)
 
+    def map_particles(self, prob: np.ndarray, coarse: np.ndarray | None, *,
+                      min_peak: float | str | None = "model",
+                      grow_to: float | str | None = "model",
+                      add_coarse: bool | str = "model") -> tuple[np.ndarray, int]:
+        """Particles of a probability map the size of its image, and how many of them are
+        coarse particles added: :meth:`instances` (``min_peak``, ``grow_to`` as there), then,
+        with ``add_coarse`` (``"model"``: :attr:`add_coarse`), the particles of ``coarse``
+        (the image's coarse mask) that they miss (:func:`emcopilot.postprocess.
+        add_coarse_particles`). What :meth:`segment_detail` does after its map at one scale,
+        for a caller holding the map already (the pipeline's segment stage, the benches)."""
+        labels = self.instances(prob, min_peak=min_peak, grow_to=grow_to)
+        add = self.add_coarse if isinstance(add_coarse, str) and add_coarse == "model" \
+            else bool(add_coarse)
+        if not add:
+            return labels, 0
+        if coarse is None:
+            raise ValueError("adding the coarse particles needs the image's coarse mask")
+        found = int(labels.max(initial=0))
+        labels = add_coarse_particles(labels, coarse, prob)
+        return labels, int(labels.max(initial=0)) - found
+
     def segment(self, image01: np.ndarray, threshold: float | str | None = None, **options
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Instance label map (int32, 0 = background) and probability map of one image, both of

@@ -428,7 +428,6 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         from emcopilot.evaluate import read_probability_map
         from emcopilot.inference import (Segmentor, best_segmentor, choose_min_peak,
                                          drop_faint_above_bar)
-        from emcopilot.postprocess import add_coarse_particles
         from emcopilot.training.checkpoint import update_config
 
         def checkpoint(run_dir: Path) -> Path:
@@ -517,11 +516,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         unremoved_dir = result_dir / "candidates" / "without_support_removal"
 
         def particles(prob: np.ndarray, coarse: np.ndarray) -> tuple[np.ndarray, int]:
-            labels = segmentors[best].instances(prob, min_peak=chosen, grow_to=grown)
-            found = int(labels.max())
-            if add_coarse:
-                labels = add_coarse_particles(labels, coarse, prob)
-            return labels, int(labels.max()) - found
+            return segmentors[best].map_particles(prob, coarse, min_peak=chosen, grow_to=grown,
+                                                  add_coarse=bool(add_coarse))
 
         items, added, dropped, multiples, faint = [], 0, [], {}, 0
         for i, stem in enumerate(meta):

@@ -467,6 +467,25 @@ def test_segment_adds_the_coarse_particles_it_missed(segmentor, real, tmp_path):
                                   loaded.instances(prob3))
 
 
+def test_map_particles_of_a_held_map_are_what_segment_makes_of_it(segmentor, real):
+    """map_particles (the pipeline's segment stage and the benches, holding a map already): the
+    particles and coarse additions segment_detail makes after its map, at one scale."""
+    img, truth = real
+    for add, peak in ((False, "model"), (True, "model"), (True, 0.999)):
+        labels, prob, info = segmentor.segment_detail(img, add_coarse=add, scale_labels=truth,
+                                                      min_snr=None, min_peak=peak)
+        mapped, added = segmentor.map_particles(prob, truth, add_coarse=add, min_peak=peak)
+        np.testing.assert_array_equal(mapped, labels)
+        assert added == info["coarse_added"]
+    assert added > 0  # at a core probability of 0.999 it misses labelled particles
+    # the core probability and growth as given, not the checkpoint's
+    np.testing.assert_array_equal(segmentor.map_particles(prob, None, min_peak=0.9,
+                                                          grow_to="otsu")[0],
+                                  segmentor.instances(prob, min_peak=0.9, grow_to="otsu"))
+    with pytest.raises(ValueError, match="coarse mask"):
+        segmentor.map_particles(prob, None, add_coarse=True)
+
+
 def test_the_segmentor_leaves_out_an_instrument_data_bar(segmentor, real):
     """An image with a data bar below it: particles and probabilities of the rows above are
     those of the image alone, and the bar's rows hold none (``data_bar=False``: the network

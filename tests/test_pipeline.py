@@ -913,13 +913,22 @@ def test_bench_candidates_re_derives_each_candidates_output(two_seed_run, exampl
     truth = _manual_masks(src, examples_dir, tmp_path / "truth")
     record = load_state(out)["stages"]["segment"]
     report = tmp_path / "candidates.json"
-    assert bench_main(["--runs", str(out), "--truth", str(truth), "--out", str(report)]) == 0
+    assert bench_main(["--runs", str(out), "--truth", str(truth), "--out", str(report),
+                       "--keep", str(tmp_path / "outputs")]) == 0
     got = json.loads(report.read_text())
     rows = {r["candidate"]: r for r in got["rows"]}
     assert set(rows) == {"seed0", "seed1", "mean"}
     assert {k: r["recorded_f1_vs_coarse"] for k, r in rows.items()} == record["f1_vs_coarse"]
     kept = [r for r in rows.values() if r["kept"]]
     assert len(kept) == 1
+    # --keep: each candidate's particles; the kept one's are the run's own, image by image
+    stems = sorted(p.stem for p in (out / "segmentation" / "prob").glob("*.png"))
+    for name in rows:
+        assert sorted(p.stem for p in (tmp_path / "outputs" / f"0_{name}").glob("*.png")) == stems
+    for stem in stems:
+        np.testing.assert_array_equal(
+            io.read_label_map(tmp_path / "outputs" / f"0_{kept[0]['candidate']}" / f"{stem}.png"),
+            io.read_label_map(out / "segmentation" / f"{stem}.png"))
     own = evaluate_dirs(out / "segmentation", truth, "instance")["aggregate"]
     assert kept[0]["n_pred"] == own["n_pred"] > 0
     assert kept[0]["obj_f1"] == pytest.approx(own["obj_f1"])
