@@ -101,7 +101,8 @@ _positive_int = _number(int, lambda v: v >= 1, "a whole number >= 1")
 
 #: the rule of postprocess.add_coarse_particles, for --add-coarse help ("%%": argparse)
 ADD_COARSE_RULE = ("at least 90 %% uncovered by its particles, at least half the image's median "
-                   "coarse particle area, its probability there at least the image's Otsu level")
+                   "coarse particle area, its probability there at least the image's Otsu level "
+                   "(any probability on an image where the segmentor found no particle)")
 #: the support removal of ``emcopilot.support`` (``SUPPORT_RADIUS_WIDTHS``, written out so that
 #: the CLI starts without numpy; a test keeps the two equal), for the help texts
 SUPPORT_RULE = ("a white top-hat whose disc has a radius of 1.5 typical particle widths, at the "

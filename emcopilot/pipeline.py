@@ -149,7 +149,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     ``add_coarse``: the final particles also take the coarse masks' particles that the kept
     segmentor missed (:func:`emcopilot.postprocess.add_coarse_particles`: at most 10 % of the
     particle covered by the segmentor's particles, at least half the image's median coarse
-    particle area, the segmentor's mean probability over it at least the image's Otsu level);
+    particle area, the segmentor's mean probability over it at least the image's Otsu level,
+    unless the segmentor found no particle in the image);
     recorded in the checkpoint, so ``emcopilot segment`` adds the classical
     masker's missed particles too. The segmentor, trained on synthetic pairs, misses dense
     films whose particles the coarse masker finds: on EMPS (BENCHMARKS.md, "coarse particles

@@ -392,8 +392,8 @@ def particle_contrast(image01: np.ndarray, labels: np.ndarray, *, ring_px: int =
 def add_coarse_particles(labels: np.ndarray, coarse_labels: np.ndarray,
                          prob: np.ndarray | None = None, *, image01: np.ndarray | None = None,
                          covered_max: float = 0.1, min_area_ratio: float = 0.5,
-                         contrast_quantile: float = 0.1, confirmed_min: int = 3
-                         ) -> np.ndarray:
+                         contrast_quantile: float = 0.1, confirmed_min: int = 3,
+                         blind_map_says: bool = False) -> np.ndarray:
     """``labels`` plus the coarse particles the segmentor missed.
 
     A particle of ``coarse_labels`` (e.g. the classical or SAM coarse mask of the same image) is
@@ -403,7 +403,12 @@ def add_coarse_particles(labels: np.ndarray, coarse_labels: np.ndarray,
     the given sources says it is a particle (all candidates when neither is given):
 
     - ``prob``, the segmentor's probability map: its mean there is at least the image's
-      :func:`otsu_threshold` (the segmentor saw a faint particle, not background it rejected);
+      :func:`otsu_threshold` (the segmentor saw a faint particle, not background it rejected).
+      Where ``labels`` has no particle at all the map is blind to the image and says nothing
+      (unless ``blind_map_says``, the rule before stop 35): a segmentor seed can find nothing
+      on a whole micrograph whose particles another seed finds (its probability inside the
+      coarse particles 0.01-0.08 where the other's is 0.3-0.9, BENCHMARKS.md, "Stop 35"), and
+      the Otsu level of such a map sits in its noise;
     - ``image01`` (bright-particle convention, the image the coarse mask was made of): it
       stands out from its surroundings (:func:`particle_contrast`, other particles left out of
       the ring) at least as much as the ``contrast_quantile`` quantile of the coarse particles
@@ -453,7 +458,7 @@ def add_coarse_particles(labels: np.ndarray, coarse_labels: np.ndarray,
     add[1:] = (present & (covered[1:] <= covered_max * area[1:])
                & (area[1:] >= min_area_ratio * median))
     evidence = []  # per coarse particle: does this source say it is a particle? (any will do)
-    if prob is not None and add.any():
+    if prob is not None and add.any() and (blind_map_says or lab.max(initial=0) > 0):
         p = np.nan_to_num(np.asarray(prob, dtype=np.float32), nan=0.0)
         mean = np.bincount(flat, weights=p.ravel(), minlength=n + 1) / np.maximum(area, 1)
         evidence.append(mean >= otsu_threshold(p))

@@ -64,7 +64,8 @@ if model == "segmentor":
         help="Each image's particle mask (edited, else the coarse mask; the classical "
              "masker's particles where it has none) adds the particles that the segmentor left at least 90 % uncovered, that are at least half "
              "that image's median mask particle area and where its probability averages at "
-             "least the image's Otsu level. On EMPS this raised object F1 and Dice "
+             "least the image's Otsu level (on an image where the segmentor found no "
+             "particle at all, whatever its probability). On EMPS this raised object F1 and Dice "
              "over the segmentor's own particles, at the price of more particles counted on "
              "images with a few large ones (BENCHMARKS.md).")
     if add != recorded:

@@ -277,6 +277,15 @@ def test_add_coarse_particles_adds_only_the_missed_particles_of_typical_size():
     out3 = add_coarse_particles(seg, coarse, prob)
     assert set(np.unique(out3)) == {0, 1, 2}
     np.testing.assert_array_equal(out3 == 2, coarse == 2)  # 3 sits on background: not added
+    # a segmentor that found no particle in the image: its map is blind there and says
+    # nothing, so every typical coarse particle is added (blind_map_says: the map decides)
+    none = np.zeros_like(seg)
+    blind = np.full(seg.shape, 0.02, np.float32)
+    blind[coarse == 1] = 0.01
+    np.testing.assert_array_equal(add_coarse_particles(none, coarse, blind),
+                                  add_coarse_particles(none, coarse))
+    assert set(np.unique(add_coarse_particles(none, coarse, blind))) == {0, 1, 2, 3}
+    assert add_coarse_particles(none, coarse, blind, blind_map_says=True).max() == 0
     with pytest.raises(InputError, match="probability map"):
         add_coarse_particles(seg, coarse, prob[:50])
     with pytest.raises(InputError, match="shape"):
