@@ -619,16 +619,12 @@ class Segmentor:
         (the image's coarse mask) that they miss (:func:`emcopilot.postprocess.
         add_coarse_particles`). What :meth:`segment_detail` does after its map at one scale,
         for a caller holding the map already (the pipeline's segment stage, the benches)."""
-        labels = self.instances(prob, min_peak=min_peak, grow_to=grow_to)
         add = self.add_coarse if isinstance(add_coarse, str) and add_coarse == "model" \
             else bool(add_coarse)
-        if not add:
-            return labels, 0
-        if coarse is None:
+        if add and coarse is None:
             raise ValueError("adding the coarse particles needs the image's coarse mask")
-        found = int(labels.max(initial=0))
-        labels = add_coarse_particles(labels, coarse, prob)
-        return labels, int(labels.max(initial=0)) - found
+        return _with_missed_coarse(self.instances(prob, min_peak=min_peak, grow_to=grow_to),
+                                   prob, coarse, add)
 
     def segment(self, image01: np.ndarray, threshold: float | str | None = None, **options
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -709,13 +705,10 @@ class Segmentor:
                                            min_area=min_area, min_peak=min_peak,
                                            grow_to=grow_to), prob))
             k = best_matching([o[0] for o in own], coarse) if len(own) > 1 else 0
-            labels, prob = own[k]
-            found = int(labels.max(initial=0))
-            if add:
-                labels = add_coarse_particles(labels, coarse, prob)
-            return labels, prob, {"scale_multiple": multiples_run[k],
-                                  "coarse_added": int(labels.max(initial=0)) - found,
-                                  "support_removed": bool(remove_support)}
+            labels, added = _with_missed_coarse(*own[k], coarse, add)
+            return labels, own[k][1], {"scale_multiple": multiples_run[k],
+                                       "coarse_added": added,
+                                       "support_removed": bool(remove_support)}
 
         labels, prob, info = particles(remove)
         if check:
@@ -728,6 +721,19 @@ class Segmentor:
                       else io.bright_particles(prepared, polarity))
             labels, info["faint_dropped"] = drop_faint_particles(bright, labels, level)
         return (*pad_below(top, height, labels, prob), info)
+
+
+def _with_missed_coarse(labels: np.ndarray, prob: np.ndarray, coarse: np.ndarray | None,
+                        add: bool) -> tuple[np.ndarray, int]:
+    """``(labels plus the coarse particles they miss, how many were added)`` with ``add``
+    (:func:`emcopilot.postprocess.add_coarse_particles`), else ``(labels, 0)``: the step after
+    the particles of a map, for :meth:`Segmentor.segment_detail` and
+    :meth:`Segmentor.map_particles`."""
+    if not add:
+        return labels, 0
+    found = int(labels.max(initial=0))
+    labels = add_coarse_particles(labels, coarse, prob)
+    return labels, int(labels.max(initial=0)) - found
 
 
 def drop_faint_above_bar(image01: np.ndarray, labels: np.ndarray, min_snr: float | None, *,
