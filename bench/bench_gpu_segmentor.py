@@ -11,6 +11,9 @@ Variants (``--variant``):
   paper-base8  the same recipe with the cpu profile's width (base 8): width alone
   paper-baseN  the same recipe at width N = 12, 16, 24
   cpu          the cpu profile as shipped: base 8, 256 px crops, batch 4, lr 1e-3, 12 x 300
+  cpu-baseN    the cpu profile's recipe at width N = 12, 16: what a wider cpu profile would
+               reach on the budget it trains with (stop 20 measured widths only with the
+               paper's recipe)
 
 The data, as the GPU run used it (8-bit grey copies, small enough for a machine that takes
 64 MiB of files; the first ``--train-limit`` train images by name):
@@ -54,6 +57,8 @@ VARIANTS: dict[str, dict] = {
     "paper-base16": {"profile": "paper", "base": 16},
     "paper-base24": {"profile": "paper", "base": 24},
     "cpu": {"profile": "cpu"},
+    "cpu-base12": {"profile": "cpu", "base": 12},
+    "cpu-base16": {"profile": "cpu", "base": 16},
 }
 
 
@@ -152,9 +157,15 @@ def run_variant(args: argparse.Namespace) -> dict:
     model_dir = out / "model" / "best_miou"
     result: dict = {"variant": args.variant, "device": r["device"], "epochs_done": r["epoch"],
                     "epochs": r["epochs"], "cut_short": bool(r["cancelled"]),
-                    "best": r["best"], "train_seconds": round(train_s, 1),
-                    "recipe": json.loads((model_dir / "config.json").read_text())
-                    .get("config", {}).get("training")}
+                    "best": r["best"], "train_seconds": round(train_s, 1)}
+    if not (model_dir / "config.json").is_file():
+        # stopped before its first validation: nothing to score (a deadline too short)
+        result["error"] = (f"no best checkpoint in {model_dir}: training stopped after "
+                           f"{train_s:.0f} s, before its first epoch ended")
+        (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+        return result
+    result["recipe"] = json.loads((model_dir / "config.json").read_text()) \
+        .get("config", {}).get("training")
     seg_dir = out / "segmentation"
     t1 = time.perf_counter()
     cmd = [sys.executable, "-m", "emcopilot.cli", "segment", str(test_images), "--model",
@@ -191,7 +202,8 @@ def summarise(folder: Path) -> dict:
         t, inf = v.get("test") or {}, v.get("inference_512") or {}
         print(f"{k:12s} epochs {v['epochs_done']}/{v['epochs']} train {v['train_seconds']} s  "
               f"Dice {t.get('dice_mean')}  obj F1 {t.get('obj_f1')}  "
-              f"512 px {inf.get('median_s')} s on {inf.get('device')}")
+              f"512 px {inf.get('median_s')} s on {inf.get('device')}"
+              + (f"  ERROR {v['error']}" if v.get("error") else ""))
     if "dice_gap_to_paper" in summary:
         print("Dice minus the paper-size model's:", summary["dice_gap_to_paper"])
     return summary

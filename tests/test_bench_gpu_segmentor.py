@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from bench.bench_gpu_segmentor import main, summarise
+from bench.bench_gpu_segmentor import VARIANTS, main, summarise
+from emcopilot.training import resolve_profile
 
 
 def test_summary_reports_the_dice_gap_to_the_paper_model(tmp_path):
@@ -57,3 +58,26 @@ def test_prepare_data_writes_grey_copies_and_the_label_maps(shared_data, tmp_pat
     assert grey.ndim == 2 and grey.shape == src.shape
     assert (tmp_path / "emps_train" / "segmaps" / name).read_bytes() == \
         (shared_data / "emps_train" / "segmaps" / name).read_bytes()
+
+
+def test_every_variant_resolves_to_its_recipe_and_width():
+    for name, spec in VARIANTS.items():
+        spec = dict(spec)
+        cfg = resolve_profile(spec.pop("profile"), "segmentor", **spec)
+        recipe = "cpu" if name.startswith("cpu") else "paper"
+        assert cfg["image_size"] == resolve_profile(recipe, "segmentor")["image_size"], name
+        width = name.rsplit("base", 1)[1] if "base" in name else None
+        assert cfg["base"] == (int(width) if width else resolve_profile(recipe, "segmentor")["base"])
+    assert {"cpu-base12", "cpu-base16"} <= set(VARIANTS)
+
+
+def test_a_variant_stopped_before_its_first_epoch_reports_it(examples_dir, tmp_path, capsys):
+    d = examples_dir / "emps"
+    main(["--variant", "cpu-base12", "--out", str(tmp_path), "--train-images",
+          str(d / "images"), "--train-masks", str(d / "segmaps"), "--test-images",
+          str(d / "images"), "--test-masks", str(d / "segmaps"), "--epochs", "1", "--limit", "3",
+          "--deadline-s", "0.001", "--device", "cpu"])
+    r = json.loads((tmp_path / "cpu-base12" / "result.json").read_text())
+    assert r["cut_short"] and "before its first epoch ended" in r["error"] and "test" not in r
+    summarise(tmp_path)
+    assert "ERROR no best checkpoint" in capsys.readouterr().out
