@@ -619,8 +619,7 @@ class Segmentor:
         (the image's coarse mask) that they miss (:func:`emcopilot.postprocess.
         add_coarse_particles`). What :meth:`segment_detail` does after its map at one scale,
         for a caller holding the map already (the pipeline's segment stage, the benches)."""
-        add = self.add_coarse if isinstance(add_coarse, str) and add_coarse == "model" \
-            else bool(add_coarse)
+        add = self.add_coarse if add_coarse == "model" else bool(add_coarse)
         if add and coarse is None:
             raise ValueError("adding the coarse particles needs the image's coarse mask")
         return _with_missed_coarse(self.instances(prob, min_peak=min_peak, grow_to=grow_to),
