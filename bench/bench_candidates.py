@@ -118,7 +118,8 @@ def subset_means(cands: dict[str, dict], stems: list[str], images: dict, coarse:
             choice = choose_min_peak(
                 first, ckpt, (read_probability_map(maps / f"{s}.png") for s in stems),
                 (coarse[s] for s in stems),
-                images=lambda k: images[stems[k]], min_snr=record.get("min_snr"))
+                images=lambda k: images[stems[k]], min_snr=record.get("min_snr"),
+                annotations=bool(record.get("annotations")))
             miou = [cands[m]["synthetic_val_miou"] for m in members]
             out[name] = {"maps": maps, "checkpoint": ckpt, "score": choice["score"],
                          "members": list(members),

@@ -64,7 +64,8 @@ def time_matching(run: Path, candidate: str) -> dict:
             segmentor, copy, (read_probability_map(maps / f"{s}.png") for s in stems),
             (io.read_label_map(run / "coarse_masks" / f"{s}.png") for s in stems),
             images=image, min_snr=segment.get("min_snr"),
-            data_bar=bool(stages["images"].get("data_bar", True)))
+            data_bar=bool(stages["images"].get("data_bar", True)),
+            annotations=bool(segment.get("annotations")))
         seconds = time.perf_counter() - start
     return {"run": str(run), "candidate": candidate, "images": len(stems),
             "code": str(Path(emcopilot.__file__).parent), "seconds": round(seconds, 1),

@@ -230,11 +230,15 @@ def segment_stage_particles(segmentor: Any, prob: np.ndarray, coarse: np.ndarray
     """One image's particles from a stored probability map as a pipeline run's segment stage
     makes them (``record``: its ``pipeline.json`` segment record): ``segmentor``'s particles
     (its recorded core probability unless ``min_peak`` is given, and growth), the coarse
-    particles they miss added when the run adds them, the faint ones dropped at the run's level
-    (``sigma``: the image's noise level, ``inference.noise_level_above_bar``). Not for runs
-    whose segment stage took ``--scale-choice`` or ``--support-check``."""
-    from emcopilot.inference import drop_faint_above_bar
+    particles they miss added when the run adds them, those on drawn text and scale bars dropped
+    when the run drops them (its record's ``annotations``; runs before stop 37 did not), the
+    faint ones dropped at the run's level (``sigma``: the image's noise level,
+    ``inference.noise_level_above_bar``). Not for runs whose segment stage took
+    ``--scale-choice`` or ``--support-check``."""
+    from emcopilot.inference import drop_annotations_above_bar, drop_faint_above_bar
 
     labels = segmentor.map_particles(prob, coarse, min_peak=min_peak,
                                      add_coarse=bool(record.get("add_coarse")))[0]
+    if record.get("annotations"):
+        labels = drop_annotations_above_bar(image01, labels)[0]
     return drop_faint_above_bar(image01, labels, record.get("min_snr"), sigma=sigma)[0]

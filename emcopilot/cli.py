@@ -129,6 +129,13 @@ def _add_data_bar(p: argparse.ArgumentParser) -> None:
                         "the border; off: use every row")
 
 
+def _add_annotations(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--annotations", choices=("on", "off"), default="on",
+                   help="on (default): drop the particles on text (panel letters, scale-bar "
+                        "labels, instrument lines) and scale bars drawn on an image in its "
+                        "darkest or brightest grey; off: keep them")
+
+
 def _probability_or(*words: str) -> Callable[[str], float | str | None]:
     """An argparse type: a probability in (0, 1) or one of ``words`` ("none" gives None)."""
 
@@ -287,7 +294,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
               "(see `emcopilot mask --help` for SAM weights)", file=sys.stderr)
     filters = {"intensity_threshold": args.intensity_threshold, "edge_margin": args.edge_margin,
                "min_area": args.min_area, "max_area": args.max_area,
-               "min_snr": args.min_snr or 0}
+               "min_snr": args.min_snr or 0, "annotations": args.annotations == "on"}
     sam_options = None
     if method == "sam":
         sam_options = {"model_type": args.sam_model, "checkpoint": args.sam_checkpoint,
@@ -507,7 +514,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                              support_check=args.support_check,
                                              scale_choice=args.scale_choice,
                                              min_snr=args.min_snr,
-                                             scale_split=args.scale_split)
+                                             scale_split=args.scale_split,
+                                             annotations=args.annotations == "on")
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -552,6 +560,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if level:
         kept += (f"; particles standing out from their surroundings by at most {level:g} x "
                  "their noise dropped (--min-snr none: kept)")
+    if args.annotations == "on":
+        kept += "; particles on drawn text and scale bars dropped (--annotations off: kept)"
     if barred:
         kept += (f"; the data bar at the bottom of {barred} image(s) left out (--data-bar off: "
                  "every row)")
@@ -583,7 +593,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                                support_in_training=args.support_in_training == "on",
                                scale_choice=args.scale_choice, min_snr=args.min_snr,
                                coarse_min_snr=args.coarse_min_snr,
-                               scale_split=args.scale_split, progress=bar)
+                               scale_split=args.scale_split,
+                               annotations=args.annotations == "on", progress=bar)
     unsure = summary.get("stages", {}).get("images", {}).get("polarity_unsure") or []
     if unsure:
         print(f"warning: the particle polarity detected for {len(unsure)} image(s) is unsure: "
@@ -734,6 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "times its noise (contrast x sqrt(area) / pixel noise: blobs of a noisy "
                         "support's texture; see BENCHMARKS.md, stop 28); default none")
     _add_data_bar(p)
+    _add_annotations(p)
     p.add_argument("--classical-preset", choices=("auto", "isolated", "supported"), default="auto",
                    help="classical masker settings: isolated (free particles on a flat background), "
                         "supported (small particles on a textured support, e.g. HAADF of catalysts), "
@@ -884,6 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "images --support-removal auto reaches; default: as recorded in the "
                         "model, else off")
     _add_data_bar(p)
+    _add_annotations(p)
     p.add_argument("--scale", type=_positive, default=None,
                    help="resize factor applied before the model (default: 1, or for a model "
                         "trained at a common particle width, measured per image)")
@@ -980,6 +993,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"on = every image; default {SCALE_SPLIT_DEFAULT} (see BENCHMARKS.md, "
                         "stop 30). Recorded in the segmentor for `segment`")
     _add_data_bar(p)
+    _add_annotations(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _add_common(p)

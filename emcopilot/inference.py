@@ -28,6 +28,7 @@ import torch
 
 from . import io
 from .device import autocast, channels_last, pick_device, set_cpu_threads
+from .annotations import drop_annotation_particles, find_annotations
 from .data_bar import on_rows_above_bar, pad_below
 from .errors import InputError
 from .postprocess import (add_coarse_particles, best_matching, check_min_snr, config_grow_to,
@@ -36,6 +37,7 @@ from .postprocess import (add_coarse_particles, best_matching, check_min_snr, co
 
 __all__ = ["Segmentor", "segment_folder", "choose_min_peak", "best_segmentor", "tiled_apply",
            "blend_window", "drop_faint_above_bar", "noise_level_above_bar",
+           "annotations_above_bar", "drop_annotations_above_bar",
            "fuse_batchnorm", "MAX_TILE"]
 
 MAX_TILE = 1024
@@ -641,13 +643,13 @@ class Segmentor:
                        support: str | bool = "model", support_check: bool | str = "model",
                        scale_choice: Sequence[float] | str = "model",
                        min_snr: float | str | None = "model",
-                       scale_split: str | bool = "model"
+                       scale_split: str | bool = "model", annotations: bool = True
                        ) -> tuple[np.ndarray, np.ndarray, dict]:
         """Instance label map (int32, 0 = background) and probability map of one image, both of
         the image's size, and what was chosen for it (``{"scale_multiple": the multiple of the
         resize factor kept, "coarse_added": coarse particles added, "support_removed": whether
         the particles come from the image with its support removed, "faint_dropped": particles
-        dropped as faint}``).
+        dropped as faint, "annotations_dropped": particles dropped as annotations}``).
 
         Steps: :meth:`probability`, then :meth:`instances`; with ``add_coarse``
         (``"model"``: :attr:`add_coarse`) plus the coarse particles the segmentor missed
@@ -665,7 +667,9 @@ class Segmentor:
         ``min_snr`` (``"model"``: :attr:`min_snr`; None or 0: off) the particles that stand out
         from their surroundings by at most that many times their noise are dropped
         (:func:`emcopilot.postprocess.drop_faint_particles`, on the image polarity-normalised
-        and without its data bar). ``scale_split``: as :meth:`probability`'s."""
+        and without its data bar); before that, with ``annotations`` (default), the particles on
+        text and scale bars drawn on the image (:func:`emcopilot.annotations.
+        drop_annotation_particles`). ``scale_split``: as :meth:`probability`'s."""
         from .particle_scale import check_scale_multiples, multiplied_scale
         from .support import removal_kept
 
@@ -714,7 +718,9 @@ class Segmentor:
             without = particles(False)
             if not removal_kept(labels, without[0], coarse):
                 labels, prob, info = without
-        info["faint_dropped"] = 0
+        info["annotations_dropped"] = info["faint_dropped"] = 0
+        if annotations:
+            labels, info["annotations_dropped"] = drop_annotation_particles(prepared, labels)
         if level is not None:  # measured in the bright-particle image
             bright = (prepared if self.input_polarity == "bright"
                       else io.bright_particles(prepared, polarity))
@@ -746,6 +752,24 @@ def drop_faint_above_bar(image01: np.ndarray, labels: np.ndarray, min_snr: float
         return np.asarray(labels).astype(np.int32, copy=False), 0
     top, rows, lab = _above_bar(image01, labels, data_bar)
     lab, dropped = drop_faint_particles(rows, lab, min_snr, sigma=sigma)
+    return pad_below(top, np.shape(labels)[0], lab)[0], dropped
+
+
+def annotations_above_bar(image01: np.ndarray, *, data_bar: bool = True) -> np.ndarray:
+    """:func:`emcopilot.annotations.find_annotations` of the rows above an instrument data bar
+    (with ``data_bar``), as :meth:`Segmentor.segment_detail` finds them: a mask of those rows."""
+    return find_annotations(_above_bar(image01, None, data_bar)[1])
+
+
+def drop_annotations_above_bar(image01: np.ndarray, labels: np.ndarray, *,
+                               data_bar: bool = True, annotations: np.ndarray | None = None
+                               ) -> tuple[np.ndarray, int]:
+    """:func:`emcopilot.annotations.drop_annotation_particles` of a whole frame's particles,
+    the annotations found, as :meth:`Segmentor.segment_detail` finds them, on the rows above an
+    instrument data bar (with ``data_bar``); the label map keeps the frame's size.
+    ``annotations``: :func:`annotations_above_bar` of the image when already found."""
+    top, rows, lab = _above_bar(image01, labels, data_bar)
+    lab, dropped = drop_annotation_particles(rows, lab, annotations=annotations)
     return pad_below(top, np.shape(labels)[0], lab)[0], dropped
 
 
@@ -804,7 +828,8 @@ def choose_min_peak(segmentor: Segmentor, checkpoint: str | os.PathLike,
                     min_peak: float | str | None = "auto", grow_to: float | str | None = "auto",
                     reference: str = "coarse masks",
                     images: Callable[[int], np.ndarray] | None = None,
-                    min_snr: float | None = None, data_bar: bool = True) -> dict:
+                    min_snr: float | None = None, data_bar: bool = True,
+                    annotations: bool = False) -> dict:
     """A segmentor's particle core probability, recorded in its checkpoint (where
     :attr:`Segmentor.min_peak`, so ``emcopilot segment`` and the app, reads it), and how well its
     particles match reference label maps, without manual labels.
@@ -824,7 +849,9 @@ def choose_min_peak(segmentor: Segmentor, checkpoint: str | os.PathLike,
     applies at that level, so a core probability is not chosen for removing faint particles the
     filter takes out anyway (on the S/TEM catalysts this moved the choice from 0.85 to 0.8 and
     kept more of the particles the coarse masks miss; BENCHMARKS.md, stop 31); the level is
-    recorded as ``min_peak_min_snr``.
+    recorded as ``min_peak_min_snr``. With ``images`` and ``annotations`` the particles on text
+    and scale bars drawn on the image are dropped before scoring too, as the output drops them
+    (:func:`emcopilot.annotations.drop_annotation_particles`).
     ``reference`` names the references in the record. Returns ``{"min_peak", "f1": {str(value):
     F1}, "grow_to", "grow_f1": {str(option): F1}, "score": F1 at the chosen pair}``; the score
     is what compares segmentors (``emcopilot pipeline --segmentor-seeds``, the app's "Segmentors
@@ -840,17 +867,23 @@ def choose_min_peak(segmentor: Segmentor, checkpoint: str | os.PathLike,
     probs = _FloatMaps(maps)
     references = list(references)
     level = check_min_snr(min_snr) if images is not None else None
-    # each image's variants are scored one after another: read it and measure its noise once
+    annotations = bool(annotations) and images is not None
+    # each image's variants are scored one after another: read it, measure its noise and find
+    # its annotations once
     @functools.lru_cache(maxsize=1)
-    def image(k: int) -> tuple[np.ndarray, float]:
+    def image(k: int) -> tuple[np.ndarray, float, np.ndarray | None]:
         img = images(k)
-        return img, noise_level_above_bar(img, data_bar=data_bar)
+        return (img, noise_level_above_bar(img, data_bar=data_bar),
+                annotations_above_bar(img, data_bar=data_bar) if annotations else None)
 
     def finish(k: int, labels: np.ndarray) -> np.ndarray:
-        img, sigma = image(k)
+        img, sigma, drawn = image(k)
+        if drawn is not None:
+            labels = drop_annotations_above_bar(img, labels, data_bar=data_bar,
+                                                annotations=drawn)[0]
         return drop_faint_above_bar(img, labels, level, data_bar=data_bar, sigma=sigma)[0]
 
-    finisher = finish if level is not None else None
+    finisher = finish if level is not None or annotations else None
     choice = select_min_peak(probs, references, threshold=segmentor.threshold,
                              fill_holes=segmentor.fill_holes, finish=finisher,
                              **({} if min_peak == "auto" else {"grid": [min_peak]}))

@@ -92,7 +92,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                  support_check: bool = SUPPORT_CHECK_DEFAULT, support_in_training: bool = False,
                  scale_choice: Sequence[float] = (), min_snr: float | None = MIN_SNR_DEFAULT,
                  coarse_min_snr: float | None = COARSE_MIN_SNR_DEFAULT,
-                 scale_split: str = SCALE_SPLIT_DEFAULT,
+                 scale_split: str = SCALE_SPLIT_DEFAULT, annotations: bool = True,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) every stage on the micrographs in ``images_dir``; returns the PSD summary
     plus the stages' records. ``progress(stage_index, n_stages, message)``.
@@ -162,6 +162,11 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     ``data_bar``: leave out an instrument data bar at the bottom of an image
     (:func:`emcopilot.data_bar.find_data_bar`) when detecting polarity, masking and segmenting;
     the images stage records each bar's first row (``data_bar_row``).
+
+    ``annotations``: drop the particles on text and scale bars drawn on an image
+    (:mod:`emcopilot.annotations`) from its coarse mask and from the output (and score the
+    segment stage's choices after that drop); the masks and segment stages record the setting
+    and the segment stage how many output particles it dropped (``annotations_dropped``).
 
     ``support_removal``: before the segmentor sees a real image, take a textured support out of
     it (:mod:`emcopilot.support`: a white top-hat at the particle scale): ``"auto"`` (default)
@@ -329,13 +334,15 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                 image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
                 labels = coarse_mask(image01, method=resolved, polarity="bright",
                                      classical_options={"preset": classical_preset},
-                                     filters={"min_snr": coarse_min_snr},
+                                     filters={"min_snr": coarse_min_snr,
+                                              "annotations": bool(annotations)},
                                      data_bar=data_bar)
                 io.write_label_map(target, labels)
             if not labels.any():
                 empty.append(stem)
         _mark_done(out, state, "masks", method=resolved, classical_preset=classical_preset,
-                   coarse_min_snr=coarse_min_snr, no_particles=empty)
+                   coarse_min_snr=coarse_min_snr, annotations=bool(annotations),
+                   no_particles=empty)
 
     # 3. priors
     if step(2, "priors"):
@@ -428,7 +435,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         from emcopilot.analysis import write_psd_report
         from emcopilot.evaluate import read_probability_map
         from emcopilot.inference import (Segmentor, best_segmentor, choose_min_peak,
-                                         drop_faint_above_bar)
+                                         drop_annotations_above_bar, drop_faint_above_bar)
         from emcopilot.training.checkpoint import update_config
 
         def checkpoint(run_dir: Path) -> Path:
@@ -458,7 +465,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
         # faint-particle filter applied below (the images are bright-particle copies)
         kept_as_output = {"images": lambda k: io.normalize(
             io.read_micrograph(img_dir / f"{stems[k]}.png").image),
-            "min_snr": min_snr, "data_bar": data_bar}
+            "min_snr": min_snr, "data_bar": data_bar, "annotations": bool(annotations)}
         for k, (s, cdir) in enumerate(candidates.items()):
             segmentors[s] = segmentor = Segmentor.load(checkpoint(cdir), device=device)
             for i, stem in enumerate(meta):
@@ -520,7 +527,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
             return segmentors[best].map_particles(prob, coarse, min_peak=chosen, grow_to=grown,
                                                   add_coarse=bool(add_coarse))
 
-        items, added, dropped, multiples, faint = [], 0, [], {}, 0
+        items, added, dropped, multiples, faint, drawn = [], 0, [], {}, 0, 0
         for i, stem in enumerate(meta):
             image01 = io.normalize(io.read_micrograph(img_dir / f"{stem}.png").image)
             coarse = io.read_label_map(mask_dir / f"{stem}.png")
@@ -535,7 +542,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                     image01, polarity="bright",
                     scale_labels=coarse if kept.particle_diameter_px else None,
                     data_bar=data_bar, support=takes_out[stem], min_snr=None,
-                    scale_split=splits[stem])
+                    scale_split=splits[stem], annotations=False)
                 io.write_image(prob_dir / f"{stem}.png", prob)
                 multiples[stem] = info["scale_multiple"]
                 more = info["coarse_added"]
@@ -558,6 +565,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                     shutil.copyfile(unremoved_dir / f"{stem}.png", prob_dir / f"{stem}.png")
                     dropped.append(stem)
             added += more
+            if annotations:
+                labels, n_drawn = drop_annotations_above_bar(image01, labels, data_bar=data_bar)
+                drawn += n_drawn
             labels, n_faint = drop_faint_above_bar(image01, labels, min_snr, data_bar=data_bar)
             faint += n_faint
             io.write_label_map(result_dir / f"{stem}.png", labels)
@@ -572,6 +582,7 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                    **({"support_removal_dropped": dropped} if support_check else {}),
                    **({"scale_multiples": multiples} if scale_choice else {}),
                    min_snr=min_snr, faint_dropped=faint, scale_split_mode=scale_split,
+                   annotations=bool(annotations), annotations_dropped=drawn,
                    scale_split=[x for x in meta if splits.get(x)],
                    f1_vs_coarse={(s if s == "mean" else f"seed{s}"): c["score"]
                                  for s, c in choices.items()})

@@ -460,10 +460,15 @@ def test_segment_adds_the_coarse_particles_it_missed(segmentor, real, tmp_path):
     assert loaded.add_coarse is True
     prep = loaded.prepare(img)
     assert loaded.resolve_scale(prep) == estimate_scale(prep, 32, preset="isolated")
-    labels, prob3 = loaded.segment(img)
+    labels, prob3 = loaded.segment(img, annotations=False)
     np.testing.assert_array_equal(
         labels, add_coarse_particles(loaded.instances(prob3), loaded.coarse_labels(prep), prob3))
-    np.testing.assert_array_equal(loaded.segment(img, add_coarse=False)[0],
+    # by default the particles on drawn text and scale bars are dropped last
+    from emcopilot.annotations import drop_annotation_particles
+
+    np.testing.assert_array_equal(loaded.segment(img)[0],
+                                  drop_annotation_particles(prep, labels)[0])
+    np.testing.assert_array_equal(loaded.segment(img, add_coarse=False, annotations=False)[0],
                                   loaded.instances(prob3))
 
 
@@ -473,7 +478,8 @@ def test_map_particles_of_a_held_map_are_what_segment_makes_of_it(segmentor, rea
     img, truth = real
     for add, peak in ((False, "model"), (True, "model"), (True, 0.999)):
         labels, prob, info = segmentor.segment_detail(img, add_coarse=add, scale_labels=truth,
-                                                      min_snr=None, min_peak=peak)
+                                                      min_snr=None, min_peak=peak,
+                                                      annotations=False)
         mapped, added = segmentor.map_particles(prob, truth, add_coarse=add, min_peak=peak)
         np.testing.assert_array_equal(mapped, labels)
         assert added == info["coarse_added"]
@@ -548,14 +554,16 @@ def test_scale_choice_keeps_per_image_the_factor_matching_the_coarse_mask(segmen
                           "scale_preset": "isolated"}, epoch=1)
     seg = Segmentor.load(ck, device="cpu")
     assert seg.scale_choice == ()
-    plain, prob, info = seg.segment_detail(img, scale_labels=truth)
+    # (annotations=False: the particles as made, none dropped as drawn text after)
+    plain, prob, info = seg.segment_detail(img, scale_labels=truth, annotations=False)
     assert info["scale_multiple"] == 1.0 and info["support_removed"] is False
     assert info["coarse_added"] == plain.max() - seg.instances(prob).max()
     s = seg.resolve_scale(img, None, truth)
     own = {m: seg.instances(seg.predict_proba(img, scale=s * m)) for m in (1.0, 0.5, 2.0)}
     results = {}
     for multiples in ((0.5,), (2.0,), (0.5, 2.0)):
-        labels, prob_m, info = seg.segment_detail(img, scale_labels=truth, scale_choice=multiples)
+        labels, prob_m, info = seg.segment_detail(img, scale_labels=truth, scale_choice=multiples,
+                                                  annotations=False)
         results[multiples] = labels
         tried = (1.0, *multiples)
         kept = tried[best_matching([own[m] for m in tried], truth)]
@@ -570,10 +578,10 @@ def test_scale_choice_keeps_per_image_the_factor_matching_the_coarse_mask(segmen
                            "scale_preset": "isolated", "scale_choice": [0.5, 2.0]}, epoch=1)
     recorded = Segmentor.load(ck2, device="cpu")
     assert recorded.scale_choice == (0.5, 2.0)
-    np.testing.assert_array_equal(recorded.segment(img, scale_labels=truth)[0],
-                                  results[(0.5, 2.0)])
-    np.testing.assert_array_equal(recorded.segment(img, scale_labels=truth, scale_choice=())[0],
-                                  plain)
+    np.testing.assert_array_equal(recorded.segment(img, scale_labels=truth,
+                                                   annotations=False)[0], results[(0.5, 2.0)])
+    np.testing.assert_array_equal(recorded.segment(img, scale_labels=truth, scale_choice=(),
+                                                   annotations=False)[0], plain)
     with pytest.raises(InputError, match="other than 1"):
         seg.segment(img, scale_choice=(1.0,))
     # `emcopilot segment --scale-choice`: the library's particles (the classical masker's
@@ -668,6 +676,6 @@ def test_min_snr_drops_the_faint_particles_last_as_recorded_or_as_given(segmento
                                   loaded.segment(image01)[0])
     assert main(["segment", str(tmp_path / "im.png"), "--model", str(ck), "--out",
                  str(tmp_path / "none"), "--min-snr", "none", "--device", "cpu", "-q"]) == 0
-    assert "dropped" not in capsys.readouterr().out
+    assert "noise dropped" not in capsys.readouterr().out
     np.testing.assert_array_equal(io.read_label_map(tmp_path / "none" / "im.png"),
                                   loaded.segment(image01, min_snr=None)[0])

@@ -19,14 +19,16 @@ __all__ = ["METHODS", "DEFAULT_FILTERS", "resolve_method", "coarse_mask", "filte
 METHODS = ("auto", "sam", "classical")
 
 #: Algorithm 1 defaults (DESIGN.md): mean intensity below 60 of 255 -> dropped; regions within
-#: 5 px of the border -> dropped; no area limits; and no faint-particle test (``min_snr`` 0: an
-#: option, see ``filter_regions``).
+#: 5 px of the border -> dropped; no area limits; no faint-particle test (``min_snr`` 0: an
+#: option, see ``filter_regions``); and, not in the paper, regions on annotation text and scale
+#: bars drawn on the image dropped (``annotations``, :mod:`emcopilot.annotations`).
 DEFAULT_FILTERS: dict[str, Any] = {
     "intensity_threshold": 60,
     "edge_margin": 5,
     "min_area": 0,
     "max_area": None,
     "min_snr": 0,
+    "annotations": True,
 }
 
 
@@ -64,8 +66,8 @@ def coarse_mask(
         method: ``"auto"``, ``"sam"`` or ``"classical"`` (see :func:`resolve_method`).
         polarity: ``"bright"``, ``"dark"`` or ``"auto"`` (resolved once, used by both steps).
         filters: overrides of :data:`DEFAULT_FILTERS` (keyword arguments of ``filter_regions``;
-            ``None`` = paper defaults). ``{"intensity_threshold": 0, "edge_margin": 0}`` turns
-            the filters off.
+            ``None`` = the defaults). ``{"intensity_threshold": 0, "edge_margin": 0,
+            "annotations": False}`` turns the filters off.
         sam_options: keyword arguments of ``SamMasker`` (``model_type`` included).
         classical_options: keyword arguments of ``ClassicalMasker``; ``"preset"`` picks one of
             ``classical.PRESETS`` ("isolated": free particles, "supported": catalysts) or

@@ -8,7 +8,9 @@ A region is dropped when
 - its area is outside ``[min_area, max_area]`` px;
 - (off by default) it stands out from its surroundings by at most ``min_snr`` times its noise
   (:func:`emcopilot.postprocess.particle_snr`: blobs of a noisy support's texture; not in the
-  paper, measured in BENCHMARKS.md, stop 28).
+  paper, measured in BENCHMARKS.md, stop 28);
+- (with ``annotations``) at least half of it lies on text or a scale bar drawn on the image
+  (:func:`emcopilot.annotations.annotation_particles`; not in the paper, BENCHMARKS.md, stop 37).
 
 The paper resizes every image to 512x512 first; here the filters act on the image at its own
 resolution, so ``edge_margin`` and the area limits are in pixels of the image given.
@@ -58,6 +60,7 @@ def filter_regions(
     min_area: int = 0,
     max_area: int | None = None,
     min_snr: float | None = 0,
+    annotations: bool = False,
 ) -> np.ndarray:
     """Drop dim, border and out-of-size regions from a label map (Algorithm 1).
 
@@ -75,6 +78,8 @@ def filter_regions(
         min_snr: regions whose :func:`emcopilot.postprocess.particle_snr` in the bright-particle
             image is at most this are dropped (0 or None disables; a region with no background
             ring around it is kept).
+        annotations: drop the regions on annotation text and scale bars drawn on ``image01``
+            (:func:`emcopilot.annotations.annotation_particles`).
 
     Returns:
         ``numpy.int32`` label map relabelled 1..N in the order of the input labels.
@@ -111,6 +116,10 @@ def filter_regions(
 
     if check_min_snr(min_snr) is not None:
         keep &= ~faint_particles(bright_image(image01, polarity), labels, min_snr)
+    if annotations:
+        from emcopilot.annotations import annotation_particles
+
+        keep &= ~annotation_particles(image01, labels)
     if edge_margin > 0:
         m = int(edge_margin)
         band = np.concatenate([labels[:m].ravel(), labels[-m:].ravel(),

@@ -1,0 +1,194 @@
+"""Annotations burned into a micrograph: text (panel letters, scale-bar labels, instrument
+lines) and scale bars drawn over the specimen.
+
+Like an instrument data bar (:mod:`emcopilot.data_bar`) they are not part of the specimen, but
+maskers and segmentors take their glyphs for small particles: of nine of the ten EMPS test
+images whose particle counts were furthest off in run 49 (BENCHMARKS.md, stop 36), seven had
+annotation text counted as particles. Every place that makes particles with the data bar left
+out (``masking.coarse_mask``, the pipeline's segment stage, ``Segmentor.segment_detail``) also
+drops the particles that lie on annotations (:func:`drop_annotation_particles`).
+
+An annotation is recognised by what a drawing program gives it and a specimen rarely has, on
+the image's own grey levels (no label, no vendor layout):
+
+- it is drawn in the image's darkest or brightest grey (black or white ink): its pixels lie
+  within ``TOLERANCE`` of the image's minimum or maximum, and its outline is sharp: the pixels
+  two to three pixels outside it are far from that level (a particle whose core saturates has
+  a bright body around the core, so its core's outline is not sharp);
+- text: glyphs of strokes thin for their height (``MAX_STROKE``), at least ``MIN_HEIGHT`` px
+  and at most ``MAX_HEIGHT`` of the image high, standing in a line with at least one more such
+  glyph (tops and bottoms level, heights alike, gaps under ``MAX_GAP`` heights), most of them
+  not plain bars or blobs (solidity under ``MAX_SOLIDITY``: letters and digits have curves and
+  bowls; a row of saturated rods side by side is not text);
+- a scale bar: a filled, flat rectangle at least ``MIN_BAR_ASPECT`` times as long as high near
+  a text line (its label), or ``MIN_LONE_BAR_ASPECT`` times near the frame's edge.
+
+A glyph drawn alone (a single panel digit), text in a mid grey or on a noisy background that
+reaches the same level, and text in a colour the conversion to grey leaves mid-grey are missed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from emcopilot.errors import InputError
+
+__all__ = ["find_annotations", "annotation_particles", "drop_annotation_particles"]
+
+TOLERANCE = 0.03       # share of the image's grey range around its darkest/brightest level
+MIN_RING_STEP = 0.35   # share of the range between the ink and the pixels 2-3 px outside it
+MIN_HEIGHT = 8         # px: a glyph at least this high
+MAX_HEIGHT = 0.15      # share of the image height: a glyph at most this high
+MAX_STROKE = 0.22      # a glyph's half stroke width (its deepest inside pixel) / its height
+MAX_GAP = 1.2          # horizontal gap between neighbouring glyphs of a line / their height
+MIN_BAR_ASPECT = 4.0   # a scale bar's length / its height
+MIN_LONE_BAR_ASPECT = 8.0  # the same for a scale bar with no text line beside it
+MAX_SOLIDITY = 0.75    # a text line's median glyph is less solid than this (curves, bowls)
+MIN_BAR_EXTENT = 0.85  # share of a scale bar's bounding box it fills
+EDGE_BAND = 0.2        # share of the height/width from the frame's edge a lone scale bar lies in
+MIN_OVERLAP = 0.5      # a particle with at least this share of its pixels on annotations
+
+
+def _grey01(image01: np.ndarray) -> np.ndarray:
+    img = np.asarray(image01, np.float32)
+    if img.ndim != 2:
+        raise InputError(f"expected a 2-D greyscale image, got shape {img.shape}")
+    return np.nan_to_num(img, nan=0.0, posinf=1.0, neginf=0.0)
+
+
+def _sharp(ink_level: float, g: np.ndarray, obj: np.ndarray, span: float) -> bool:
+    """Whether the pixels 2-3 px outside the object ``obj`` (bool, a crop of ``g``) are far
+    from the ink's level."""
+    near = ndi.binary_dilation(obj, iterations=1)
+    ring = ndi.binary_dilation(obj, iterations=3) & ~near
+    if not ring.any():
+        return False
+    return float(np.median(np.abs(g[ring] - ink_level))) >= MIN_RING_STEP * span
+
+
+def _lines(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
+    """Groups (indices) of glyph boxes ``(top, left, bottom, right)`` standing in one line."""
+    parent = list(range(len(boxes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, (t1, l1, b1, r1) in enumerate(boxes):
+        h1 = b1 - t1
+        for j in range(i + 1, len(boxes)):
+            t2, l2, b2, r2 = boxes[j]
+            h2 = b2 - t2
+            if max(h1, h2) > 3 * min(h1, h2):
+                continue
+            if min(b1, b2) - max(t1, t2) < 0.5 * min(h1, h2):  # rows shared
+                continue
+            gap = max(l1, l2) - min(r1, r2)
+            if gap > MAX_GAP * max(h1, h2):
+                continue
+            parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(boxes)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def find_annotations(image01: np.ndarray) -> np.ndarray:
+    """Boolean mask of the annotation text and scale bars drawn on ``image01`` (2-D, float in
+    [0, 1] or any range: only its own grey levels count), widened by 2 px to cover the ink's
+    anti-aliased rim. All False when there is none."""
+    from skimage.measure import label, regionprops
+
+    g = _grey01(image01)
+    h, w = g.shape
+    out = np.zeros((h, w), bool)
+    lo, hi = float(g.min(initial=0.0)), float(g.max(initial=0.0))
+    span = hi - lo
+    if span <= 1e-6 or h < 2 * MIN_HEIGHT or w < 2 * MIN_HEIGHT:
+        return out
+    tol = TOLERANCE * span
+    for level, ink in ((hi, g >= hi - tol), (lo, g <= lo + tol)):
+        comps = label(ink, connectivity=2)
+        glyphs, bars = [], []
+        for r in regionprops(comps):
+            t, lf, b, rt = r.bbox
+            rh, rw = b - t, rt - lf
+            if max(rh, rw) < MIN_HEIGHT:
+                continue
+            pad = 4
+            t0, l0 = max(0, t - pad), max(0, lf - pad)
+            crop = comps[t0:min(h, b + pad), l0:min(w, rt + pad)] == r.label
+            if rw >= MIN_BAR_ASPECT * rh and r.extent >= MIN_BAR_EXTENT and rh <= 0.05 * h:
+                if _sharp(level, g[t0:t0 + crop.shape[0], l0:l0 + crop.shape[1]], crop, span):
+                    bars.append(r)
+                continue
+            if not MIN_HEIGHT <= rh <= MAX_HEIGHT * h:
+                continue
+            stroke = float(ndi.distance_transform_edt(np.pad(r.image, 1)).max())
+            if stroke > max(2.0, MAX_STROKE * rh):
+                continue
+            if _sharp(level, g[t0:t0 + crop.shape[0], l0:l0 + crop.shape[1]], crop, span):
+                glyphs.append(r)
+        text_boxes = []
+        for group in _lines([g_.bbox for g_ in glyphs]):
+            if len(group) < 2 or np.median([glyphs[i].solidity for i in group]) >= MAX_SOLIDITY:
+                continue
+            for i in group:
+                out[comps == glyphs[i].label] = True
+            boxes = np.array([glyphs[i].bbox for i in group])
+            text_boxes.append((boxes[:, 0].min(), boxes[:, 1].min(),
+                               boxes[:, 2].max(), boxes[:, 3].max()))
+        for r in bars:
+            t, lf, b, rt = r.bbox
+            labelled = any(
+                min(rt, tr) > max(lf, tl)  # columns shared with the text line
+                and max(t - tb, tt - b) <= 2 * (tb - tt)  # at most two text heights apart
+                for tt, tl, tb, tr in text_boxes)
+            at_edge = (b >= (1 - EDGE_BAND) * h or t <= EDGE_BAND * h) and \
+                (lf <= EDGE_BAND * w or rt >= (1 - EDGE_BAND) * w) and \
+                rt - lf >= MIN_LONE_BAR_ASPECT * (b - t)
+            if labelled or at_edge:
+                out[comps == r.label] = True
+    if out.any():
+        out = ndi.binary_dilation(out, iterations=2)
+    return out
+
+
+def annotation_particles(image01: np.ndarray, labels: np.ndarray,
+                         annotations: np.ndarray | None = None) -> np.ndarray:
+    """Boolean array over particle ids 0..N: True where at least half of the particle's pixels
+    lie on :func:`find_annotations`'s mask (``annotations`` when already found). Id 0 False."""
+    lab = np.asarray(labels)
+    if lab.shape != np.shape(image01):
+        raise InputError(f"labels {lab.shape} and image {np.shape(image01)} differ in shape")
+    n = int(lab.max(initial=0))
+    flagged = np.zeros(n + 1, bool)
+    if n == 0:
+        return flagged
+    mask = find_annotations(image01) if annotations is None else np.asarray(annotations, bool)
+    if not mask.any():
+        return flagged
+    flat = lab.ravel().astype(np.int64)
+    area = np.bincount(flat, minlength=n + 1)
+    on = np.bincount(flat, weights=mask.ravel(), minlength=n + 1)
+    flagged = (area > 0) & (on >= MIN_OVERLAP * np.maximum(area, 1))
+    flagged[0] = False
+    return flagged
+
+
+def drop_annotation_particles(image01: np.ndarray, labels: np.ndarray, *,
+                              annotations: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """``(labels without the particles on annotations, renumbered 1..n, how many were
+    dropped)`` as an int32 label map. ``annotations``: :func:`find_annotations` of the image when
+    already found."""
+    from skimage.segmentation import relabel_sequential
+
+    lab = np.asarray(labels).astype(np.int32, copy=True)
+    flagged = annotation_particles(image01, lab, annotations)
+    if not flagged.any():
+        return lab, 0
+    lab[flagged[lab]] = 0
+    return relabel_sequential(lab)[0].astype(np.int32, copy=False), int(flagged.sum())

@@ -1,0 +1,150 @@
+"""Annotations drawn on micrographs (text, scale bars): found where a figure has them, not on
+particles; the masker and the segmentor's output drop the particles on them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from emcopilot import io
+from emcopilot.annotations import (annotation_particles, drop_annotation_particles,
+                                   find_annotations)
+from emcopilot.masking import coarse_mask
+from emcopilot.polarity import describe_polarity
+
+CLASSICAL = {"preset": "isolated"}
+
+
+def bright(path) -> np.ndarray:
+    g = io.normalize(io.read_micrograph(path).image)
+    return io.bright_particles(g, describe_polarity(g)["polarity"])
+
+
+def with_label(image01: np.ndarray, text: str = "200 nm", ink: float = 1.0) -> np.ndarray:
+    """``image01`` with a scale-bar label and a scale bar drawn in its bottom-left corner."""
+    h, w = image01.shape
+    canvas = Image.fromarray(np.round(image01 * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    fill = int(round(ink * 255))
+    draw.text((20, h - 70), text, fill=fill, font=ImageFont.load_default(size=28))
+    draw.rectangle((20, h - 30, 140, h - 22), fill=fill)
+    return np.asarray(canvas, np.float32) / 255.0
+
+
+def dark_field(h: int = 256, w: int = 320) -> np.ndarray:
+    """Noisy dark background with round bright particles (blurred rims, cores saturated)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((h, w), np.float32)
+    yy, xx = np.mgrid[:h, :w]
+    for cy, cx, r in ((60, 60, 14), (60, 140, 12), (60, 220, 14), (150, 90, 18), (140, 250, 10)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1.0
+    img = ndi.gaussian_filter(img, 2.0) * 1.3
+    return np.clip(img + 0.15 + 0.03 * rng.standard_normal((h, w)), 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("ink", [1.0, 0.0])
+def test_drawn_text_and_scale_bar_are_found_in_white_or_black_ink(ink):
+    base = dark_field() if ink == 1.0 else 1.0 - dark_field()
+    assert not find_annotations(base).any()  # particles, saturated cores and all: none
+    drawn = with_label(base, ink=ink)
+    mask = find_annotations(drawn)
+    h = drawn.shape[0]
+    assert mask[h - 30:h - 22, 20:141].all()  # the scale bar
+    text = np.abs(drawn - base) > 0.5
+    text[h - 32:] = False
+    assert text.any() and mask[text].mean() > 0.95  # the label's glyphs
+    assert not mask[: h - 80].any()  # nothing else
+
+
+def test_rows_of_saturated_rods_or_discs_are_not_text():
+    img = np.full((200, 300), 0.1, np.float32)
+    for k in range(6):  # a row of upright rods, like "llllll"
+        img[40:80, 20 + 25 * k:28 + 25 * k] = 1.0
+    yy, xx = np.mgrid[:200, :300]
+    for k in range(5):  # a row of discs, like "ooooo" without holes
+        img[(yy - 140) ** 2 + (xx - (30 + 30 * k)) ** 2 <= 100] = 1.0
+    assert not find_annotations(img).any()
+
+
+def test_particles_on_annotations_are_dropped_and_the_rest_kept_and_renumbered():
+    drawn = with_label(dark_field())
+    lab = coarse_mask(drawn, method="classical", polarity="bright", classical_options=CLASSICAL,
+                      filters={"annotations": False})
+    flagged = annotation_particles(drawn, lab)
+    assert flagged.sum() >= 2  # the scale bar and the glyphs of "200 nm"
+    out, dropped = drop_annotation_particles(drawn, lab)
+    assert dropped == flagged.sum() and out.max() == lab.max() - dropped
+    assert out.dtype == np.int32 and set(np.unique(out)) == set(range(out.max() + 1))
+    # the particles are all still there, and coarse_mask's default filter drops the same ones
+    assert out.max() == 5
+    kept = coarse_mask(drawn, method="classical", polarity="bright", classical_options=CLASSICAL)
+    assert kept.max() == out.max()
+    with pytest.raises(Exception, match="shape"):
+        annotation_particles(drawn[:-1], lab)
+
+
+def test_bundled_figures_lose_their_labels_not_their_particles(examples_dir):
+    """The bundled EMPS figure crops with panel letters and scale bars: the filter takes
+    particles from the classical coarse masks and none of the manually labelled particles."""
+    total_dropped = 0
+    for p in sorted((examples_dir / "emps" / "images").glob("*.png")):
+        img = bright(p)
+        truth = io.read_label_map(examples_dir / "emps" / "segmaps" / p.name)
+        mask = find_annotations(img)
+        assert not annotation_particles(img, truth, mask).any(), p.name
+        off = coarse_mask(img, method="classical", polarity="bright",
+                          classical_options=CLASSICAL, filters={"annotations": False})
+        on = coarse_mask(img, method="classical", polarity="bright", classical_options=CLASSICAL)
+        assert on.max() <= off.max()
+        total_dropped += int(off.max() - on.max())
+    assert total_dropped >= 5
+
+
+def test_emps_manual_particles_are_almost_never_taken_for_annotations(shared_data):
+    """On the 99 EMPS test figures, most of which carry a scale bar or panel letters, at most
+    0.5 % of the manually labelled particles lie on what is found as annotations."""
+    data = shared_data / "emps_test"
+    n_true = n_flagged = n_with = 0
+    for p in sorted((data / "segmaps").glob("*.png")):
+        img = bright(data / "images" / p.name)
+        truth = io.read_label_map(p)
+        mask = find_annotations(img)
+        n_with += bool(mask.any())
+        n_true += int(truth.max())
+        n_flagged += int(annotation_particles(img, truth, mask).sum())
+    assert n_with >= 50
+    assert n_flagged <= 0.005 * n_true
+
+
+def test_bad_input_is_refused_or_harmless():
+    with pytest.raises(Exception, match="2-D"):
+        find_annotations(np.zeros((4, 4, 3), np.float32))
+    assert not find_annotations(np.zeros((64, 64), np.float32)).any()  # flat
+    assert not find_annotations(np.ones((5, 5), np.float32)).any()  # tiny
+    nan = with_label(dark_field())
+    nan[:10] = np.nan
+    assert find_annotations(nan).any()  # NaNs read as 0, the label still found
+
+
+def test_cli_mask_annotations_option(tmp_path):
+    from emcopilot.cli import main
+
+    img = with_label(dark_field())
+    src = tmp_path / "in"
+    src.mkdir()
+    io.write_image(src / "figure.png", img)
+    counts = {}
+    for opt in ("on", "off"):
+        out = tmp_path / opt
+        assert main(["mask", str(src), "--out", str(out), "--method", "classical",
+                     "--classical-preset", "isolated", "--annotations", opt,
+                     "-q"]) == 0
+        counts[opt] = int(io.read_label_map(out / "figure.png").max())
+        manifest = json.loads(next(out.glob("*.json")).read_text())
+        assert manifest["filters"]["annotations"] is (opt == "on")
+    assert counts["on"] == 5 and counts["off"] > counts["on"]
