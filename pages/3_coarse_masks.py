@@ -79,6 +79,12 @@ def filter_controls() -> dict:
                  "the generator and the segmentor trained on masks so filtered found the "
                  "particles better on both test sets (stop 30), so it is the default, as in "
                  "`emcopilot pipeline`."),
+        "annotations": st.checkbox(
+            "Drop particles on drawn text and scale bars", True,
+            help="Scale bars, their labels, panel letters and instrument lines drawn on the "
+                 "image in its darkest or brightest grey are found (thin glyphs with sharp "
+                 "outlines standing in a line; flat bars beside them) and the regions on them "
+                 "dropped: they are not particles (BENCHMARKS.md, stop 37)."),
     }
     if not f["max_area"]:
         f["max_area"] = None

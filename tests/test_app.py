@@ -199,6 +199,11 @@ def test_coarse_masks_preview_and_job(store, project):
     faint[0].set_value(0.0).run()
     button(at, "Run on all images").click().run()
     assert jobs_of(store, project, "coarse_masks")[-1]["params"]["filters"]["min_snr"] == 0
+    # the annotation filter: on by default, the checkbox switches it off
+    assert jobs[0]["params"]["filters"]["annotations"] is True
+    [c for c in at.checkbox if c.label.startswith("Drop particles on drawn text")][0].uncheck().run()
+    button(at, "Run on all images").click().run()
+    assert jobs_of(store, project, "coarse_masks")[-1]["params"]["filters"]["annotations"] is False
 
 
 def test_apply_strokes_adds_and_erases():
