@@ -100,7 +100,7 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
     """Boolean mask of the annotation text and scale bars drawn on ``image01`` (2-D, float in
     [0, 1] or any range: only its own grey levels count), widened by 2 px to cover the ink's
     anti-aliased rim. All False when there is none."""
-    from skimage.measure import label, regionprops
+    from skimage.morphology import convex_hull_image
 
     g = _grey01(image01)
     h, w = g.shape
@@ -110,39 +110,48 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
     if span <= 1e-6 or h < 2 * MIN_HEIGHT or w < 2 * MIN_HEIGHT:
         return out
     tol = TOLERANCE * span
+    pad = 4
     for level, ink in ((hi, g >= hi - tol), (lo, g <= lo + tol)):
-        comps = label(ink, connectivity=2)
-        glyphs, bars = [], []
-        for r in regionprops(comps):
-            t, lf, b, rt = r.bbox
+        # a noisy image has 10^5 specks at its extremes: only those at least MIN_HEIGHT across
+        # are looked at (bounding boxes from find_objects, no per-speck objects)
+        comps, _ = ndi.label(ink, structure=np.ones((3, 3), bool))
+        glyphs, bars = [], []  # (id, (top, left, bottom, right), its pixels in its box)
+        for k, box in enumerate(ndi.find_objects(comps), start=1):
+            if box is None:
+                continue
+            t, b, lf, rt = box[0].start, box[0].stop, box[1].start, box[1].stop
             rh, rw = b - t, rt - lf
             if max(rh, rw) < MIN_HEIGHT:
                 continue
-            pad = 4
+            own = comps[box] == k
             t0, l0 = max(0, t - pad), max(0, lf - pad)
-            crop = comps[t0:min(h, b + pad), l0:min(w, rt + pad)] == r.label
-            if rw >= MIN_BAR_ASPECT * rh and r.extent >= MIN_BAR_EXTENT and rh <= 0.05 * h:
-                if _sharp(level, g[t0:t0 + crop.shape[0], l0:l0 + crop.shape[1]], crop, span):
-                    bars.append(r)
+            window = (slice(t0, min(h, b + pad)), slice(l0, min(w, rt + pad)))
+            item = (k, (t, lf, b, rt), own)
+            if rw >= MIN_BAR_ASPECT * rh and own.mean() >= MIN_BAR_EXTENT and rh <= 0.05 * h:
+                if _sharp(level, g[window], comps[window] == k, span):
+                    bars.append(item)
                 continue
             if not MIN_HEIGHT <= rh <= MAX_HEIGHT * h:
                 continue
-            stroke = float(ndi.distance_transform_edt(np.pad(r.image, 1)).max())
+            stroke = float(ndi.distance_transform_edt(np.pad(own, 1)).max())
             if stroke > max(2.0, MAX_STROKE * rh):
                 continue
-            if _sharp(level, g[t0:t0 + crop.shape[0], l0:l0 + crop.shape[1]], crop, span):
-                glyphs.append(r)
+            if _sharp(level, g[window], comps[window] == k, span):
+                glyphs.append(item)
         text_boxes = []
-        for group in _lines([g_.bbox for g_ in glyphs]):
-            if len(group) < 2 or np.median([glyphs[i].solidity for i in group]) >= MAX_SOLIDITY:
+        for group in _lines([item[1] for item in glyphs]):
+            if len(group) < 2:
+                continue
+            solidity = [glyphs[i][2].sum() / convex_hull_image(glyphs[i][2]).sum() for i in group]
+            if np.median(solidity) >= MAX_SOLIDITY:
                 continue
             for i in group:
-                out[comps == glyphs[i].label] = True
-            boxes = np.array([glyphs[i].bbox for i in group])
+                _mark(out, comps, *glyphs[i])
+            boxes = np.array([glyphs[i][1] for i in group])
             text_boxes.append((boxes[:, 0].min(), boxes[:, 1].min(),
                                boxes[:, 2].max(), boxes[:, 3].max()))
-        for r in bars:
-            t, lf, b, rt = r.bbox
+        for item in bars:
+            t, lf, b, rt = item[1]
             labelled = any(
                 min(rt, tr) > max(lf, tl)  # columns shared with the text line
                 and max(t - tb, tt - b) <= 2 * (tb - tt)  # at most two text heights apart
@@ -151,10 +160,17 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
                 (lf <= EDGE_BAND * w or rt >= (1 - EDGE_BAND) * w) and \
                 rt - lf >= MIN_LONE_BAR_ASPECT * (b - t)
             if labelled or at_edge:
-                out[comps == r.label] = True
+                _mark(out, comps, *item)
     if out.any():
         out = ndi.binary_dilation(out, iterations=2)
     return out
+
+
+def _mark(out: np.ndarray, comps: np.ndarray, k: int, box: tuple[int, int, int, int],
+          own: np.ndarray) -> None:
+    """Set component ``k``'s pixels (``own`` within its ``box``) in ``out``."""
+    t, lf, b, rt = box
+    out[t:b, lf:rt] |= own
 
 
 def annotation_particles(image01: np.ndarray, labels: np.ndarray,
