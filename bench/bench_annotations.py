@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import Timer, catalyst_items, emps_pairs, machine, write_json
+from bench.common import (Timer, classical_scores, machine, print_scores, survey_sets,
+                          write_json)
 from emcopilot import io
 from emcopilot.annotations import annotation_particles, find_annotations
 from emcopilot.polarity import describe_polarity
@@ -55,26 +55,6 @@ def _survey(items: list[tuple[Path, Path | None]]) -> dict:
             "labelled_flagged_by_image": flagged, "seconds": timer.summary()}
 
 
-def _classical_scores(pairs: list[tuple[Path, Path]]) -> dict:
-    from emcopilot.evaluate import evaluate_dirs
-    from emcopilot.masking import coarse_mask
-
-    truth_dir = pairs[0][1].parent
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for setting in (False, True):
-            folder = Path(tmp) / str(setting)
-            for image_path, _ in pairs:
-                image01 = io.normalize(io.read_micrograph(image_path).image)
-                labels = coarse_mask(image01, method="classical",
-                                     classical_options={"preset": "isolated"},
-                                     filters={"annotations": setting})
-                io.write_label_map(folder / f"{image_path.stem}.png", labels)
-            summary = evaluate_dirs(folder, truth_dir)["aggregate"]
-            out["annotations dropped" if setting else "kept"] = {k: summary[k] for k in KEYS}
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench/results/annotations.json"))
@@ -82,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the classical masker on EMPS test with and without the filter")
     args = ap.parse_args(argv)
     results: dict = {"machine": machine(), "sets": {}}
-    sets = {"emps_test": emps_pairs("test"), "emps_train": emps_pairs("train"),
-            "catalysts": [(p, None) for p, _ in catalyst_items()]}
+    sets = survey_sets()
     for name, items in sets.items():
         r = results["sets"][name] = _survey(items)
         s = r["seconds"]
@@ -93,11 +72,10 @@ def main(argv: list[str] | None = None) -> int:
               f"find_annotations {s['median_s'] * 1e3:.1f} ms median, "
               f"{s['max_s'] * 1e3:.1f} ms max", flush=True)
     if not args.no_accuracy:
-        results["classical_emps_test"] = scores = _classical_scores(sets["emps_test"])
-        for row, vals in scores.items():
-            print(f"classical (isolated), {row}: "
-                  + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                              for k, v in vals.items()), flush=True)
+        results["classical_emps_test"] = scores = classical_scores(
+            sets["emps_test"], {"kept": {"filters": {"annotations": False}},
+                                "annotations dropped": {"filters": {"annotations": True}}}, KEYS)
+        print_scores(scores)
     write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0

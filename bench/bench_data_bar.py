@@ -8,19 +8,20 @@ Rows per set (EMPS test, EMPS train, the 33 catalyst S/TEM images): images with 
 their names, the labelled particles that reach into the rows the bar takes and how many rows
 deep (0 means leaving those rows out cannot lose a labelled particle) and the median / max seconds per image of
 ``find_data_bar``. On EMPS test, the classical masker ("isolated" preset, the pipeline's on
-EMPS) is scored with ``emcopilot.evaluate`` with and without the bar left out.
+EMPS) is scored with ``emcopilot.evaluate`` with and without the bar left out (the annotation
+filter of stop 37 off in both, so the rows measure the bar alone, as they did before it).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import Timer, catalyst_items, emps_pairs, machine, write_json
+from bench.common import (Timer, classical_scores, machine, print_scores, survey_sets,
+                          write_json)
 from emcopilot import io
 from emcopilot.data_bar import find_data_bar
 
@@ -49,25 +50,6 @@ def _survey(items: list[tuple[Path, Path | None]]) -> dict:
             "labelled_rows_into_bar_max": deepest, "seconds": timer.summary()}
 
 
-def _classical_scores(pairs: list[tuple[Path, Path]]) -> dict:
-    from emcopilot.evaluate import evaluate_dirs
-    from emcopilot.masking import coarse_mask
-
-    truth_dir = pairs[0][1].parent
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for setting in (True, False):
-            folder = Path(tmp) / str(setting)
-            for image_path, _ in pairs:
-                image01 = io.normalize(io.read_micrograph(image_path).image)
-                labels = coarse_mask(image01, method="classical", data_bar=setting,
-                                     classical_options={"preset": "isolated"})
-                io.write_label_map(folder / f"{image_path.stem}.png", labels)
-            summary = evaluate_dirs(folder, truth_dir)["aggregate"]
-            out["bar left out" if setting else "every row"] = {k: summary[k] for k in KEYS}
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench/results/data_bar.json"))
@@ -75,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the classical masker on EMPS test with and without the bar")
     args = ap.parse_args(argv)
     results: dict = {"machine": machine(), "sets": {}}
-    sets = {"emps_test": emps_pairs("test"), "emps_train": emps_pairs("train"),
-            "catalysts": [(p, None) for p, _ in catalyst_items()]}
+    sets = survey_sets()
     for name, items in sets.items():
         r = results["sets"][name] = _survey(items)
         s = r["seconds"]
@@ -86,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
               f"rows into it); find_data_bar {s['median_s'] * 1e3:.1f} ms "
               f"median, {s['max_s'] * 1e3:.1f} ms max", flush=True)
     if not args.no_accuracy:
-        results["classical_emps_test"] = scores = _classical_scores(sets["emps_test"])
-        for row, vals in scores.items():
-            print(f"classical (isolated), {row}: "
-                  + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                              for k, v in vals.items()), flush=True)
+        results["classical_emps_test"] = scores = classical_scores(
+            sets["emps_test"],
+            {"bar left out": {"data_bar": True, "filters": {"annotations": False}},
+             "every row": {"data_bar": False, "filters": {"annotations": False}}}, KEYS)
+        print_scores(scores)
     write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0

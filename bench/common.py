@@ -61,6 +61,46 @@ def catalyst_items() -> list[tuple[Path, Path]]:
     return [(p, d / "labels" / f"{p.stem}.txt") for p in sorted((d / "images").glob("*.jpg"))]
 
 
+def survey_sets() -> dict[str, list[tuple[Path, Path | None]]]:
+    """The three sets the image surveys read, as ``(image, manual label map or None)``: EMPS
+    test, EMPS train (instance masks) and the 33 catalyst images (boxes only: None)."""
+    return {"emps_test": emps_pairs("test"), "emps_train": emps_pairs("train"),
+            "catalysts": [(p, None) for p, _ in catalyst_items()]}
+
+
+def classical_scores(pairs: list[tuple[Path, Path]], settings: dict[str, dict[str, Any]],
+                     keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The classical masker ("isolated" preset) on EMPS ``pairs`` with each setting's
+    ``coarse_mask`` keyword arguments, scored by ``emcopilot.evaluate`` (its ``keys``)."""
+    import tempfile
+
+    from emcopilot import io
+    from emcopilot.evaluate import evaluate_dirs
+    from emcopilot.masking import coarse_mask
+
+    truth_dir = pairs[0][1].parent
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (name, options) in enumerate(settings.items()):
+            folder = Path(tmp) / str(k)
+            for image_path, _ in pairs:
+                image01 = io.normalize(io.read_micrograph(image_path).image)
+                labels = coarse_mask(image01, method="classical",
+                                     classical_options={"preset": "isolated"}, **options)
+                io.write_label_map(folder / f"{image_path.stem}.png", labels)
+            summary = evaluate_dirs(folder, truth_dir)["aggregate"]
+            out[name] = {key: summary[key] for key in keys}
+    return out
+
+
+def print_scores(scores: dict[str, dict[str, Any]]) -> None:
+    """One line per :func:`classical_scores` setting."""
+    for row, vals in scores.items():
+        print(f"classical (isolated), {row}: "
+              + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in vals.items()), flush=True)
+
+
 def yolo_box_count(label_file: Path, cls: int = 0) -> int:
     """Number of boxes of class ``cls`` in a YOLO txt file (``class xc yc w h`` per line)."""
     n = 0
