@@ -14,6 +14,7 @@ import time
 
 BENCHMARKS = [
     ["bench.bench_classical"],
+    ["bench.bench_annotations"],
     ["bench.bench_auto_preset"],
     ["bench.bench_local_noise"],
     ["bench.bench_polarity"],
