@@ -53,18 +53,22 @@ def scaled_run(pipeline_run, tmp_path_factory):
 
 
 def _without_faint(out, stem, labels):
-    """``labels`` of a run's image less its faint particles at the level the run's segment
-    stage records (its last step: drop_faint_above_bar on the run's bright-particle image)."""
-    from emcopilot.inference import drop_faint_above_bar
+    """``(labels, faint dropped)``: ``labels`` of a run's image less, as the run's segment stage
+    ends, the particles on drawn annotations when its record says so
+    (drop_annotations_above_bar) and then its faint particles at the level it records
+    (drop_faint_above_bar), both on the run's bright-particle image."""
+    from emcopilot.inference import drop_annotations_above_bar, drop_faint_above_bar
 
-    level = load_state(out)["stages"]["segment"]["min_snr"]
+    record = load_state(out)["stages"]["segment"]
     image01 = io.normalize(io.read_micrograph(out / "images" / f"{stem}.png").image)
-    return drop_faint_above_bar(image01, labels, level)
+    if record.get("annotations"):
+        labels = drop_annotations_above_bar(image01, labels)[0]
+    return drop_faint_above_bar(image01, labels, record["min_snr"])
 
 
 def _as_output_keeps(out, stems):
     """select_min_peak's ``finish`` as the run's segment stage passes it: each image's
-    particles less the faint ones (:func:`_without_faint`)."""
+    particles less those on drawn annotations and the faint ones (:func:`_without_faint`)."""
     return lambda k, labels: _without_faint(out, stems[k], labels)[0]
 
 
@@ -296,7 +300,11 @@ def test_particles_follow_the_stored_maps_and_the_chosen_core_probability(pipeli
 
     record = load_state(out)["stages"]["segment"]
     assert seg.min_snr == record["min_snr"] == MIN_SNR_DEFAULT
-    added = faint = 0
+    # before them, the particles on drawn annotations (default on; recorded with their number)
+    from emcopilot.inference import drop_annotations_above_bar
+
+    assert record["annotations"] is True and load_state(out)["stages"]["masks"]["annotations"]
+    added = faint = drawn = 0
     for stem, prob, co in zip(stems, probs, coarse):
         own = seg.instances(prob)
         with_coarse = add_coarse_particles(own, co, prob)
@@ -305,8 +313,12 @@ def test_particles_follow_the_stored_maps_and_the_chosen_core_probability(pipeli
         np.testing.assert_array_equal(got, expected)
         added += int(with_coarse.max()) - int(own.max())
         faint += dropped
+        drawn += drop_annotations_above_bar(
+            io.normalize(io.read_micrograph(out / "images" / f"{stem}.png").image),
+            with_coarse)[1]
     assert record["coarse_particles_added"] == added
     assert record["faint_dropped"] == faint
+    assert record["annotations_dropped"] == drawn
 
 
 @pytest.mark.slow
