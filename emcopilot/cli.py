@@ -496,7 +496,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     files = io.list_images(args.images)
     out = _out_dir(args.out)
     segmentor = Segmentor.load(_model_dir(args.model), device=args.device)
-    results, barred = [], 0
+    results, barred, drawn = [], 0, 0
     with _progress(args, "segment") as bar:
         for i, path in enumerate(files):
             bar(i, len(files), path.name)
@@ -505,17 +505,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
             image01 = io.normalize(m.image)
             if args.data_bar == "on" and find_data_bar(image01) is not None:
                 barred += 1
-            labels, prob = segmentor.segment(image01, threshold=args.threshold,
-                                             polarity=args.polarity, scale=args.scale,
-                                             min_peak=args.min_peak, grow_to=args.grow_to,
-                                             add_coarse=args.add_coarse,
-                                             data_bar=args.data_bar == "on",
-                                             support=args.support_removal,
-                                             support_check=args.support_check,
-                                             scale_choice=args.scale_choice,
-                                             min_snr=args.min_snr,
-                                             scale_split=args.scale_split,
-                                             annotations=args.annotations == "on")
+            labels, prob, info = segmentor.segment_detail(
+                image01, threshold=args.threshold, polarity=args.polarity, scale=args.scale,
+                min_peak=args.min_peak, grow_to=args.grow_to, add_coarse=args.add_coarse,
+                data_bar=args.data_bar == "on", support=args.support_removal,
+                support_check=args.support_check, scale_choice=args.scale_choice,
+                min_snr=args.min_snr, scale_split=args.scale_split,
+                annotations=args.annotations == "on")
+            drawn += info["annotations_dropped"]
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))
@@ -561,7 +558,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         kept += (f"; particles standing out from their surroundings by at most {level:g} x "
                  "their noise dropped (--min-snr none: kept)")
     if args.annotations == "on":
-        kept += "; particles on drawn text and scale bars dropped (--annotations off: kept)"
+        kept += (f"; {drawn} particle(s) on drawn text and scale bars dropped (--annotations off: "
+                 "kept)")
     if barred:
         kept += (f"; the data bar at the bottom of {barred} image(s) left out (--data-bar off: "
                  "every row)")

@@ -37,7 +37,7 @@ from .postprocess import (add_coarse_particles, best_matching, check_min_snr, co
 
 __all__ = ["Segmentor", "segment_folder", "choose_min_peak", "best_segmentor", "tiled_apply",
            "blend_window", "drop_faint_above_bar", "noise_level_above_bar",
-           "annotations_above_bar", "drop_annotations_above_bar",
+           "drop_annotations_above_bar",
            "fuse_batchnorm", "MAX_TILE"]
 
 MAX_TILE = 1024
@@ -755,19 +755,14 @@ def drop_faint_above_bar(image01: np.ndarray, labels: np.ndarray, min_snr: float
     return pad_below(top, np.shape(labels)[0], lab)[0], dropped
 
 
-def annotations_above_bar(image01: np.ndarray, *, data_bar: bool = True) -> np.ndarray:
-    """:func:`emcopilot.annotations.find_annotations` of the rows above an instrument data bar
-    (with ``data_bar``), as :meth:`Segmentor.segment_detail` finds them: a mask of those rows."""
-    return find_annotations(_above_bar(image01, None, data_bar)[1])
-
-
 def drop_annotations_above_bar(image01: np.ndarray, labels: np.ndarray, *,
                                data_bar: bool = True, annotations: np.ndarray | None = None
                                ) -> tuple[np.ndarray, int]:
     """:func:`emcopilot.annotations.drop_annotation_particles` of a whole frame's particles,
     the annotations found, as :meth:`Segmentor.segment_detail` finds them, on the rows above an
     instrument data bar (with ``data_bar``); the label map keeps the frame's size.
-    ``annotations``: :func:`annotations_above_bar` of the image when already found."""
+    ``annotations``: :func:`emcopilot.annotations.find_annotations` of those rows when already
+    found."""
     top, rows, lab = _above_bar(image01, labels, data_bar)
     lab, dropped = drop_annotation_particles(rows, lab, annotations=annotations)
     return pad_below(top, np.shape(labels)[0], lab)[0], dropped
@@ -868,20 +863,26 @@ def choose_min_peak(segmentor: Segmentor, checkpoint: str | os.PathLike,
     references = list(references)
     level = check_min_snr(min_snr) if images is not None else None
     annotations = bool(annotations) and images is not None
-    # each image's variants are scored one after another: read it, measure its noise and find
-    # its annotations once
+    # each image's variants are scored one after another: read it, find its data bar, measure
+    # its noise and find its annotations once
     @functools.lru_cache(maxsize=1)
-    def image(k: int) -> tuple[np.ndarray, float, np.ndarray | None]:
-        img = images(k)
-        return (img, noise_level_above_bar(img, data_bar=data_bar),
-                annotations_above_bar(img, data_bar=data_bar) if annotations else None)
+    def image(k: int) -> tuple[int | None, np.ndarray, float, np.ndarray | None]:
+        top, rows, _ = _above_bar(images(k), None, data_bar)
+        return (top, rows, noise_sigma(rows),
+                find_annotations(rows) if annotations else None)
 
     def finish(k: int, labels: np.ndarray) -> np.ndarray:
-        img, sigma, drawn = image(k)
+        # as drop_annotations_above_bar then drop_faint_above_bar, on the rows found once
+        top, rows, sigma, drawn = image(k)
+        lab = np.asarray(labels).astype(np.int32, copy=False)
+        height = lab.shape[0]
+        if top is not None:
+            lab = lab[:top]
         if drawn is not None:
-            labels = drop_annotations_above_bar(img, labels, data_bar=data_bar,
-                                                annotations=drawn)[0]
-        return drop_faint_above_bar(img, labels, level, data_bar=data_bar, sigma=sigma)[0]
+            lab = drop_annotation_particles(rows, lab, annotations=drawn)[0]
+        if level is not None:
+            lab = drop_faint_particles(rows, lab, level, sigma=sigma)[0]
+        return pad_below(top, height, lab)[0]
 
     finisher = finish if level is not None or annotations else None
     choice = select_min_peak(probs, references, threshold=segmentor.threshold,

@@ -305,3 +305,40 @@ def test_train_segmentor_rejects_a_bad_width(data, tmp_path):
                  str(data / "masks"), "--out", str(tmp_path / "seg"), "--base", bad)
         assert r.returncode == 2 and why in r.stderr, r.stderr
         assert not (tmp_path / "seg").exists()
+
+
+def test_segment_says_how_many_particles_on_drawn_annotations_it_dropped(data, segmentor,
+                                                                          tmp_path, monkeypatch,
+                                                                          capsys):
+    """`segment` drops the particles on text and scale bars drawn on an image (the default) and
+    says how many; `--annotations off` keeps them and says nothing of it. The segmentor's
+    probability map is made the bright-particle image itself (this tiny model's map is flat), so
+    the label's glyphs are particles to it, as a trained model's often are."""
+    import re
+
+    import emcopilot.inference
+    from emcopilot.cli import main
+    from emcopilot.polarity import describe_polarity
+    from tests.test_annotations import with_label
+
+    src = data / "images" / f"{STEMS[0]}.png"
+    img = io.normalize(io.read_micrograph(src).image)
+    ink = 1.0 if describe_polarity(img)["polarity"] == "bright" else 0.0  # the particles' grey
+    labelled = tmp_path / "labelled.png"
+    io.write_image(labelled, np.round(with_label(img, ink=ink) * 255).astype(np.uint8))
+    monkeypatch.setattr(emcopilot.inference.Segmentor, "_predict",
+                        lambda self, prepared01, scale, support:
+                        io.bright_particles(prepared01, "auto"))
+    counts, dropped = {}, None
+    for option in ("on", "off"):
+        code = main(["segment", str(labelled), "--model", str(segmentor / "best_miou"), "--out",
+                     str(tmp_path / option), "--annotations", option, "--min-snr", "none",
+                     "--device", "cpu", "-q"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        counts[option] = int(io.read_label_map(tmp_path / option / "labelled.png").max())
+        said = re.search(r"(\d+) particle\(s\) on drawn text and scale bars dropped", out)
+        assert (said is not None) == (option == "on"), out
+        if said:
+            dropped = int(said.group(1))
+    assert dropped > 0 and counts["on"] == counts["off"] - dropped

@@ -358,6 +358,51 @@ def test_choose_min_peak_scores_after_the_faint_filter(segmentor, real, tmp_path
         assert Segmentor.load(ck, device="cpu").config["config"]["min_peak_min_snr"] is None
 
 
+def test_choose_min_peak_scores_without_the_particles_on_drawn_annotations(segmentor, tmp_path):
+    """With the images and ``annotations``, choose_min_peak scores each candidate after the
+    particles on drawn text and scale bars are dropped, found once per image on the rows above
+    its data bar, as segmenting drops them; a bright label whose glyphs the probability map
+    takes for particles then no longer counts against the candidates."""
+    from skimage.measure import label
+
+    from emcopilot.annotations import drop_annotation_particles
+    from emcopilot.inference import choose_min_peak
+    from emcopilot.postprocess import select_growth, select_min_peak
+    from tests.conftest import with_data_bar
+    from tests.test_annotations import dark_field, with_label
+
+    scene = with_label(dark_field())  # particles and a white "200 nm" label with its bar
+    framed = with_data_bar(np.round(scene * 255).astype(np.uint8)).astype(np.float32) / 255
+    height = scene.shape[0]
+
+    truth = np.zeros(framed.shape, np.int32)
+    truth[:height] = label(dark_field() > 0.6)
+    prob = np.zeros(framed.shape, np.float32)
+    prob[:height] = scene  # the map sees the label's glyphs as particles too
+    prob = np.round(prob * 255) / 255
+    ck = save_checkpoint(tmp_path / "ck", segmentor.model, None, {"image_size": 64}, epoch=1)
+
+    def finish(k: int, labels: np.ndarray) -> np.ndarray:
+        out = labels.copy()
+        out[:height] = drop_annotation_particles(scene, labels[:height])[0]
+        out[height:] = 0
+        return out
+
+    choice = choose_min_peak(segmentor, ck, [prob], [truth], images=lambda k: framed,
+                             annotations=True)
+    expected = select_min_peak([prob], [truth], fill_holes=True, finish=finish)
+    growth = select_growth([prob], [truth], fill_holes=True, min_peak=expected["min_peak"],
+                           finish=finish)
+    assert choice == {**expected, "grow_to": growth["grow_to"], "grow_f1": growth["f1"],
+                      "score": growth["f1"][str(growth["grow_to"])]}
+    plain = choose_min_peak(segmentor, ck, [prob], [truth])
+    # every candidate scores at least as well without the label's glyphs, some better
+    assert all(choice["f1"][v] >= plain["f1"][v] for v in plain["f1"])
+    assert choice["f1"] != plain["f1"]
+    # without images there is nothing to find annotations on: the particles as they are
+    assert choose_min_peak(segmentor, ck, [prob], [truth], annotations=True)["f1"] == plain["f1"]
+
+
 def test_segmentor_grow_to_comes_from_the_checkpoint(segmentor, tmp_path):
     """``grow_to`` in a checkpoint's config is the segmentor's default particle growth; a value
     that is not a level is ignored (no growth), never an error at inference."""

@@ -578,9 +578,9 @@ def test_min_snr_drops_the_faint_particles_last_and_none_keeps_them(pipeline_run
     keeps them too); the default run's particles are the None run's less
     drop_faint_above_bar's at the recorded level. This tiny run makes one particle per image
     (no background ring: never faint), so what the stage does with a drop is checked with
-    drop_faint_above_bar replaced: its output is written, its count recorded, and it gets each
-    image, the level and the data-bar setting, first while the core probability is chosen and
-    last for the output (test_inference checks the function itself). A bad level is refused."""
+    the filter (drop_faint_particles) replaced: its output is written, its count recorded, and
+    it gets each image and the level, first while the core probability is chosen and last for
+    the output (test_inference checks the functions themselves). A bad level is refused."""
     import emcopilot.inference
     from emcopilot.errors import InputError
     from emcopilot.inference import Segmentor
@@ -601,18 +601,29 @@ def test_min_snr_drops_the_faint_particles_last_and_none_keeps_them(pipeline_run
     assert default["faint_dropped"] == dropped
     calls, sigmas = [], []
 
-    def drop_all(image01, labels, min_snr, *, data_bar=True, sigma=None):
-        calls.append((image01.shape, min_snr, data_bar))
+    def drop_all(image01, labels, min_snr, *, sigma=None):
+        calls.append((image01.shape, min_snr))
         sigmas.append(sigma)
         return np.zeros(labels.shape, np.int32), int(labels.max())
 
-    monkeypatch.setattr(emcopilot.inference, "drop_faint_above_bar", drop_all)
+    monkeypatch.setattr(emcopilot.inference, "drop_faint_particles", drop_all)
     _, _, spied, record = _segment_again(pipeline_run, tmp_path, "spied", min_snr=7.0)
     # last, each image's output; before, the core probability's choice scored the particles
-    # after the same filter (each grid value's, each growth option's)
-    assert calls[-len(stems):] == [(plain_labels[s].shape, 7.0, True) for s in stems]
+    # after the same filter (each grid value's, each growth option's); each on the image's
+    # rows above its data bar (one of these images has one)
+    from emcopilot.data_bar import find_data_bar
+
+    def rows(stem: str) -> tuple[int, int]:
+        image01 = io.normalize(io.read_micrograph(next(src.glob(f"{stem}.*"))).image)
+        top = find_data_bar(image01)
+        return (image01.shape[0] if top is None else top, image01.shape[1])
+
+    measured = [rows(s) for s in stems]
+    assert len(set(measured)) == len(stems) and measured != [plain_labels[s].shape for s in stems]
+    assert calls[-len(stems):] == [(m, 7.0) for m in measured]
     assert len(calls[:-len(stems)]) >= len(stems) and \
-        all(c[1:] == (7.0, True) for c in calls[:-len(stems)])
+        all(c[1] == 7.0 for c in calls[:-len(stems)])
+    assert {c[0] for c in calls} == set(measured)
     # the choice hands each image's noise level in (measured once per image), the output
     # measures it in the filter
     assert all(isinstance(v, float) and v > 0 for v in sigmas[:-len(stems)])
