@@ -15,14 +15,12 @@ pipeline takes it (normalised, particles bright). On EMPS test, the classical ma
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import (Timer, classical_scores, machine, print_scores, survey_sets,
-                          write_json)
+from bench.common import Timer, survey_main
 from emcopilot import io
 from emcopilot.annotations import annotation_particles, find_annotations
 from emcopilot.polarity import describe_polarity
@@ -55,30 +53,22 @@ def _survey(items: list[tuple[Path, Path | None]]) -> dict:
             "labelled_flagged_by_image": flagged, "seconds": timer.summary()}
 
 
+def _line(name: str, r: dict) -> str:
+    s = r["seconds"]
+    return (f"{name}: annotations on {r['with_annotations']} of {r['images']} images; "
+            f"labelled particles on them: {r['labelled_flagged']} of "
+            f"{r['labelled_particles']} ({r['labelled_flagged_by_image'] or 'none'}); "
+            f"find_annotations {s['median_s'] * 1e3:.1f} ms median, "
+            f"{s['max_s'] * 1e3:.1f} ms max")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("bench/results/annotations.json"))
-    ap.add_argument("--no-accuracy", action="store_true",
-                    help="skip the classical masker on EMPS test with and without the filter")
-    args = ap.parse_args(argv)
-    results: dict = {"machine": machine(), "sets": {}}
-    sets = survey_sets()
-    for name, items in sets.items():
-        r = results["sets"][name] = _survey(items)
-        s = r["seconds"]
-        print(f"{name}: annotations on {r['with_annotations']} of {r['images']} images; "
-              f"labelled particles on them: {r['labelled_flagged']} of "
-              f"{r['labelled_particles']} ({r['labelled_flagged_by_image'] or 'none'}); "
-              f"find_annotations {s['median_s'] * 1e3:.1f} ms median, "
-              f"{s['max_s'] * 1e3:.1f} ms max", flush=True)
-    if not args.no_accuracy:
-        results["classical_emps_test"] = scores = classical_scores(
-            sets["emps_test"], {"kept": {"filters": {"annotations": False}},
-                                "annotations dropped": {"filters": {"annotations": True}}}, KEYS)
-        print_scores(scores)
-    write_json(args.out, results)
-    print(f"wrote {args.out}")
-    return 0
+    return survey_main(
+        argv, description=__doc__.splitlines()[0], out="bench/results/annotations.json",
+        skip_help="skip the classical masker on EMPS test with and without the filter",
+        survey=_survey, line=_line,
+        settings={"kept": {"filters": {"annotations": False}},
+                  "annotations dropped": {"filters": {"annotations": True}}}, keys=KEYS)
 
 
 if __name__ == "__main__":

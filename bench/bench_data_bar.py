@@ -14,14 +14,12 @@ filter of stop 37 off in both, so the rows measure the bar alone, as they did be
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import (Timer, classical_scores, machine, print_scores, survey_sets,
-                          write_json)
+from bench.common import Timer, survey_main
 from emcopilot import io
 from emcopilot.data_bar import find_data_bar
 
@@ -50,31 +48,23 @@ def _survey(items: list[tuple[Path, Path | None]]) -> dict:
             "labelled_rows_into_bar_max": deepest, "seconds": timer.summary()}
 
 
+def _line(name: str, r: dict) -> str:
+    s = r["seconds"]
+    return (f"{name}: {r['with_bar']} of {r['images']} images with a bar "
+            f"({', '.join(r['bars']) or 'none'}); labelled particles in the bar rows: "
+            f"{r['labelled_particles_in_bar_rows']} (at most {r['labelled_rows_into_bar_max']} "
+            f"rows into it); find_data_bar {s['median_s'] * 1e3:.1f} ms "
+            f"median, {s['max_s'] * 1e3:.1f} ms max")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("bench/results/data_bar.json"))
-    ap.add_argument("--no-accuracy", action="store_true",
-                    help="skip the classical masker on EMPS test with and without the bar")
-    args = ap.parse_args(argv)
-    results: dict = {"machine": machine(), "sets": {}}
-    sets = survey_sets()
-    for name, items in sets.items():
-        r = results["sets"][name] = _survey(items)
-        s = r["seconds"]
-        print(f"{name}: {r['with_bar']} of {r['images']} images with a bar "
-              f"({', '.join(r['bars']) or 'none'}); labelled particles in the bar rows: "
-              f"{r['labelled_particles_in_bar_rows']} (at most {r['labelled_rows_into_bar_max']} "
-              f"rows into it); find_data_bar {s['median_s'] * 1e3:.1f} ms "
-              f"median, {s['max_s'] * 1e3:.1f} ms max", flush=True)
-    if not args.no_accuracy:
-        results["classical_emps_test"] = scores = classical_scores(
-            sets["emps_test"],
-            {"bar left out": {"data_bar": True, "filters": {"annotations": False}},
-             "every row": {"data_bar": False, "filters": {"annotations": False}}}, KEYS)
-        print_scores(scores)
-    write_json(args.out, results)
-    print(f"wrote {args.out}")
-    return 0
+    return survey_main(
+        argv, description=__doc__.splitlines()[0], out="bench/results/data_bar.json",
+        skip_help="skip the classical masker on EMPS test with and without the bar",
+        survey=_survey, line=_line,
+        settings={"bar left out": {"data_bar": True, "filters": {"annotations": False}},
+                  "every row": {"data_bar": False, "filters": {"annotations": False}}},
+        keys=KEYS)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,34 @@ def print_scores(scores: dict[str, dict[str, Any]]) -> None:
                           for k, v in vals.items()), flush=True)
 
 
+def survey_main(argv: list[str] | None, *, description: str, out: str, skip_help: str,
+                survey: Callable[[list[tuple[Path, Path | None]]], dict[str, Any]],
+                line: Callable[[str, dict[str, Any]], str],
+                settings: dict[str, dict[str, Any]], keys: Sequence[str]) -> int:
+    """The command line of an image survey bench: ``survey`` of each of :func:`survey_sets`
+    (one ``line(set name, result)`` printed per set), then, unless ``--no-accuracy``
+    (``skip_help``), :func:`classical_scores` of EMPS test with ``settings``; all written as
+    JSON to ``--out`` (default ``out``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", type=Path, default=Path(out))
+    ap.add_argument("--no-accuracy", action="store_true", help=skip_help)
+    args = ap.parse_args(argv)
+    results: dict[str, Any] = {"machine": machine(), "sets": {}}
+    sets = survey_sets()
+    for name, items in sets.items():
+        results["sets"][name] = survey(items)
+        print(line(name, results["sets"][name]), flush=True)
+    if not args.no_accuracy:
+        results["classical_emps_test"] = scores = classical_scores(sets["emps_test"], settings,
+                                                                   keys)
+        print_scores(scores)
+    write_json(args.out, results)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def yolo_box_count(label_file: Path, cls: int = 0) -> int:
     """Number of boxes of class ``cls`` in a YOLO txt file (``class xc yc w h`` per line)."""
     n = 0
