@@ -21,7 +21,11 @@ the image's own grey levels (no label, no vendor layout):
   not plain bars or blobs (solidity under ``MAX_SOLIDITY``: letters and digits have curves and
   bowls; a row of saturated rods side by side is not text);
 - a scale bar: a filled, flat rectangle at least ``MIN_BAR_ASPECT`` times as long as high near
-  a text line (its label), or ``MIN_LONE_BAR_ASPECT`` times near the frame's edge.
+  a text line (its label), or ``MIN_LONE_BAR_ASPECT`` times near the frame's edge;
+- a scale bar's label: beside such a bar, glyph-like ink is taken without the text tests (one
+  glyph is enough, plain strokes too) and with a less sharp outline (``MIN_LABEL_RING_STEP``:
+  a label written half over the specimen), when it lies at most ``LABEL_GAP`` of its heights
+  from the bar.
 
 A glyph drawn alone (a single panel digit), text in a mid grey or on a noisy background that
 reaches the same level, and text in a colour the conversion to grey leaves mid-grey are missed.
@@ -38,6 +42,8 @@ __all__ = ["find_annotations", "annotation_particles", "drop_annotation_particle
 
 TOLERANCE = 0.03       # share of the image's grey range around its darkest/brightest level
 MIN_RING_STEP = 0.35   # share of the range between the ink and the pixels 2-3 px outside it
+MIN_LABEL_RING_STEP = 0.25  # the same for the glyphs of a scale bar's label
+LABEL_GAP = 1.0        # a scale bar's label lies at most this many of its heights from the bar
 MIN_HEIGHT = 8         # px: a glyph at least this high
 MAX_HEIGHT = 0.15      # share of the image height: a glyph at most this high
 MAX_STROKE = 0.22      # a glyph's half stroke width (its deepest inside pixel) / its height
@@ -57,14 +63,14 @@ def _grey01(image01: np.ndarray) -> np.ndarray:
     return np.nan_to_num(img, nan=0.0, posinf=1.0, neginf=0.0)
 
 
-def _sharp(ink_level: float, g: np.ndarray, obj: np.ndarray, span: float) -> bool:
-    """Whether the pixels 2-3 px outside the object ``obj`` (bool, a crop of ``g``) are far
-    from the ink's level."""
+def _ring_step(ink_level: float, g: np.ndarray, obj: np.ndarray, span: float) -> float:
+    """How far the pixels 2-3 px outside the object ``obj`` (bool, a crop of ``g``) lie from
+    the ink's level, as a share of the image's grey ``span`` (median; 0 with no such pixels)."""
     near = ndi.binary_dilation(obj, iterations=1)
     ring = ndi.binary_dilation(obj, iterations=3) & ~near
     if not ring.any():
-        return False
-    return float(np.median(np.abs(g[ring] - ink_level))) >= MIN_RING_STEP * span
+        return 0.0
+    return float(np.median(np.abs(g[ring] - ink_level))) / span
 
 
 def _lines(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
@@ -115,7 +121,9 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
         # a noisy image has 10^5 specks at its extremes: only those at least MIN_HEIGHT across
         # are looked at (bounding boxes from find_objects, no per-speck objects)
         comps, _ = ndi.label(ink, structure=np.ones((3, 3), bool))
-        glyphs, bars = [], []  # (id, (top, left, bottom, right), its pixels in its box)
+        # (id, (top, left, bottom, right), its pixels in its box); faint: glyph-like, outline
+        # less sharp (text partly over the specimen), taken only as a scale bar's label
+        glyphs, faint, bars = [], [], []
         for k, box in enumerate(ndi.find_objects(comps), start=1):
             if box is None:
                 continue
@@ -128,7 +136,7 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
             window = (slice(t0, min(h, b + pad)), slice(l0, min(w, rt + pad)))
             item = (k, (t, lf, b, rt), own)
             if rw >= MIN_BAR_ASPECT * rh and own.mean() >= MIN_BAR_EXTENT and rh <= 0.05 * h:
-                if _sharp(level, g[window], comps[window] == k, span):
+                if _ring_step(level, g[window], comps[window] == k, span) >= MIN_RING_STEP:
                     bars.append(item)
                 continue
             if not MIN_HEIGHT <= rh <= MAX_HEIGHT * h:
@@ -136,10 +144,16 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
             stroke = float(ndi.distance_transform_edt(np.pad(own, 1)).max())
             if stroke > max(2.0, MAX_STROKE * rh):
                 continue
-            if _sharp(level, g[window], comps[window] == k, span):
+            step = _ring_step(level, g[window], comps[window] == k, span)
+            if step >= MIN_RING_STEP:
                 glyphs.append(item)
-        text_boxes = []
+            elif step >= MIN_LABEL_RING_STEP:
+                faint.append(item)
+        text_boxes, lines = [], []
         for group in _lines([item[1] for item in glyphs]):
+            boxes = np.array([glyphs[i][1] for i in group])
+            box = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+            lines.append((group, box))
             if len(group) < 2:
                 continue
             solidity = [glyphs[i][2].sum() / convex_hull_image(glyphs[i][2]).sum() for i in group]
@@ -147,23 +161,37 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
                 continue
             for i in group:
                 _mark(out, comps, *glyphs[i])
-            boxes = np.array([glyphs[i][1] for i in group])
-            text_boxes.append((boxes[:, 0].min(), boxes[:, 1].min(),
-                               boxes[:, 2].max(), boxes[:, 3].max()))
+            text_boxes.append(box)
         for item in bars:
             t, lf, b, rt = item[1]
-            labelled = any(
-                min(rt, tr) > max(lf, tl)  # columns shared with the text line
-                and max(t - tb, tt - b) <= 2 * (tb - tt)  # at most two text heights apart
-                for tt, tl, tb, tr in text_boxes)
+            labelled = any(_beside(item[1], box) for box in text_boxes)
             at_edge = (b >= (1 - EDGE_BAND) * h or t <= EDGE_BAND * h) and \
                 (lf <= EDGE_BAND * w or rt >= (1 - EDGE_BAND) * w) and \
                 rt - lf >= MIN_LONE_BAR_ASPECT * (b - t)
-            if labelled or at_edge:
-                _mark(out, comps, *item)
+            if not (labelled or at_edge):
+                continue
+            _mark(out, comps, *item)
+            # its label: any glyph-like ink beside it (a lone glyph, a line of plain strokes,
+            # text whose outline runs over the specimen)
+            for group, box in lines:
+                if _beside(item[1], box, LABEL_GAP):
+                    for i in group:
+                        _mark(out, comps, *glyphs[i])
+            for glyph in faint:
+                if _beside(item[1], glyph[1], LABEL_GAP):
+                    _mark(out, comps, *glyph)
     if out.any():
         out = ndi.binary_dilation(out, iterations=2)
     return out
+
+
+def _beside(bar: tuple[int, int, int, int], text: tuple[int, int, int, int],
+            heights: float = 2.0) -> bool:
+    """Whether a ``text`` box ``(top, left, bottom, right)`` shares columns with a scale
+    ``bar``'s box and lies at most ``heights`` text heights above or below it."""
+    t, lf, b, rt = bar
+    tt, tl, tb, tr = text
+    return min(rt, tr) > max(lf, tl) and max(t - tb, tt - b) <= heights * (tb - tt)
 
 
 def _mark(out: np.ndarray, comps: np.ndarray, k: int, box: tuple[int, int, int, int],
@@ -185,6 +213,8 @@ def annotation_particles(image01: np.ndarray, labels: np.ndarray,
     if n == 0:
         return flagged
     mask = find_annotations(image01) if annotations is None else np.asarray(annotations, bool)
+    if mask.shape != lab.shape:
+        raise InputError(f"annotation mask {mask.shape} and labels {lab.shape} differ in shape")
     if not mask.any():
         return flagged
     flat = lab.ravel().astype(np.int64)

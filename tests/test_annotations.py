@@ -61,6 +61,37 @@ def test_drawn_text_and_scale_bar_are_found_in_white_or_black_ink(ink):
     assert not mask[: h - 80].any()  # nothing else
 
 
+def test_a_corner_scale_bar_takes_its_label_with_it_even_a_lone_glyph_half_over_a_particle():
+    """A scale bar at the frame's corner is found without a text line beside it; the ink just
+    above it is its label, taken though it is one glyph (no line) and partly over a bright
+    particle (outline less sharp). The same glyph four heights above the bar is not."""
+    base = dark_field()
+    h, w = base.shape
+    font = ImageFont.load_default(size=40)
+
+    def drawn(bottom: int) -> tuple[np.ndarray, np.ndarray]:
+        """The image with the bar and a "5" whose ink ends at row ``bottom``, and its ink."""
+        glyph = Image.new("L", (w, h), 0)
+        left, top, right, low = ImageDraw.Draw(glyph).textbbox((0, 0), "5", font=font)
+        ImageDraw.Draw(glyph).text((24, bottom - low), "5", fill=255, font=font)
+        ink = np.asarray(glyph) >= 250
+        img = base.copy()
+        yy, xx = np.mgrid[:h, :w]
+        cy, cx = bottom - (low - top) // 2, 24 + right  # a particle under its right half
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = 0.75
+        img = np.maximum(img, np.asarray(glyph, np.float32) / 255.0)
+        img[h - 30:h - 22, 20:141] = 1.0  # the bar, 15:1, in the corner
+        return img, ink
+
+    near, ink = drawn(h - 36)
+    mask = find_annotations(near)
+    assert mask[h - 30:h - 22, 20:141].all()  # the bar
+    assert ink.sum() > 50 and mask[ink].mean() > 0.95  # its label
+    far, ink = drawn(h - 160)
+    mask = find_annotations(far)
+    assert mask[h - 30:h - 22, 20:141].all() and ink.sum() > 50 and not mask[ink].any()
+
+
 def test_rows_of_saturated_rods_or_discs_are_not_text():
     img = np.full((200, 300), 0.1, np.float32)
     for k in range(6):  # a row of upright rods, like "llllll"
@@ -129,6 +160,10 @@ def test_bad_input_is_refused_or_harmless():
     nan = with_label(dark_field())
     nan[:10] = np.nan
     assert find_annotations(nan).any()  # NaNs read as 0, the label still found
+    labels = np.ones((256, 320), np.int32)
+    for image, mask in ((dark_field(), np.zeros((4, 4), bool)), (dark_field(128), None)):
+        with pytest.raises(Exception, match="shape"):  # a mask or image of another size
+            annotation_particles(image, labels, mask)
 
 
 def test_cli_mask_annotations_option(tmp_path):
