@@ -644,7 +644,10 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
     further multiples of each image's resize factor, [] for none) and ["min_snr"] (a number,
     None or 0 for none) override what the checkpoint records ("model", the default); with
     multiples, the one kept for each image is in the report's provenance
-    (model.scale_multiples); the particles dropped as faint are in model.faint_dropped."""
+    (model.scale_multiples); the particles dropped as faint are in model.faint_dropped.
+    params["annotations"] (true, the default, or false): drop the particles on text and scale
+    bars drawn on the image (:func:`emcopilot.annotations.drop_annotation_particles`); how many
+    per image is in model.annotations_dropped."""
     from emcopilot.analysis import write_psd_report
     from emcopilot.io import write_label_map
 
@@ -732,6 +735,12 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
 
             scale_split = check_scale_split(scale_split)
         model_info["scale_split"] = seg.scale_split if scale_split == "model" else scale_split
+        # True (default): drop the particles on text and scale bars drawn on the image
+        annotations = params.get("annotations", True)
+        if annotations not in (True, False):
+            raise InputError(f"annotations must be true or false, got {annotations!r}")
+        model_info["annotations"] = annotations
+        model_info["annotations_dropped"] = {}
     else:
         from emcopilot.masking import coarse_mask, resolve_method
 
@@ -751,6 +760,7 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
                 grow_to=grow_to, add_coarse=add_coarse, support=support,
                 support_check=support_check, scale_choice=multiples,
                 min_snr=model_info["min_snr"], scale_split=model_info["scale_split"],
+                annotations=annotations,
                 # the project's mask (coarse or edited): the particle scale, the particles
                 # added with add_coarse and the reference of the scale choice
                 scale_labels=(_load_mask(project, stem)
@@ -758,6 +768,7 @@ def segment_job(project: Any, params: dict, ctx: Any) -> dict:
             if multiples:
                 model_info["scale_multiples"][stem] = info["scale_multiple"]
             model_info["faint_dropped"][stem] = info["faint_dropped"]
+            model_info["annotations_dropped"][stem] = info["annotations_dropped"]
         else:
             if params.get("use_edited", True):
                 labels = _load_mask(project, stem)

@@ -152,6 +152,15 @@ if model == "segmentor":
     wanted = float(level) if drop_faint else None
     if wanted != recorded_snr:
         params["min_snr"] = wanted
+    if not st.checkbox(
+            "Drop particles on text and scale bars drawn on the image", value=True,
+            help="Figures and exported micrographs often carry a scale bar, its label, panel "
+                 "letters or instrument text drawn over the specimen; their glyphs look like "
+                 "small particles. They are found from the image alone (ink at its darkest or "
+                 "brightest grey with sharp outlines, glyphs in a line, flat bars beside them) "
+                 "and the particles lying on them dropped; on EMPS this lowered the count error "
+                 "(BENCHMARKS.md, stop 37)."):
+        params["annotations"] = False
 if st.button("Segment all images and write the report", type="primary",
              icon=":material/play_arrow:"):
     _ui.submit_job(store, project, "segment", params)

@@ -834,6 +834,56 @@ def test_results_drop_faint_particles_as_recorded_or_as_chosen(store, masked):
     assert job_kinds.segmentor_min_snr(ckpt) is None
 
 
+def test_results_drop_particles_on_drawn_annotations_unless_unticked(store, masked,
+                                                                     monkeypatch):
+    """The Results page drops the particles on drawn text and scale bars by default; an untick
+    sends annotations false to the segment job, which then keeps them. The job's particles are
+    Segmentor.segment_detail's with the same choice, and the provenance lists how many were
+    dropped per image. The net's map is made each image's bright-particle version (an
+    untrained net's is flat), so the glyphs of the bundled figure's label are particles to it."""
+    import numpy as np
+    import torch
+
+    import emcopilot.inference
+    from emcopilot import io, job_kinds
+    from emcopilot.inference import Segmentor
+    from emcopilot.nets import UNetPlusPlus
+    from emcopilot.training import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = job_kinds.segmentor_runs(masked) / "best_miou"
+    save_checkpoint(ckpt, UNetPlusPlus(base=4, depth=3), None, {"image_size": 64}, epoch=1)
+    monkeypatch.setattr(emcopilot.inference.Segmentor, "_predict",
+                        lambda self, prepared01, scale, support:
+                        io.bright_particles(prepared01, "auto"))
+    label = "Drop particles on text and scale bars drawn on the image"
+    at = open_page(PAGES[6], masked.id)
+    ticks = [c for c in at.checkbox if c.label == label]
+    assert len(ticks) == 1 and ticks[0].value is True
+    default, params = segment_params(at, store, masked, ticks[0].uncheck)
+    assert "annotations" not in default and params["annotations"] is False
+    seg = Segmentor.load(ckpt, device="cpu")
+    stems = job_kinds._stems(masked)
+    results = job_kinds.project_path(masked, "results_dir")
+    counts = {}
+    for sent in (default, params):
+        job_kinds.segment_job(masked, sent, Ctx())
+        model = json.loads((results / "provenance.json").read_text())["model"]
+        on = sent.get("annotations", True)
+        assert model["annotations"] is on and set(model["annotations_dropped"]) == set(stems)
+        for stem in stems:
+            labels, _, info = seg.segment_detail(
+                job_kinds._image01(masked, stem), polarity=job_kinds._polarity(masked, stem),
+                annotations=on)
+            assert model["annotations_dropped"][stem] == info["annotations_dropped"]
+            np.testing.assert_array_equal(
+                io.read_label_map(results / "masks" / f"{stem}.png"), labels)
+        counts[on] = model["annotations_dropped"]
+    assert sum(counts[True].values()) > 0 and not any(counts[False].values())
+    with pytest.raises(Exception, match="annotations"):
+        job_kinds.segment_job(masked, {"model": "segmentor", "annotations": "yes"}, Ctx())
+
+
 def test_job_panel_follows_the_store(store, project):
     """The job UI reads the store: queued (position), running (progress), failed (error),
     and Cancel on a queued job cancels it."""
