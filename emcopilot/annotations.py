@@ -27,7 +27,7 @@ the image's own grey levels (no label, no vendor layout):
   a label written half over the specimen), when it lies at most ``LABEL_GAP`` of its heights
   from the bar.
 
-A glyph drawn alone (a single panel digit), text in a mid grey or on a noisy background that
+A glyph drawn alone away from a scale bar (a single panel digit), text in a mid grey or on a noisy background that
 reaches the same level, and text in a colour the conversion to grey leaves mid-grey are missed.
 """
 

@@ -756,15 +756,12 @@ def drop_faint_above_bar(image01: np.ndarray, labels: np.ndarray, min_snr: float
 
 
 def drop_annotations_above_bar(image01: np.ndarray, labels: np.ndarray, *,
-                               data_bar: bool = True, annotations: np.ndarray | None = None
-                               ) -> tuple[np.ndarray, int]:
+                               data_bar: bool = True) -> tuple[np.ndarray, int]:
     """:func:`emcopilot.annotations.drop_annotation_particles` of a whole frame's particles,
     the annotations found, as :meth:`Segmentor.segment_detail` finds them, on the rows above an
-    instrument data bar (with ``data_bar``); the label map keeps the frame's size.
-    ``annotations``: :func:`emcopilot.annotations.find_annotations` of those rows when already
-    found."""
+    instrument data bar (with ``data_bar``); the label map keeps the frame's size."""
     top, rows, lab = _above_bar(image01, labels, data_bar)
-    lab, dropped = drop_annotation_particles(rows, lab, annotations=annotations)
+    lab, dropped = drop_annotation_particles(rows, lab)
     return pad_below(top, np.shape(labels)[0], lab)[0], dropped
 
 
