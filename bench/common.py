@@ -303,10 +303,9 @@ def segment_stage_particles(segmentor: Any, prob: np.ndarray, coarse: np.ndarray
     faint ones dropped at the run's level (``sigma``: the image's noise level,
     ``inference.noise_level_above_bar``). Not for runs whose segment stage took
     ``--scale-choice`` or ``--support-check``."""
-    from emcopilot.inference import drop_annotations_above_bar, drop_faint_above_bar
+    from emcopilot.inference import OutputFilter
 
     labels = segmentor.map_particles(prob, coarse, min_peak=min_peak,
                                      add_coarse=bool(record.get("add_coarse")))[0]
-    if record.get("annotations"):
-        labels = drop_annotations_above_bar(image01, labels)[0]
-    return drop_faint_above_bar(image01, labels, record.get("min_snr"), sigma=sigma)[0]
+    return OutputFilter(image01, min_snr=record.get("min_snr"),
+                        annotations=bool(record.get("annotations")), sigma=sigma)(labels)[0]

@@ -490,7 +490,6 @@ def _model_dir(model: str) -> Path:
 def cmd_segment(args: argparse.Namespace) -> int:
     from emcopilot import io
     from emcopilot.analysis import write_psd_report
-    from emcopilot.data_bar import find_data_bar
     from emcopilot.inference import Segmentor
 
     files = io.list_images(args.images)
@@ -503,8 +502,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
             m = io.read_micrograph(path)
             stem = io.safe_stem(path.name)
             image01 = io.normalize(m.image)
-            if args.data_bar == "on" and find_data_bar(image01) is not None:
-                barred += 1
             labels, prob, info = segmentor.segment_detail(
                 image01, threshold=args.threshold, polarity=args.polarity, scale=args.scale,
                 min_peak=args.min_peak, grow_to=args.grow_to, add_coarse=args.add_coarse,
@@ -513,6 +510,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 min_snr=args.min_snr, scale_split=args.scale_split,
                 annotations=args.annotations == "on")
             drawn += info["annotations_dropped"]
+            barred += info["data_bar_row"] is not None
             io.write_label_map(out / f"{stem}.png", labels)
             io.write_image(out / "prob" / f"{stem}.png", prob)
             results.append((stem, labels, args.pixel_size or m.pixel_size_nm, image01))

@@ -37,7 +37,7 @@ from .postprocess import (add_coarse_particles, best_matching, check_min_snr, co
 
 __all__ = ["Segmentor", "segment_folder", "choose_min_peak", "best_segmentor", "tiled_apply",
            "blend_window", "drop_faint_above_bar", "noise_level_above_bar",
-           "drop_annotations_above_bar",
+           "drop_annotations_above_bar", "OutputFilter",
            "fuse_batchnorm", "MAX_TILE"]
 
 MAX_TILE = 1024
@@ -649,7 +649,8 @@ class Segmentor:
         the image's size, and what was chosen for it (``{"scale_multiple": the multiple of the
         resize factor kept, "coarse_added": coarse particles added, "support_removed": whether
         the particles come from the image with its support removed, "faint_dropped": particles
-        dropped as faint, "annotations_dropped": particles dropped as annotations}``).
+        dropped as faint, "annotations_dropped": particles dropped as annotations,
+        "data_bar_row": the first row of the data bar left out, or None}``).
 
         Steps: :meth:`probability`, then :meth:`instances`; with ``add_coarse``
         (``"model"``: :attr:`add_coarse`) plus the coarse particles the segmentor missed
@@ -718,6 +719,7 @@ class Segmentor:
             without = particles(False)
             if not removal_kept(labels, without[0], coarse):
                 labels, prob, info = without
+        info["data_bar_row"] = top
         info["annotations_dropped"] = info["faint_dropped"] = 0
         if annotations:
             labels, info["annotations_dropped"] = drop_annotation_particles(prepared, labels)
@@ -741,28 +743,65 @@ def _with_missed_coarse(labels: np.ndarray, prob: np.ndarray, coarse: np.ndarray
     return labels, int(labels.max(initial=0)) - found
 
 
+class OutputFilter:
+    """The last two steps of the output for one whole frame (``image01``: bright particles),
+    as :meth:`Segmentor.segment_detail` takes them: with ``annotations`` the particles on text
+    and scale bars drawn on the image are dropped
+    (:func:`emcopilot.annotations.drop_annotation_particles`), then with a ``min_snr`` the
+    faint ones (:func:`emcopilot.postprocess.drop_faint_particles`), both measured on the rows
+    above an instrument data bar (with ``data_bar``). The bar, the annotations and the noise
+    (``sigma``: :func:`noise_level_above_bar` when already known) are found once, so the label
+    maps of one image (a segment stage's output, or every candidate a core probability is
+    chosen from) are filtered at the cost of one. Calling it with a label map returns
+    ``(labels of the frame's size, dropped on annotations, dropped as faint)``."""
+
+    def __init__(self, image01: np.ndarray, *, min_snr: float | None = None,
+                 annotations: bool = False, data_bar: bool = True,
+                 sigma: float | None = None) -> None:
+        self.height = int(np.shape(image01)[0])
+        self.top, self.rows, _ = _above_bar(image01, None, data_bar)
+        self.level = check_min_snr(min_snr)
+        self.drawn = find_annotations(self.rows) if annotations else None
+        self.sigma = (None if self.level is None else
+                      noise_sigma(self.rows) if sigma is None else sigma)
+
+    def __call__(self, labels: np.ndarray) -> tuple[np.ndarray, int, int]:
+        lab = np.asarray(labels).astype(np.int32, copy=False)
+        if lab.shape[0] != self.height:
+            raise ValueError(f"labels have {lab.shape[0]} rows, the image {self.height}")
+        if self.top is not None:
+            lab = lab[:self.top]
+        n_drawn = n_faint = 0
+        if self.drawn is not None:
+            lab, n_drawn = drop_annotation_particles(self.rows, lab, annotations=self.drawn)
+        if self.level is not None:
+            lab, n_faint = drop_faint_particles(self.rows, lab, self.level, sigma=self.sigma)
+        return pad_below(self.top, self.height, lab)[0], n_drawn, n_faint
+
+
 def drop_faint_above_bar(image01: np.ndarray, labels: np.ndarray, min_snr: float | None, *,
                          data_bar: bool = True, sigma: float | None = None
                          ) -> tuple[np.ndarray, int]:
     """:func:`emcopilot.postprocess.drop_faint_particles` of a whole frame's particles
     (``image01``: bright particles) measured, as :meth:`Segmentor.segment_detail` measures
     them, on the rows above an instrument data bar (with ``data_bar``); the label map keeps the
-    frame's size. ``sigma``: :func:`noise_level_above_bar` of the image when already known."""
+    frame's size. ``sigma``: :func:`noise_level_above_bar` of the image when already known.
+    (:class:`OutputFilter` with ``min_snr`` alone.)"""
     if not check_min_snr(min_snr):
         return np.asarray(labels).astype(np.int32, copy=False), 0
-    top, rows, lab = _above_bar(image01, labels, data_bar)
-    lab, dropped = drop_faint_particles(rows, lab, min_snr, sigma=sigma)
-    return pad_below(top, np.shape(labels)[0], lab)[0], dropped
+    lab, _, dropped = OutputFilter(image01, min_snr=min_snr, data_bar=data_bar,
+                                   sigma=sigma)(labels)
+    return lab, dropped
 
 
 def drop_annotations_above_bar(image01: np.ndarray, labels: np.ndarray, *,
                                data_bar: bool = True) -> tuple[np.ndarray, int]:
     """:func:`emcopilot.annotations.drop_annotation_particles` of a whole frame's particles,
     the annotations found, as :meth:`Segmentor.segment_detail` finds them, on the rows above an
-    instrument data bar (with ``data_bar``); the label map keeps the frame's size."""
-    top, rows, lab = _above_bar(image01, labels, data_bar)
-    lab, dropped = drop_annotation_particles(rows, lab)
-    return pad_below(top, np.shape(labels)[0], lab)[0], dropped
+    instrument data bar (with ``data_bar``); the label map keeps the frame's size.
+    (:class:`OutputFilter` with ``annotations`` alone.)"""
+    lab, dropped, _ = OutputFilter(image01, annotations=True, data_bar=data_bar)(labels)
+    return lab, dropped
 
 
 def noise_level_above_bar(image01: np.ndarray, *, data_bar: bool = True) -> float:
@@ -863,23 +902,12 @@ def choose_min_peak(segmentor: Segmentor, checkpoint: str | os.PathLike,
     # each image's variants are scored one after another: read it, find its data bar, measure
     # its noise and find its annotations once
     @functools.lru_cache(maxsize=1)
-    def image(k: int) -> tuple[int | None, np.ndarray, float, np.ndarray | None]:
-        top, rows, _ = _above_bar(images(k), None, data_bar)
-        return (top, rows, noise_sigma(rows),
-                find_annotations(rows) if annotations else None)
+    def output_filter(k: int) -> OutputFilter:
+        return OutputFilter(images(k), min_snr=level, annotations=annotations,
+                            data_bar=data_bar)
 
     def finish(k: int, labels: np.ndarray) -> np.ndarray:
-        # as drop_annotations_above_bar then drop_faint_above_bar, on the rows found once
-        top, rows, sigma, drawn = image(k)
-        lab = np.asarray(labels).astype(np.int32, copy=False)
-        height = lab.shape[0]
-        if top is not None:
-            lab = lab[:top]
-        if drawn is not None:
-            lab = drop_annotation_particles(rows, lab, annotations=drawn)[0]
-        if level is not None:
-            lab = drop_faint_particles(rows, lab, level, sigma=sigma)[0]
-        return pad_below(top, height, lab)[0]
+        return output_filter(k)(labels)[0]
 
     finisher = finish if level is not None or annotations else None
     choice = select_min_peak(probs, references, threshold=segmentor.threshold,

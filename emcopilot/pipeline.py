@@ -434,8 +434,8 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
     if step(7, "segment"):
         from emcopilot.analysis import write_psd_report
         from emcopilot.evaluate import read_probability_map
-        from emcopilot.inference import (Segmentor, best_segmentor, choose_min_peak,
-                                         drop_annotations_above_bar, drop_faint_above_bar)
+        from emcopilot.inference import (OutputFilter, Segmentor, best_segmentor,
+                                         choose_min_peak)
         from emcopilot.training.checkpoint import update_config
 
         def checkpoint(run_dir: Path) -> Path:
@@ -565,10 +565,9 @@ def run_pipeline(images_dir: str | Path, out_dir: str | Path, *, profile: str = 
                     shutil.copyfile(unremoved_dir / f"{stem}.png", prob_dir / f"{stem}.png")
                     dropped.append(stem)
             added += more
-            if annotations:
-                labels, n_drawn = drop_annotations_above_bar(image01, labels, data_bar=data_bar)
-                drawn += n_drawn
-            labels, n_faint = drop_faint_above_bar(image01, labels, min_snr, data_bar=data_bar)
+            labels, n_drawn, n_faint = OutputFilter(
+                image01, min_snr=min_snr, annotations=annotations, data_bar=data_bar)(labels)
+            drawn += n_drawn
             faint += n_faint
             io.write_label_map(result_dir / f"{stem}.png", labels)
             items.append((stem, labels, meta[stem]["pixel_size_nm"], image01))

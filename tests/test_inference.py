@@ -403,6 +403,67 @@ def test_choose_min_peak_scores_without_the_particles_on_drawn_annotations(segme
     assert choose_min_peak(segmentor, ck, [prob], [truth], annotations=True)["f1"] == plain["f1"]
 
 
+def test_output_filter_finds_bar_annotations_and_noise_once_and_drops_as_the_two_steps(
+        monkeypatch):
+    """OutputFilter: the particles on drawn annotations, then the faint ones, dropped on the rows
+    above a data bar, the same as drop_annotations_above_bar then drop_faint_above_bar; the bar,
+    the annotations and the noise are found once however many label maps it filters."""
+    from skimage.measure import label
+
+    import emcopilot.inference as inference
+    from emcopilot.data_bar import find_data_bar
+    from emcopilot.inference import (OutputFilter, drop_annotations_above_bar,
+                                     drop_faint_above_bar)
+    from emcopilot.postprocess import particle_snr
+    from tests.conftest import with_data_bar
+    from tests.test_annotations import dark_field, with_label
+
+    scene = with_label(dark_field())  # particles and a white "200 nm" label with its bar
+    framed = with_data_bar(np.round(scene * 255).astype(np.uint8)).astype(np.float32) / 255
+    height = scene.shape[0]
+    labels = np.zeros(framed.shape, np.int32)
+    labels[:height] = label(scene > 0.6)  # the particles and the label's glyphs
+    labels[height + 2:height + 6, 5:40] = labels.max() + 1  # one on the data bar
+    level = float(np.nanmedian(particle_snr(framed[:height], labels[:height])[1:]))
+
+    calls = {"bar": 0, "annotations": 0, "noise": 0}
+
+    def counted(name, f):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return f(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr("emcopilot.data_bar.find_data_bar", counted("bar", find_data_bar))
+    monkeypatch.setattr(inference, "find_annotations",
+                        counted("annotations", inference.find_annotations))
+    monkeypatch.setattr(inference, "noise_sigma", counted("noise", inference.noise_sigma))
+    filt = OutputFilter(framed, min_snr=level, annotations=True)
+    out, n_drawn, n_faint = filt(labels)
+    again = filt(labels.copy())
+    assert calls == {"bar": 1, "annotations": 1, "noise": 1}
+    np.testing.assert_array_equal(again[0], out)
+    assert filt.top == height
+
+    step, n_step = drop_annotations_above_bar(framed, labels)
+    step, f_step = drop_faint_above_bar(framed, step, level)
+    np.testing.assert_array_equal(out, step)
+    assert (n_drawn, n_faint) == (n_step, f_step)
+    assert n_drawn >= 4 and n_faint >= 1  # the label's glyphs and bar, some faint particles
+    assert out.shape == labels.shape and not out[height:].any()  # nothing on the data bar
+    assert set(np.unique(out)) <= set(np.unique(labels))
+    # each step alone; neither: the particles above the bar as they are
+    assert OutputFilter(framed, annotations=True)(labels)[2] == 0
+    assert OutputFilter(framed, min_snr=level)(labels)[1] == 0
+    kept, n0, f0 = OutputFilter(framed)(labels)
+    assert n0 == f0 == 0
+    np.testing.assert_array_equal(kept[:height], labels[:height])
+    # without the data bar rule the bar's rows are the image's too: its particle is kept
+    assert OutputFilter(framed, data_bar=False)(labels)[0][height:].any()
+    with pytest.raises(ValueError, match="rows"):
+        filt(labels[:height])
+
+
 def test_segmentor_grow_to_comes_from_the_checkpoint(segmentor, tmp_path):
     """``grow_to`` in a checkpoint's config is the segmentor's default particle growth; a value
     that is not a level is ignored (no growth), never an error at inference."""

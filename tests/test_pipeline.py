@@ -624,10 +624,11 @@ def test_min_snr_drops_the_faint_particles_last_and_none_keeps_them(pipeline_run
     assert len(calls[:-len(stems)]) >= len(stems) and \
         all(c[1] == 7.0 for c in calls[:-len(stems)])
     assert {c[0] for c in calls} == set(measured)
-    # the choice hands each image's noise level in (measured once per image), the output
-    # measures it in the filter
-    assert all(isinstance(v, float) and v > 0 for v in sigmas[:-len(stems)])
-    assert sigmas[-len(stems):] == [None] * len(stems)
+    # both hand each image's noise level in, measured once per image (OutputFilter): the
+    # same level for the image's candidates and its output
+    assert all(isinstance(v, float) and v > 0 for v in sigmas)
+    assert len(set(sigmas[-len(stems):])) == len(stems)
+    assert set(sigmas) == set(sigmas[-len(stems):])
     assert record["min_snr"] == 7.0
     assert record["faint_dropped"] == sum(int(plain_labels[s].max()) for s in stems) > 0
     for stem in stems:
