@@ -14,12 +14,19 @@ the image's own grey levels (no label, no vendor layout):
 - it is drawn in the image's darkest or brightest grey (black or white ink): its pixels lie
   within ``TOLERANCE`` of the image's minimum or maximum, and its outline is sharp: the pixels
   two to three pixels outside it are far from that level (a particle whose core saturates has
-  a bright body around the core, so its core's outline is not sharp);
+  a bright body around the core, so its core's outline is not sharp). A figure enlarged from a
+  small panel blurs its ink over several pixels: ink whose outline is sharp only four to five
+  pixels out (``MIN_FAR_RING_STEP``) is taken too, with a wider rim (``BLURRED_RIM``), but only
+  in a band along the top and bottom of the frame (``TEXT_BAND``, where labels are drawn) and
+  not when there are more than ``MAX_BLURRED_GLYPHS`` such specks (blurred saturated rods in
+  rows look the same);
 - text: glyphs of strokes thin for their height (``MAX_STROKE``), at least ``MIN_HEIGHT`` px
   and at most ``MAX_HEIGHT`` of the image high, standing in a line with at least one more such
   glyph (tops and bottoms level, heights alike, gaps under ``MAX_GAP`` heights), most of them
   not plain bars or blobs (solidity under ``MAX_SOLIDITY``: letters and digits have curves and
-  bowls; a row of saturated rods side by side is not text);
+  bowls; a row of saturated rods side by side is not text); glyph-like ink that continues a
+  text line (the next word of its row within ``WORD_GAP`` heights, a piece of a glyph just
+  under or over it) is taken with it;
 - a scale bar: a filled, flat rectangle at least ``MIN_BAR_ASPECT`` times as long as high near
   a text line (its label), or ``MIN_LONE_BAR_ASPECT`` times near the frame's edge;
 - a scale bar's label: beside such a bar, glyph-like ink is taken without the text tests (one
@@ -43,11 +50,17 @@ __all__ = ["find_annotations", "annotation_particles", "drop_annotation_particle
 TOLERANCE = 0.03       # share of the image's grey range around its darkest/brightest level
 MIN_RING_STEP = 0.35   # share of the range between the ink and the pixels 2-3 px outside it
 MIN_LABEL_RING_STEP = 0.25  # the same for the glyphs of a scale bar's label
+MIN_FAR_RING_STEP = 0.4  # blurred ink: the same between the ink and the pixels 4-5 px outside
+RIM = 2                # px: the anti-aliased rim around ink, part of the annotation
+BLURRED_RIM = 4        # px: the same around blurred ink
+MAX_BLURRED_GLYPHS = 30  # more blurred glyph-like specks at one ink level: none of them is text
+TEXT_BAND = 0.25       # share of the height from the top or bottom where blurred text is taken
 LABEL_GAP = 1.0        # a scale bar's label lies at most this many of its heights from the bar
 MIN_HEIGHT = 8         # px: a glyph at least this high
 MAX_HEIGHT = 0.15      # share of the image height: a glyph at most this high
 MAX_STROKE = 0.22      # a glyph's half stroke width (its deepest inside pixel) / its height
 MAX_GAP = 1.2          # horizontal gap between neighbouring glyphs of a line / their height
+WORD_GAP = 2.0         # the same between a text line and the next word in its row
 MIN_BAR_ASPECT = 4.0   # a scale bar's length / its height
 MIN_LONE_BAR_ASPECT = 8.0  # the same for a scale bar with no text line beside it
 MAX_SOLIDITY = 0.75    # a text line's median glyph is less solid than this (curves, bowls)
@@ -63,14 +76,28 @@ def _grey01(image01: np.ndarray) -> np.ndarray:
     return np.nan_to_num(img, nan=0.0, posinf=1.0, neginf=0.0)
 
 
-def _ring_step(ink_level: float, g: np.ndarray, obj: np.ndarray, span: float) -> float:
-    """How far the pixels 2-3 px outside the object ``obj`` (bool, a crop of ``g``) lie from
-    the ink's level, as a share of the image's grey ``span`` (median; 0 with no such pixels)."""
-    near = ndi.binary_dilation(obj, iterations=1)
-    ring = ndi.binary_dilation(obj, iterations=3) & ~near
+def _ring_step(ink_level: float, g: np.ndarray, obj: np.ndarray, span: float,
+               near: int = 1, far: int = 3) -> float:
+    """How far the pixels ``near + 1`` to ``far`` px outside the object ``obj`` (bool, a crop of
+    ``g``) lie from the ink's level, as a share of the image's grey ``span`` (median; 0 with no
+    such pixels)."""
+    inner = ndi.binary_dilation(obj, iterations=near)
+    ring = ndi.binary_dilation(obj, iterations=far) & ~inner
     if not ring.any():
         return 0.0
     return float(np.median(np.abs(g[ring] - ink_level))) / span
+
+
+def _rim(ink_level: float, g: np.ndarray, obj: np.ndarray, span: float,
+         near_step: float) -> int:
+    """How wide (px) the rim of ink with a sharp outline is: ``RIM`` with a step of
+    ``MIN_RING_STEP`` 2-3 px outside it (``near_step``); ``BLURRED_RIM`` with
+    ``MIN_FAR_RING_STEP`` 4-5 px outside it (a figure enlarged from a smaller one, its ink
+    edges blurred over several px); 0: not sharp."""
+    if near_step >= MIN_RING_STEP:
+        return RIM
+    far_step = _ring_step(ink_level, g, obj, span, near=3, far=5)
+    return BLURRED_RIM if far_step >= MIN_FAR_RING_STEP else 0
 
 
 def _lines(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
@@ -104,25 +131,26 @@ def _lines(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
 
 def find_annotations(image01: np.ndarray) -> np.ndarray:
     """Boolean mask of the annotation text and scale bars drawn on ``image01`` (2-D, float in
-    [0, 1] or any range: only its own grey levels count), widened by 2 px to cover the ink's
-    anti-aliased rim. All False when there is none."""
+    [0, 1] or any range: only its own grey levels count), widened by ``RIM`` px to cover the
+    ink's anti-aliased rim (``BLURRED_RIM`` around blurred ink). All False when there is none."""
     from skimage.morphology import convex_hull_image
 
     g = _grey01(image01)
     h, w = g.shape
-    out = np.zeros((h, w), bool)
+    out = np.zeros((h, w), np.uint8)  # each annotation pixel's rim (px), 0 elsewhere
     lo, hi = float(g.min(initial=0.0)), float(g.max(initial=0.0))
     span = hi - lo
     if span <= 1e-6 or h < 2 * MIN_HEIGHT or w < 2 * MIN_HEIGHT:
-        return out
+        return out > 0
     tol = TOLERANCE * span
-    pad = 4
+    pad = 6  # the window around a component holds its rings
     for level, ink in ((hi, g >= hi - tol), (lo, g <= lo + tol)):
         # a noisy image has 10^5 specks at its extremes: only those at least MIN_HEIGHT across
         # are looked at (bounding boxes from find_objects, no per-speck objects)
         comps, _ = ndi.label(ink, structure=np.ones((3, 3), bool))
-        # (id, (top, left, bottom, right), its pixels in its box); faint: glyph-like, outline
-        # less sharp (text partly over the specimen), taken only as a scale bar's label
+        # [id, (top, left, bottom, right), its pixels in its box, its rim (px)]; faint:
+        # glyph-like, outline less sharp (text partly over the specimen), taken only as a scale
+        # bar's label
         glyphs, faint, bars = [], [], []
         for k, box in enumerate(ndi.find_objects(comps), start=1):
             if box is None:
@@ -134,34 +162,64 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
             own = comps[box] == k
             t0, l0 = max(0, t - pad), max(0, lf - pad)
             window = (slice(t0, min(h, b + pad)), slice(l0, min(w, rt + pad)))
-            item = (k, (t, lf, b, rt), own)
+            obj = comps[window] == k
             if rw >= MIN_BAR_ASPECT * rh and own.mean() >= MIN_BAR_EXTENT and rh <= 0.05 * h:
-                if _ring_step(level, g[window], comps[window] == k, span) >= MIN_RING_STEP:
-                    bars.append(item)
+                rim = _rim(level, g[window], obj, span, _ring_step(level, g[window], obj, span))
+                if rim:
+                    bars.append([k, (t, lf, b, rt), own, rim])
                 continue
             if not MIN_HEIGHT <= rh <= MAX_HEIGHT * h:
                 continue
             stroke = float(ndi.distance_transform_edt(np.pad(own, 1)).max())
             if stroke > max(2.0, MAX_STROKE * rh):
                 continue
-            step = _ring_step(level, g[window], comps[window] == k, span)
-            if step >= MIN_RING_STEP:
-                glyphs.append(item)
+            step = _ring_step(level, g[window], obj, span)
+            rim = _rim(level, g[window], obj, span, step)
+            if rim:
+                glyphs.append([k, (t, lf, b, rt), own, rim])
             elif step >= MIN_LABEL_RING_STEP:
-                faint.append(item)
+                faint.append([k, (t, lf, b, rt), own, RIM])
+        # blurred glyph-like ink is text only where labels are drawn (a band along the top and
+        # bottom of the frame) and only when there is little of it: blurred saturated rods in
+        # rows look the same, and ink like that everywhere is a specimen, not a few labels
+        blurred = [glyph for glyph in glyphs if glyph[3] == BLURRED_RIM]
+        glyphs = [glyph for glyph in glyphs if glyph[3] != BLURRED_RIM]
+        if len(blurred) > MAX_BLURRED_GLYPHS:
+            blurred = []
+        blurred = [glyph for glyph in blurred
+                   if glyph[1][0] <= TEXT_BAND * h or glyph[1][2] >= (1 - TEXT_BAND) * h]
+        # lines of sharp glyphs, then of blurred ones (apart, so a blurred speck does not
+        # change a sharp line's tests): (its glyphs, its box)
         text_boxes, lines = [], []
-        for group in _lines([item[1] for item in glyphs]):
-            boxes = np.array([glyphs[i][1] for i in group])
-            box = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
-            lines.append((group, box))
-            if len(group) < 2:
-                continue
-            solidity = [glyphs[i][2].sum() / convex_hull_image(glyphs[i][2]).sum() for i in group]
-            if np.median(solidity) >= MAX_SOLIDITY:
-                continue
-            for i in group:
-                _mark(out, comps, *glyphs[i])
-            text_boxes.append(box)
+        for kind in (glyphs, blurred):
+            for group in _lines([glyph[1] for glyph in kind]):
+                line = [kind[i] for i in group]
+                boxes = np.array([glyph[1] for glyph in line])
+                box = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(),
+                       boxes[:, 3].max())
+                lines.append((line, box))
+                if len(line) < 2:
+                    continue
+                solidity = [glyph[2].sum() / convex_hull_image(glyph[2]).sum() for glyph in line]
+                if np.median(solidity) >= MAX_SOLIDITY:
+                    continue
+                for glyph in line:
+                    _mark(out, comps, *glyph)
+                text_boxes.append(box)
+        # the rest of a text line's row: the next word ("nm" after "200"), pieces of a glyph
+        # its blur broke apart (a descender), taken without the solidity test
+        taken = set(map(tuple, text_boxes))
+        grown = True
+        while grown:
+            grown = False
+            for line, box in lines:
+                if tuple(box) in taken or not any(_continues(box, t) for t in text_boxes):
+                    continue
+                for glyph in line:
+                    _mark(out, comps, *glyph)
+                text_boxes.append(box)
+                taken.add(tuple(box))
+                grown = True
         for item in bars:
             t, lf, b, rt = item[1]
             labelled = any(_beside(item[1], box) for box in text_boxes)
@@ -173,16 +231,29 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
             _mark(out, comps, *item)
             # its label: any glyph-like ink beside it (a lone glyph, a line of plain strokes,
             # text whose outline runs over the specimen)
-            for group, box in lines:
+            for line, box in lines:
                 if _beside(item[1], box, LABEL_GAP):
-                    for i in group:
-                        _mark(out, comps, *glyphs[i])
+                    for glyph in line:
+                        _mark(out, comps, *glyph)
             for glyph in faint:
                 if _beside(item[1], glyph[1], LABEL_GAP):
                     _mark(out, comps, *glyph)
-    if out.any():
-        out = ndi.binary_dilation(out, iterations=2)
-    return out
+    if not out.any():
+        return out > 0
+    return ndi.binary_dilation(out > 0, iterations=RIM) | \
+        ndi.binary_dilation(out == BLURRED_RIM, iterations=BLURRED_RIM)
+
+
+def _continues(box: tuple[int, int, int, int], text: tuple[int, int, int, int]) -> bool:
+    """Whether glyph-like ink in ``box`` ``(top, left, bottom, right)`` continues a ``text``
+    line: in its row (rows shared) at most ``WORD_GAP`` of its heights to the side, or under
+    or over it (columns shared) at most half its height away."""
+    t, lf, b, rt = box
+    tt, tl, tb, tr = text
+    height = tb - tt
+    if min(b, tb) - max(t, tt) >= 0.5 * min(b - t, height):
+        return max(lf, tl) - min(rt, tr) <= WORD_GAP * height
+    return min(rt, tr) > max(lf, tl) and max(t - tb, tt - b) <= 0.5 * height
 
 
 def _beside(bar: tuple[int, int, int, int], text: tuple[int, int, int, int],
@@ -195,10 +266,12 @@ def _beside(bar: tuple[int, int, int, int], text: tuple[int, int, int, int],
 
 
 def _mark(out: np.ndarray, comps: np.ndarray, k: int, box: tuple[int, int, int, int],
-          own: np.ndarray) -> None:
-    """Set component ``k``'s pixels (``own`` within its ``box``) in ``out``."""
+          own: np.ndarray, rim: int) -> None:
+    """Set component ``k``'s pixels (``own`` within its ``box``) in ``out`` to its ``rim``
+    (the widest rim wins)."""
     t, lf, b, rt = box
-    out[t:b, lf:rt] |= own
+    region = out[t:b, lf:rt]
+    region[own] = np.maximum(region[own], rim)
 
 
 def annotation_particles(image01: np.ndarray, labels: np.ndarray,

@@ -152,6 +152,76 @@ def test_emps_manual_particles_are_almost_never_taken_for_annotations(shared_dat
     assert n_flagged <= 0.005 * n_true
 
 
+def enlarged_label(top: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, its label's ink)``: a "200 nm" label over its scale bar drawn small at row
+    ``top`` of a 110 px high figure, enlarged 3x and blurred (sigma 3 px) as a figure crop
+    enlarged from a small panel is, the ink's core saturated, on a noisy dark background."""
+    from scipy import ndimage as ndi
+
+    small = Image.new("L", (150, 110), 40)
+    draw = ImageDraw.Draw(small)
+    draw.text((6, top), "200 nm", fill=255, font=ImageFont.load_default(size=12))
+    draw.rectangle((6, top + 16, 46, top + 18), fill=255)
+    big = ndi.gaussian_filter(np.asarray(small.resize((450, 330), Image.BICUBIC), np.float32)
+                              / 255, 3.0)
+    noise = 0.02 * np.random.default_rng(seed).standard_normal(big.shape)
+    return np.clip(0.1 + (big - 0.1) * 1.3 + noise, 0, 1).astype(np.float32), big > 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_blurred_label_of_an_enlarged_figure_is_found_by_its_outline_further_out(
+        seed, monkeypatch):
+    """Ink blurred over several px has no sharp outline 2-3 px out, but one 4-5 px out: a corner
+    scale bar and its label are found from that, with a wider rim; not without it."""
+    from scipy import ndimage as ndi
+
+    import emcopilot.annotations as annotations
+
+    img, ink = enlarged_label(top=84, seed=seed)
+    mask = find_annotations(img)
+    assert mask[ink].mean() > 0.6
+    assert not (mask & ~ndi.binary_dilation(ink, iterations=8)).any()  # nothing else
+    lab = coarse_mask(img, method="classical", polarity="bright", classical_options=CLASSICAL,
+                      filters={"annotations": False})
+    assert annotation_particles(img, lab, mask).sum() >= 1
+    monkeypatch.setattr(annotations, "MIN_FAR_RING_STEP", 2.0)  # the outline 2-3 px out only
+    assert not find_annotations(img).any()
+
+
+def test_blurred_labels_of_emps_figures_are_found_blurred_rods_are_not(shared_data,
+                                                                       monkeypatch):
+    """Two EMPS test figures enlarged from small panels (one nanowire each) carry blurred black
+    labels ("(g)", "200 nm"; "(f)", "100 nm"): found now, so the classical masker's glyph
+    particles go (13 and 12 particles for one labelled wire before). Blurred saturated rods are
+    not text: a row of three mid-frame (EMPS train bfb2a25730: blurred ink is taken only in a
+    band along the top and bottom), a frame full of them (f32c7bd62b: over MAX_BLURRED_GLYPHS
+    blurred specks, none taken); neither loses a labelled rod, which each rule is needed for."""
+    import emcopilot.annotations as annotations
+
+    for stem, most in (("bc1fe886af", 8), ("728f55aed4", 5)):
+        img = bright(shared_data / "emps_test" / "images" / f"{stem}.png")
+        lab = coarse_mask(img, method="classical", polarity="bright",
+                          classical_options=CLASSICAL)
+        assert lab.max() <= most, stem
+        # the labels: the ink of the image's darkest grey in its corners, all found
+        h, w = img.shape
+        ink = img >= img.max() - 0.03 * (img.max() - img.min())
+        ink[h // 3: 2 * h // 3] = False
+        ink[:, w // 3: 2 * w // 3] = False
+        assert find_annotations(img)[ink].mean() > 0.8, stem
+
+    def flagged(stem: str) -> int:
+        img = bright(shared_data / "emps_train" / "images" / f"{stem}.png")
+        truth = io.read_label_map(shared_data / "emps_train" / "segmaps" / f"{stem}.png")
+        return int(annotation_particles(img, truth).sum())
+
+    assert flagged("bfb2a25730") == flagged("f32c7bd62b") == 0
+    monkeypatch.setattr(annotations, "TEXT_BAND", 0.5)
+    assert flagged("bfb2a25730") > 0
+    monkeypatch.setattr(annotations, "MAX_BLURRED_GLYPHS", 10 ** 6)
+    assert flagged("f32c7bd62b") > 0
+
+
 def test_bad_input_is_refused_or_harmless():
     with pytest.raises(Exception, match="2-D"):
         find_annotations(np.zeros((4, 4, 3), np.float32))
