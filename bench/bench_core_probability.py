@@ -27,7 +27,7 @@ from emcopilot.evaluate import evaluate_dirs, read_probability_map
 from emcopilot.inference import Segmentor, drop_faint_above_bar, noise_level_above_bar
 from emcopilot.postprocess import MIN_PEAK_GRID, select_min_peak
 
-KEYS = ("obj_precision", "obj_recall", "obj_f1", "count_rel_abs_error_mean",
+KEYS = ("dice_mean", "obj_precision", "obj_recall", "obj_f1", "count_rel_abs_error_mean",
         "count_rel_abs_error_median", "ks_distance", "ks_distance_mean", "n_pred")
 
 

@@ -918,6 +918,7 @@ def test_bench_core_probability_re_derives_the_runs_output(pipeline_run, example
     row = next(r for r in got["rows"] if r["min_peak"] == record["min_peak"])
     assert row["n_pred"] == own["n_pred"] > 0
     assert row["obj_f1"] == pytest.approx(own["obj_f1"])
+    assert row["dice_mean"] == pytest.approx(own["dice_mean"])
     assert len({r["n_pred"] for r in got["rows"]}) > 1  # the core probability matters
 
 
