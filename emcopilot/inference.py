@@ -752,15 +752,18 @@ class OutputFilter:
     above an instrument data bar (with ``data_bar``). The bar, the annotations and the noise
     (``sigma``: :func:`noise_level_above_bar` when already known) are found once, so the label
     maps of one image (a segment stage's output, or every candidate a core probability is
-    chosen from) are filtered at the cost of one. Calling it with a label map returns
-    ``(labels of the frame's size, dropped on annotations, dropped as faint)``."""
+    chosen from) are filtered at the cost of one; with neither step the labels come back as
+    given. Calling it with a label map returns ``(labels of the frame's size, dropped on
+    annotations, dropped as faint)``."""
 
     def __init__(self, image01: np.ndarray, *, min_snr: float | None = None,
                  annotations: bool = False, data_bar: bool = True,
                  sigma: float | None = None) -> None:
         self.height = int(np.shape(image01)[0])
-        self.top, self.rows, _ = _above_bar(image01, None, data_bar)
         self.level = check_min_snr(min_snr)
+        # nothing to drop: the labels as given, no data bar looked for
+        self.top, self.rows, _ = _above_bar(image01, None,
+                                            data_bar and (annotations or self.level is not None))
         self.drawn = find_annotations(self.rows) if annotations else None
         self.sigma = (None if self.level is None else
                       noise_sigma(self.rows) if sigma is None else sigma)
@@ -787,8 +790,6 @@ def drop_faint_above_bar(image01: np.ndarray, labels: np.ndarray, min_snr: float
     them, on the rows above an instrument data bar (with ``data_bar``); the label map keeps the
     frame's size. ``sigma``: :func:`noise_level_above_bar` of the image when already known.
     (:class:`OutputFilter` with ``min_snr`` alone.)"""
-    if not check_min_snr(min_snr):
-        return np.asarray(labels).astype(np.int32, copy=False), 0
     lab, _, dropped = OutputFilter(image01, min_snr=min_snr, data_bar=data_bar,
                                    sigma=sigma)(labels)
     return lab, dropped

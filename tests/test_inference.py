@@ -412,9 +412,10 @@ def test_output_filter_finds_bar_annotations_and_noise_once_and_drops_as_the_two
 
     import emcopilot.inference as inference
     from emcopilot.data_bar import find_data_bar
+    from emcopilot.annotations import drop_annotation_particles
     from emcopilot.inference import (OutputFilter, drop_annotations_above_bar,
                                      drop_faint_above_bar)
-    from emcopilot.postprocess import particle_snr
+    from emcopilot.postprocess import drop_faint_particles, particle_snr
     from tests.conftest import with_data_bar
     from tests.test_annotations import dark_field, with_label
 
@@ -445,21 +446,28 @@ def test_output_filter_finds_bar_annotations_and_noise_once_and_drops_as_the_two
     np.testing.assert_array_equal(again[0], out)
     assert filt.top == height
 
-    step, n_step = drop_annotations_above_bar(framed, labels)
-    step, f_step = drop_faint_above_bar(framed, step, level)
-    np.testing.assert_array_equal(out, step)
+    # the two steps by hand, on the rows above the bar
+    rows = framed[:height]
+    step, n_step = drop_annotation_particles(rows, labels[:height])
+    step, f_step = drop_faint_particles(rows, step, level)
+    np.testing.assert_array_equal(out[:height], step)
     assert (n_drawn, n_faint) == (n_step, f_step)
+    # and the one-step helpers agree
+    both = drop_faint_above_bar(framed, drop_annotations_above_bar(framed, labels)[0], level)[0]
+    np.testing.assert_array_equal(both, out)
     assert n_drawn >= 4 and n_faint >= 1  # the label's glyphs and bar, some faint particles
     assert out.shape == labels.shape and not out[height:].any()  # nothing on the data bar
     assert set(np.unique(out)) <= set(np.unique(labels))
     # each step alone; neither: the particles above the bar as they are
     assert OutputFilter(framed, annotations=True)(labels)[2] == 0
     assert OutputFilter(framed, min_snr=level)(labels)[1] == 0
-    kept, n0, f0 = OutputFilter(framed)(labels)
-    assert n0 == f0 == 0
-    np.testing.assert_array_equal(kept[:height], labels[:height])
-    # without the data bar rule the bar's rows are the image's too: its particle is kept
-    assert OutputFilter(framed, data_bar=False)(labels)[0][height:].any()
+    calls["bar"] = 0
+    kept, n0, f0 = OutputFilter(framed)(labels)  # nothing to drop: no bar looked for
+    assert n0 == f0 == 0 and calls["bar"] == 0
+    np.testing.assert_array_equal(kept, labels)
+    # without the data bar rule every row is measured
+    whole = OutputFilter(framed, min_snr=level, data_bar=False)
+    assert whole.top is None and whole.rows.shape == framed.shape
     with pytest.raises(ValueError, match="rows"):
         filt(labels[:height])
 
