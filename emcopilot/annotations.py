@@ -162,8 +162,8 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
             own = comps[box] == k
             t0, l0 = max(0, t - pad), max(0, lf - pad)
             window = (slice(t0, min(h, b + pad)), slice(l0, min(w, rt + pad)))
-            obj = comps[window] == k
             if rw >= MIN_BAR_ASPECT * rh and own.mean() >= MIN_BAR_EXTENT and rh <= 0.05 * h:
+                obj = comps[window] == k
                 rim = _rim(level, g[window], obj, span, _ring_step(level, g[window], obj, span))
                 if rim:
                     bars.append([k, (t, lf, b, rt), own, rim])
@@ -173,6 +173,7 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
             stroke = float(ndi.distance_transform_edt(np.pad(own, 1)).max())
             if stroke > max(2.0, MAX_STROKE * rh):
                 continue
+            obj = comps[window] == k
             step = _ring_step(level, g[window], obj, span)
             rim = _rim(level, g[window], obj, span, step)
             if rim:
@@ -190,7 +191,7 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
                    if glyph[1][0] <= TEXT_BAND * h or glyph[1][2] >= (1 - TEXT_BAND) * h]
         # lines of sharp glyphs, then of blurred ones (apart, so a blurred speck does not
         # change a sharp line's tests): (its glyphs, its box)
-        text_boxes, lines = [], []
+        text_boxes, lines, rest = [], [], []  # rest: the lines not taken as text
         for kind in (glyphs, blurred):
             for group in _lines([glyph[1] for glyph in kind]):
                 line = [kind[i] for i in group]
@@ -198,28 +199,26 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
                 box = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(),
                        boxes[:, 3].max())
                 lines.append((line, box))
-                if len(line) < 2:
-                    continue
-                solidity = [glyph[2].sum() / convex_hull_image(glyph[2]).sum() for glyph in line]
-                if np.median(solidity) >= MAX_SOLIDITY:
+                if len(line) < 2 or np.median([
+                        glyph[2].sum() / convex_hull_image(glyph[2]).sum() for glyph in line
+                ]) >= MAX_SOLIDITY:
+                    rest.append((line, box))
                     continue
                 for glyph in line:
                     _mark(out, comps, *glyph)
                 text_boxes.append(box)
         # the rest of a text line's row: the next word ("nm" after "200"), pieces of a glyph
         # its blur broke apart (a descender), taken without the solidity test
-        taken = set(map(tuple, text_boxes))
-        grown = True
-        while grown:
-            grown = False
-            for line, box in lines:
-                if tuple(box) in taken or not any(_continues(box, t) for t in text_boxes):
-                    continue
-                for glyph in line:
-                    _mark(out, comps, *glyph)
-                text_boxes.append(box)
-                taken.add(tuple(box))
-                grown = True
+        while True:
+            grown = [any(_continues(box, text) for text in text_boxes) for _, box in rest]
+            if not any(grown):
+                break
+            for (line, box), taken in zip(rest, grown):
+                if taken:
+                    for glyph in line:
+                        _mark(out, comps, *glyph)
+                    text_boxes.append(box)
+            rest = [item for item, taken in zip(rest, grown) if not taken]
         for item in bars:
             t, lf, b, rt = item[1]
             labelled = any(_beside(item[1], box) for box in text_boxes)
