@@ -71,7 +71,8 @@ def survey_sets() -> dict[str, list[tuple[Path, Path | None]]]:
 def classical_scores(pairs: list[tuple[Path, Path]], settings: dict[str, dict[str, Any]],
                      keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The classical masker ("isolated" preset) on EMPS ``pairs`` with each setting's
-    ``coarse_mask`` keyword arguments, scored by ``emcopilot.evaluate`` (its ``keys``)."""
+    ``coarse_mask`` keyword arguments (``"classical"``: ``ClassicalMasker`` overrides of the
+    preset), scored by ``emcopilot.evaluate`` (its ``keys``)."""
     import tempfile
 
     from emcopilot import io
@@ -85,8 +86,11 @@ def classical_scores(pairs: list[tuple[Path, Path]], settings: dict[str, dict[st
             folder = Path(tmp) / str(k)
             for image_path, _ in pairs:
                 image01 = io.normalize(io.read_micrograph(image_path).image)
+                overrides = {k: v for k, v in options.items() if k != "classical"}
                 labels = coarse_mask(image01, method="classical",
-                                     classical_options={"preset": "isolated"}, **options)
+                                     classical_options={"preset": "isolated",
+                                                        **options.get("classical", {})},
+                                     **overrides)
                 io.write_label_map(folder / f"{image_path.stem}.png", labels)
             summary = evaluate_dirs(folder, truth_dir)["aggregate"]
             out[name] = {key: summary[key] for key in keys}

@@ -43,6 +43,7 @@ def binary_to_instances(
     min_area: int = 10,
     footprint: np.ndarray | None = None,
     h: float = 2.0,
+    h_share: float = 0.0,
 ) -> np.ndarray:
     """Split a binary foreground mask into particle instances.
 
@@ -58,6 +59,10 @@ def binary_to_instances(
         h: dynamic in px of the distance transform that a maximum needs to count as a separate
             particle (h-maxima); the neck between two touching round particles must be at least
             ``h`` px narrower than their radii. 0 keeps every local maximum.
+        h_share: the dynamic also needs to be at least this share of the lower of the two
+            peaks (a relative h: a long rod whose width varies along it is not cut at each
+            waist, while touching particles, whose neck is far narrower, still are). 0: ``h``
+            alone.
 
     Returns:
         ``numpy.int32`` label map, 0 = background, 1..N = particles.
@@ -101,19 +106,20 @@ def binary_to_instances(
         n_markers += missing.size
     surface = -prob if prob is not None else -dist
     labels = watershed(surface, markers, mask=mask)
-    if h > 0 and n_markers > n:
-        labels = _merge_shallow(labels, dist, h)
+    if (h > 0 or h_share > 0) and n_markers > n:
+        labels = _merge_shallow(labels, dist, h, h_share)
     return remove_small_instances(labels, min_area)
 
 
-def _merge_shallow(labels: np.ndarray, dist: np.ndarray, h: float) -> np.ndarray:
+def _merge_shallow(labels: np.ndarray, dist: np.ndarray, h: float,
+                   h_share: float = 0.0) -> np.ndarray:
     """Merge neighbouring watershed regions whose separation is shallower than ``h``.
 
     The saddle between two touching regions is the highest ``min(dist[p], dist[q])`` over pairs of
     4-adjacent pixels p, q on either side of their shared boundary. Pairs are merged in descending
     saddle order (union-find over the region adjacency graph) when the lower of the two region
-    peaks rises less than ``h`` above the saddle: the h-maxima criterion, without the slow
-    greyscale reconstruction on the whole image.
+    peaks rises less than ``h`` (or ``h_share`` of that peak) above the saddle: the h-maxima
+    criterion, without the slow greyscale reconstruction on the whole image.
     """
     n = int(labels.max())
     peaks = np.zeros(n + 1, np.float64)
@@ -154,7 +160,8 @@ def _merge_shallow(labels: np.ndarray, dist: np.ndarray, h: float) -> np.ndarray
         ra, rb = find(int(pa[k])), find(int(pb[k]))
         if ra == rb:
             continue
-        if min(top[ra], top[rb]) - sad[k] < h:
+        low = min(top[ra], top[rb])
+        if low - sad[k] < max(h, h_share * low):
             parent[rb] = ra
             top[ra] = max(top[ra], top[rb])
             merged = True

@@ -68,6 +68,23 @@ def test_touching_particles_are_split():
     assert lab0.max() == 1
 
 
+def test_split_share_keeps_a_shallow_waist_whole_and_still_splits_a_deep_neck():
+    """``split_share``: a dip of at most that share of the lower peak does not split (0, the
+    default: ``split_h`` alone)."""
+    from emcopilot.instances import binary_to_instances
+
+    yy, xx = np.mgrid[:80, :120]
+    waist = ((yy - 40) ** 2 + (xx - 45) ** 2 <= 225) | ((yy - 40) ** 2 + (xx - 75) ** 2 <= 225)
+    # two discs of radius 15: centres 30 apart, a neck about 10 px below the 15 px peaks (two
+    # touching particles); centres 22 apart, a waist about 4-5 px below them (a wire)
+    wire = ((yy - 40) ** 2 + (xx - 49) ** 2 <= 225) | ((yy - 40) ** 2 + (xx - 71) ** 2 <= 225)
+    assert binary_to_instances(wire, min_distance=5, h=4).max() == 2  # split at the waist
+    assert binary_to_instances(wire, min_distance=5, h=4, h_share=0.5).max() == 1
+    assert binary_to_instances(waist, min_distance=5, h=4, h_share=0.5).max() == 2
+    img, _ = _discs_image(centres=[(100, 90), (100, 112)], r=12)
+    assert ClassicalMasker(split_share=0.9)(img, polarity="bright").max() == 1
+
+
 def test_large_image_is_processed_at_work_size():
     centres = [(y, x) for y in range(150, 2000, 300) for x in range(150, 2000, 300)]
     img, truth = _discs_image(shape=(2000, 2000), centres=centres, r=40)

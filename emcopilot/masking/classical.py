@@ -70,6 +70,9 @@ class ClassicalMasker:
             split touching particles.
         split_h: how much deeper (px of the distance transform) a particle centre must be than
             the neck to a neighbour to be split from it (see ``instances.binary_to_instances``).
+        split_share: and at least this share of the lower centre's depth (0: ``split_h``
+            alone; ``bench/bench_split_rules.py`` measured 0.2-0.5 on EMPS train and it was not
+            adopted).
         fill_holes: fill holes inside particles (hollow/core-shell particles, bright rims).
         opening_radius: binary opening radius, px, to cut thin bridges and speckle (0 = none).
         work_size: long side, px, above which the image is downscaled for processing.
@@ -93,6 +96,7 @@ class ClassicalMasker:
     min_area: int = 30
     min_distance: int = 5
     split_h: float = 4.0
+    split_share: float = 0.0
     fill_holes: bool = True
     opening_radius: int = 2
     work_size: int = 1024
@@ -195,6 +199,7 @@ class ClassicalMasker:
         binary = self.foreground(bright)
         work_min_area = max(1, int(round(self.min_area * scale * scale)))
         labels = binary_to_instances(binary, min_distance=self.min_distance, h=self.split_h,
+                                     h_share=self.split_share,
                                      min_area=work_min_area)
         if scale < 1.0:
             labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
