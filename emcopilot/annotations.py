@@ -32,10 +32,17 @@ the image's own grey levels (no label, no vendor layout):
 - a scale bar's label: beside such a bar, glyph-like ink is taken without the text tests (one
   glyph is enough, plain strokes too) and with a less sharp outline (``MIN_LABEL_RING_STEP``:
   a label written half over the specimen), when it lies at most ``LABEL_GAP`` of its heights
-  from the bar.
+  from the bar;
+- a label box: a flat rectangle of one ink (white or black, holes filled, at least
+  ``MIN_BAR_EXTENT`` of its bounding box, at least ``MIN_BOX`` px and at most ``MAX_BOX`` of
+  the frame's height and width, less than ``MIN_BAR_ASPECT`` times as long as high, its
+  outline sharp) with glyph-like ink or a scale bar of the other ink drawn inside it: the
+  whole box, its content too, even one lone glyph (a panel letter on a square, a scale bar
+  and its label on a plate). A masker takes such a box for one flat particle.
 
-A glyph drawn alone away from a scale bar (a single panel digit), text in a mid grey or on a noisy background that
-reaches the same level, and text in a colour the conversion to grey leaves mid-grey are missed.
+A glyph drawn alone away from a scale bar and not on a box (a single panel digit), text in a mid
+grey or on a noisy background that reaches the same level, and text in a colour the conversion
+to grey leaves mid-grey are missed.
 """
 
 from __future__ import annotations
@@ -67,6 +74,8 @@ MAX_SOLIDITY = 0.75    # a text line's median glyph is less solid than this (cur
 MIN_BAR_EXTENT = 0.85  # share of a scale bar's bounding box it fills
 EDGE_BAND = 0.2        # share of the height/width from the frame's edge a lone scale bar lies in
 MIN_OVERLAP = 0.5      # a particle with at least this share of its pixels on annotations
+MIN_BOX = 2 * MIN_HEIGHT  # px: a label box at least this high and wide
+MAX_BOX = 0.3          # share of the height/width: a label box at most this high/wide
 
 
 def _grey01(image01: np.ndarray) -> np.ndarray:
@@ -130,9 +139,10 @@ def _lines(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
 
 
 def find_annotations(image01: np.ndarray) -> np.ndarray:
-    """Boolean mask of the annotation text and scale bars drawn on ``image01`` (2-D, float in
-    [0, 1] or any range: only its own grey levels count), widened by ``RIM`` px to cover the
-    ink's anti-aliased rim (``BLURRED_RIM`` around blurred ink). All False when there is none."""
+    """Boolean mask of the annotation text, scale bars and label boxes drawn on ``image01``
+    (2-D, float in [0, 1] or any range: only its own grey levels count), widened by ``RIM`` px
+    to cover the ink's anti-aliased rim (``BLURRED_RIM`` around blurred ink). All False when
+    there is none."""
     from skimage.morphology import convex_hull_image
 
     g = _grey01(image01)
@@ -144,7 +154,11 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
         return out > 0
     tol = TOLERANCE * span
     pad = 6  # the window around a component holds its rings
-    for level, ink in ((hi, g >= hi - tol), (lo, g <= lo + tol)):
+    # per ink level: the flat rectangles that may be label boxes, and the sharp ink (glyphs,
+    # bars) that may be drawn in a box of the other level; as [id, box, pixels, rim]
+    label_boxes: list[list] = [[], []]
+    box_ink: list[list] = [[], []]
+    for side, (level, ink) in enumerate(((hi, g >= hi - tol), (lo, g <= lo + tol))):
         # a noisy image has 10^5 specks at its extremes: only those at least MIN_HEIGHT across
         # are looked at (bounding boxes from find_objects, no per-speck objects)
         comps, _ = ndi.label(ink, structure=np.ones((3, 3), bool))
@@ -162,6 +176,16 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
             own = comps[box] == k
             t0, l0 = max(0, t - pad), max(0, lf - pad)
             window = (slice(t0, min(h, b + pad)), slice(l0, min(w, rt + pad)))
+            if (min(rh, rw) >= MIN_BOX and rh <= MAX_BOX * h and rw <= MAX_BOX * w
+                    and max(rh, rw) < MIN_BAR_ASPECT * min(rh, rw)):
+                filled = ndi.binary_fill_holes(own)
+                if filled.mean() >= MIN_BAR_EXTENT and filled.sum() > own.sum():
+                    obj = np.zeros(g[window].shape, bool)
+                    obj[t - t0:b - t0, lf - l0:rt - l0] = filled
+                    rim = _rim(level, g[window], obj, span,
+                               _ring_step(level, g[window], obj, span))
+                    if rim:
+                        label_boxes[side].append([k, (t, lf, b, rt), filled, rim])
             if rw >= MIN_BAR_ASPECT * rh and own.mean() >= MIN_BAR_EXTENT and rh <= 0.05 * h:
                 obj = comps[window] == k
                 rim = _rim(level, g[window], obj, span, _ring_step(level, g[window], obj, span))
@@ -237,6 +261,19 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
             for glyph in faint:
                 if _beside(item[1], glyph[1], LABEL_GAP):
                     _mark(out, comps, *glyph)
+        box_ink[side] = glyphs + bars
+    # a label box: a flat rectangle of one ink with sharp ink of the other drawn inside it (a
+    # panel letter on a white or black square, a scale bar and its label on a plate): the whole
+    # box, its content included, even a lone glyph
+    for side in (0, 1):
+        for item in label_boxes[side]:
+            t, lf, b, rt = item[1]
+            inside = [ink for ink in box_ink[1 - side] if ink[1][0] >= t and ink[1][1] >= lf
+                      and ink[1][2] <= b and ink[1][3] <= rt]
+            if inside:
+                _mark(out, None, *item)
+                for ink in inside:
+                    _mark(out, None, *ink)
     if not out.any():
         return out > 0
     return ndi.binary_dilation(out > 0, iterations=RIM) | \

@@ -102,6 +102,67 @@ def test_rows_of_saturated_rods_or_discs_are_not_text():
     assert not find_annotations(img).any()
 
 
+def boxed_letter(letter: str = "a", *, box: float = 1.0, side: int = 56,
+                 at: tuple[int, int] = (12, 12)) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """A panel letter drawn on a flat square (``box`` ink, the letter in the other extreme) at
+    ``at`` on :func:`dark_field` (or its negative for a black box), and the square's slices."""
+    base = dark_field() if box == 1.0 else 1.0 - dark_field()
+    canvas = Image.fromarray(np.round(base * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    t, lf = at
+    draw.rectangle((lf, t, lf + side - 1, t + side - 1), fill=int(round(box * 255)))
+    if letter:
+        draw.text((lf + side // 2, t + side // 2), letter, fill=int(round((1 - box) * 255)),
+                  font=ImageFont.load_default(size=side * 3 // 5), anchor="mm")
+    return np.asarray(canvas, np.float32) / 255.0, (slice(t, t + side), slice(lf, lf + side))
+
+
+@pytest.mark.parametrize("box", [1.0, 0.0])
+def test_a_panel_letter_on_a_flat_square_takes_the_whole_square(box):
+    """A lone panel letter is no text line, but drawn on a flat white or black square of the
+    other extreme (a label box) it is an annotation with its box: the square particle a masker
+    makes of the box goes. A flat square with nothing drawn in it (a cube), or with the letter
+    in the box's own grey, is not a label box."""
+    img, square = boxed_letter(box=box)
+    mask = find_annotations(img)
+    assert mask[square].all()
+    assert not mask[100:].any()  # the particles stay
+    bright_img = img if box == 1.0 else 1.0 - img
+    lab = coarse_mask(bright_img, method="classical", polarity="bright",
+                      classical_options=CLASSICAL, filters={"annotations": False})
+    on_box = np.unique(lab[square])
+    on_box = on_box[on_box > 0]
+    assert on_box.size and annotation_particles(img, lab, mask)[on_box].all()
+    plain, square = boxed_letter("", box=box)
+    assert not find_annotations(plain)[square].any()
+
+
+def test_a_label_box_at_the_frame_corner_or_too_big_for_a_label():
+    """A box in the frame's corner (its outline cut by the frame) is found; a flat region over
+    ``MAX_BOX`` of the frame with a letter in it (a saturated specimen) is not."""
+    img, square = boxed_letter(at=(0, 264))  # the top right corner
+    assert find_annotations(img)[square].all()
+    img, square = boxed_letter(side=100, at=(60, 100))  # 100 px of a 256 px high frame
+    assert not find_annotations(img)[square].any()
+
+
+def test_label_boxes_of_emps_figures(shared_data):
+    """EMPS test figures with a panel letter on a box: "a" on a white square (5a65f9eba2, a
+    box the classical masker takes for a particle) and "C" on a black square in the corner
+    (8bf3782470); both whole boxes are found, and the masker's box particle goes."""
+    boxes = {"5a65f9eba2": (slice(20, 80), slice(20, 70)),
+             "8bf3782470": (slice(5, 70), slice(5, 80))}
+    for stem, corner in boxes.items():
+        img = bright(shared_data / "emps_test" / "images" / f"{stem}.png")
+        assert find_annotations(img)[corner].mean() > 0.95, stem
+    img = bright(shared_data / "emps_test" / "images" / "5a65f9eba2.png")
+    corner = boxes["5a65f9eba2"]
+    off = coarse_mask(img, method="classical", polarity="bright", classical_options=CLASSICAL,
+                      filters={"annotations": False})
+    on = coarse_mask(img, method="classical", polarity="bright", classical_options=CLASSICAL)
+    assert off[corner].all() and not on[corner].any()
+
+
 def test_particles_on_annotations_are_dropped_and_the_rest_kept_and_renumbered():
     drawn = with_label(dark_field())
     lab = coarse_mask(drawn, method="classical", polarity="bright", classical_options=CLASSICAL,
