@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from bench.common import segment_stage_particles, write_json
+from bench.common import rederivable_segment_record, segment_stage_particles, write_json
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs, read_probability_map
 from emcopilot.inference import Segmentor, choose_min_peak, noise_level_above_bar
@@ -72,12 +72,10 @@ def candidates_of(run: Path) -> dict[str, dict]:
     """A finished run's candidates: name ("seedN", "mean") -> maps folder, checkpoint and the
     best synthetic validation mIoU of its training."""
     state = json.loads((run / "pipeline.json").read_text())["stages"]
-    seg, record = state.get("segmentor"), state.get("segment")
-    if not seg or not record:
-        raise SystemExit(f"{run}: its segmentor and segment stages have not both finished")
-    if record.get("support_check") or record.get("scale_choice"):
-        raise SystemExit(f"{run}: its segment stage used --support-check or --scale-choice, "
-                         "which this benchmark does not re-derive")
+    seg = state.get("segmentor")
+    if not seg:
+        raise SystemExit(f"{run}: its segmentor stage has not finished")
+    record = rederivable_segment_record(run, state)
     trained = seg.get("candidates") or {}
     results = seg["result"]
     single = len(trained) <= 1

@@ -17,11 +17,11 @@ applied before scoring. Only a run whose segment stage took neither ``--scale-ch
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from bench.common import segment_stage_particles, write_json
+from bench.common import (rederivable_segment_record, run_arguments,
+                          segment_stage_particles, write_json)
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs, read_probability_map
 from emcopilot.inference import Segmentor, drop_faint_above_bar, noise_level_above_bar
@@ -37,20 +37,12 @@ def _grid(text: str) -> list[float | None]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, required=True, help="a finished `emcopilot pipeline` run")
-    ap.add_argument("--truth", type=Path, required=True, help="manual labels of its images")
-    ap.add_argument("--truth-format", default="instance", help="as `emcopilot evaluate` takes it")
+    run_arguments(ap, "bench/results/core_probability.json")
     ap.add_argument("--grid", type=_grid, default=list(MIN_PEAK_GRID),
                     help="core probabilities, comma-separated ('none': every particle)")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/core_probability.json"))
     args = ap.parse_args(argv)
 
-    record = json.loads((args.run / "pipeline.json").read_text())["stages"].get("segment")
-    if not record:
-        raise SystemExit(f"{args.run}: its segment stage has not finished")
-    if record.get("support_check") or record.get("scale_choice"):
-        raise SystemExit(f"{args.run}: its segment stage used --support-check or --scale-choice, "
-                         "which this benchmark does not re-derive")
+    record = rederivable_segment_record(args.run)
     seg = Segmentor.load(record["model"], device="cpu")  # as recorded, from where the run ran
     level, add = record.get("min_snr"), bool(record.get("add_coarse"))
     stems = sorted(p.stem for p in (args.run / "segmentation" / "prob").glob("*.png"))

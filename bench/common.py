@@ -296,6 +296,31 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     return path
 
 
+def run_arguments(ap: Any, out: str) -> None:
+    """The arguments of a bench that re-derives a finished pipeline run's output: ``--run``,
+    ``--truth``, ``--truth-format`` and ``--out`` (default ``out``)."""
+    ap.add_argument("--run", type=Path, required=True, help="a finished `emcopilot pipeline` run")
+    ap.add_argument("--truth", type=Path, required=True, help="manual labels of its images")
+    ap.add_argument("--truth-format", default="instance", help="as `emcopilot evaluate` takes it")
+    ap.add_argument("--out", type=Path, default=Path(out))
+
+
+def rederivable_segment_record(run: Path, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's segment-stage record (``pipeline.json``; ``state``: its stages when already
+    read), when its output can be made again from the stored maps (``segment_stage_particles``);
+    exits with a one-line reason when the stage has not finished or took ``--support-check`` or
+    ``--scale-choice`` (those re-run the segmentor per image)."""
+    if state is None:
+        state = json.loads((run / "pipeline.json").read_text())["stages"]
+    record = state.get("segment")
+    if not record:
+        raise SystemExit(f"{run}: its segment stage has not finished")
+    if record.get("support_check") or record.get("scale_choice"):
+        raise SystemExit(f"{run}: its segment stage used --support-check or --scale-choice, "
+                         "which this benchmark does not re-derive")
+    return record
+
+
 def segment_stage_particles(segmentor: Any, prob: np.ndarray, coarse: np.ndarray,
                             image01: np.ndarray, record: dict[str, Any], sigma: float,
                             min_peak: Any = "model") -> np.ndarray:
