@@ -229,7 +229,7 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
                     rest.append((line, box))
                     continue
                 for glyph in line:
-                    _mark(out, comps, *glyph)
+                    _mark(out, *glyph)
                 text_boxes.append(box)
         # the rest of a text line's row: the next word ("nm" after "200"), pieces of a glyph
         # its blur broke apart (a descender), taken without the solidity test
@@ -240,7 +240,7 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
             for (line, box), taken in zip(rest, grown):
                 if taken:
                     for glyph in line:
-                        _mark(out, comps, *glyph)
+                        _mark(out, *glyph)
                     text_boxes.append(box)
             rest = [item for item, taken in zip(rest, grown) if not taken]
         for item in bars:
@@ -251,16 +251,16 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
                 rt - lf >= MIN_LONE_BAR_ASPECT * (b - t)
             if not (labelled or at_edge):
                 continue
-            _mark(out, comps, *item)
+            _mark(out, *item)
             # its label: any glyph-like ink beside it (a lone glyph, a line of plain strokes,
             # text whose outline runs over the specimen)
             for line, box in lines:
                 if _beside(item[1], box, LABEL_GAP):
                     for glyph in line:
-                        _mark(out, comps, *glyph)
+                        _mark(out, *glyph)
             for glyph in faint:
                 if _beside(item[1], glyph[1], LABEL_GAP):
-                    _mark(out, comps, *glyph)
+                    _mark(out, *glyph)
         box_ink[side] = glyphs + bars
     # a label box: a flat rectangle of one ink with sharp ink of the other drawn inside it (a
     # panel letter on a white or black square, a scale bar and its label on a plate): the whole
@@ -271,9 +271,9 @@ def find_annotations(image01: np.ndarray) -> np.ndarray:
             inside = [ink for ink in box_ink[1 - side] if ink[1][0] >= t and ink[1][1] >= lf
                       and ink[1][2] <= b and ink[1][3] <= rt]
             if inside:
-                _mark(out, None, *item)
+                _mark(out, *item)
                 for ink in inside:
-                    _mark(out, None, *ink)
+                    _mark(out, *ink)
     if not out.any():
         return out > 0
     return ndi.binary_dilation(out > 0, iterations=RIM) | \
@@ -301,10 +301,10 @@ def _beside(bar: tuple[int, int, int, int], text: tuple[int, int, int, int],
     return min(rt, tr) > max(lf, tl) and max(t - tb, tt - b) <= heights * (tb - tt)
 
 
-def _mark(out: np.ndarray, comps: np.ndarray, k: int, box: tuple[int, int, int, int],
-          own: np.ndarray, rim: int) -> None:
-    """Set component ``k``'s pixels (``own`` within its ``box``) in ``out`` to its ``rim``
-    (the widest rim wins)."""
+def _mark(out: np.ndarray, k: int, box: tuple[int, int, int, int], own: np.ndarray,
+          rim: int) -> None:
+    """Set the pixels of component ``k`` of an ink level (``own`` within its ``box``) in
+    ``out`` to its ``rim`` (the widest rim wins)."""
     t, lf, b, rt = box
     region = out[t:b, lf:rt]
     region[own] = np.maximum(region[own], rim)
