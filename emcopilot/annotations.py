@@ -36,9 +36,10 @@ the image's own grey levels (no label, no vendor layout):
 - a label box: a flat rectangle of one ink (white or black, holes filled, at least
   ``MIN_BAR_EXTENT`` of its bounding box, at least ``MIN_BOX`` px and at most ``MAX_BOX`` of
   the frame's height and width, less than ``MIN_BAR_ASPECT`` times as long as high, its
-  outline sharp) with glyph-like ink or a scale bar of the other ink drawn inside it: the
-  whole box, its content too, even one lone glyph (a panel letter on a square, a scale bar
-  and its label on a plate). A masker takes such a box for one flat particle.
+  outline sharp) with glyph-like ink with a sharp outline 2-3 px out, or a scale bar, of the
+  other ink drawn inside it: the whole box, its content too, even one lone glyph (a panel
+  letter on a square, a scale bar and its label on a plate). A masker takes such a box for
+  one flat particle.
 
 A glyph drawn alone away from a scale bar and not on a box (a single panel digit), text in a mid
 grey or on a noisy background that reaches the same level, and text in a colour the conversion
