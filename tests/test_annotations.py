@@ -104,8 +104,9 @@ def test_rows_of_saturated_rods_or_discs_are_not_text():
 
 def boxed_letter(letter: str = "a", *, box: float = 1.0, side: int = 56,
                  at: tuple[int, int] = (12, 12)) -> tuple[np.ndarray, tuple[slice, slice]]:
-    """A panel letter drawn on a flat square (``box`` ink, the letter in the other extreme) at
-    ``at`` on :func:`dark_field` (or its negative for a black box), and the square's slices."""
+    """A panel letter (font size 33) drawn on a flat square of ``side`` px (``box`` ink, the
+    letter in the other extreme) at ``at`` on :func:`dark_field` (or its negative for a black
+    box), and the square's slices."""
     base = dark_field() if box == 1.0 else 1.0 - dark_field()
     canvas = Image.fromarray(np.round(base * 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
@@ -113,7 +114,7 @@ def boxed_letter(letter: str = "a", *, box: float = 1.0, side: int = 56,
     draw.rectangle((lf, t, lf + side - 1, t + side - 1), fill=int(round(box * 255)))
     if letter:
         draw.text((lf + side // 2, t + side // 2), letter, fill=int(round((1 - box) * 255)),
-                  font=ImageFont.load_default(size=side * 3 // 5), anchor="mm")
+                  font=ImageFont.load_default(size=33), anchor="mm")
     return np.asarray(canvas, np.float32) / 255.0, (slice(t, t + side), slice(lf, lf + side))
 
 
@@ -121,8 +122,8 @@ def boxed_letter(letter: str = "a", *, box: float = 1.0, side: int = 56,
 def test_a_panel_letter_on_a_flat_square_takes_the_whole_square(box):
     """A lone panel letter is no text line, but drawn on a flat white or black square of the
     other extreme (a label box) it is an annotation with its box: the square particle a masker
-    makes of the box goes. A flat square with nothing drawn in it (a cube), or with the letter
-    in the box's own grey, is not a label box."""
+    makes of the box goes. A flat square with nothing drawn in it (a cube) is not a label
+    box."""
     img, square = boxed_letter(box=box)
     mask = find_annotations(img)
     assert mask[square].all()
@@ -137,13 +138,17 @@ def test_a_panel_letter_on_a_flat_square_takes_the_whole_square(box):
     assert not find_annotations(plain)[square].any()
 
 
-def test_a_label_box_at_the_frame_corner_or_too_big_for_a_label():
+def test_a_label_box_at_the_frame_corner_or_too_big_for_a_label(monkeypatch):
     """A box in the frame's corner (its outline cut by the frame) is found; a flat region over
     ``MAX_BOX`` of the frame with a letter in it (a saturated specimen) is not."""
+    import emcopilot.annotations as annotations
+
     img, square = boxed_letter(at=(0, 264))  # the top right corner
     assert find_annotations(img)[square].all()
-    img, square = boxed_letter(side=100, at=(60, 100))  # 100 px of a 256 px high frame
+    img, square = boxed_letter(side=100, at=(150, 130))  # 100 px of a 256 x 320 px frame
     assert not find_annotations(img)[square].any()
+    monkeypatch.setattr(annotations, "MAX_BOX", 0.5)  # the same box, allowed: found
+    assert find_annotations(img)[square].all()
 
 
 def test_label_boxes_of_emps_figures(shared_data):
