@@ -26,7 +26,7 @@ import numpy as np
 from bench.common import rederivable_segment_record, run_arguments, write_json
 from emcopilot import io
 from emcopilot.evaluate import evaluate_dirs, read_probability_map
-from emcopilot.inference import OutputFilter, Segmentor, noise_level_above_bar
+from emcopilot.inference import OutputFilter, Segmentor
 from emcopilot.instances import remove_small_instances
 from emcopilot.postprocess import (_peaks, add_coarse_particles, grow_instances,
                                    keep_confident, prob_to_instances)
@@ -41,13 +41,11 @@ def fenced_instances(segmentor: Any, prob: np.ndarray) -> np.ndarray:
     probability drops, which are then taken out: a kept particle grows only where no dropped
     one does. Without a core probability or growth, the particles as made."""
     every = prob_to_instances(prob, segmentor.threshold, fill_holes=segmentor.fill_holes)
+    grown = (every if segmentor.grow_to is None
+             else grow_instances(prob, every, segmentor.grow_to))
     if segmentor.min_peak is None:
-        return prob_to_instances(prob, segmentor.threshold, fill_holes=segmentor.fill_holes,
-                                 grow_to=segmentor.grow_to)
+        return grown
     kept = keep_confident(every, _peaks(prob, every), segmentor.min_peak)  # ids of `every`
-    if segmentor.grow_to is None:
-        return remove_small_instances(kept, 1)
-    grown = grow_instances(prob, every, segmentor.grow_to)
     ids = np.unique(kept[kept > 0])
     return remove_small_instances(np.where(np.isin(grown, ids), grown, 0), 1)
 
@@ -70,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             image01 = io.normalize(io.read_micrograph(args.run / "images" / f"{stem}.png").image)
             prob = read_probability_map(path)
             coarse = io.read_label_map(args.run / "coarse_masks" / f"{stem}.png")
+            # one frame's data bar, annotations and noise found once for both outputs
             finish = OutputFilter(image01, min_snr=record.get("min_snr"),
-                                  annotations=bool(record.get("annotations")),
-                                  sigma=noise_level_above_bar(image01))
-            for name, labels in (("as run", seg.instances(prob)),
-                                 ("fenced", fenced_instances(seg, prob))):
-                if add:
-                    labels = add_coarse_particles(labels, coarse, prob)
+                                  annotations=bool(record.get("annotations")))
+            fenced = fenced_instances(seg, prob)
+            for name, labels in (("as run", seg.map_particles(prob, coarse, add_coarse=add)[0]),
+                                 ("fenced", add_coarse_particles(fenced, coarse, prob)
+                                  if add else fenced)):
                 io.write_label_map(dirs[name] / f"{stem}.png", finish(labels)[0])
         for name, d in dirs.items():
             agg = evaluate_dirs(d, args.truth, args.truth_format)["aggregate"]
